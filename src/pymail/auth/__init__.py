@@ -1,0 +1,1 @@
+"""Authentication: the realm, the checkers and the portal every protocol logs in through."""

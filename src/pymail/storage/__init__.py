@@ -1,0 +1,1 @@
+"""Storage backends behind :mod:`pymail.interfaces` (memory, Maildir)."""

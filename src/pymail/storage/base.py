@@ -1,0 +1,186 @@
+"""
+What every backend's mailbox shares: the in-memory view of the folder (the
+ordered messages, a UID index, MODSEQ) and the listeners.
+
+The view is changed only in the reactor thread, by :meth:`MailboxView.apply_*`,
+and each change is told to the listeners right after it is applied, so a
+session reading :meth:`messages` in a listener sees the change.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+import attrs
+from twisted.logger import Logger
+
+from pymail.errors import BadMailboxName, NoSuchMessage
+from pymail.interfaces import SYSTEM_FLAGS, IMailboxListener, MailboxChange, MessageInfo
+
+log = Logger()
+
+
+def normalise_flags(flags: Iterable[str]) -> frozenset[str]:
+    """
+    System flags in their canonical case (``\\seen`` -> ``\\Seen``); keywords
+    as given.  ``\\Recent`` is a session property and is dropped.
+
+    :raises ValueError: a flag that is empty, starts with a backslash but is
+        not a system flag, or contains a character IMAP atoms may not hold.
+    """
+    canonical = {f.lower(): f for f in SYSTEM_FLAGS}
+    out = set()
+    for flag in flags:
+        if flag.startswith("\\"):
+            low = flag.lower()
+            if low == "\\recent":
+                continue
+            if low not in canonical:
+                raise ValueError(f"unknown system flag {flag!r}")
+            out.add(canonical[low])
+        else:
+            if not flag or any(c in flag for c in '(){ %*"\\]') or not flag.isprintable():
+                raise ValueError(f"invalid keyword {flag!r}")
+            out.add(flag)
+    return frozenset(out)
+
+
+def apply_flag_mode(old: frozenset[str], flags: frozenset[str], mode: str) -> frozenset[str]:
+    """The flags after a STORE of ``flags`` in ``mode`` (add, remove, replace)."""
+    if mode == "add":
+        return old | flags
+    if mode == "remove":
+        return old - flags
+    if mode == "replace":
+        return flags
+    raise ValueError(f"flag mode must be add, remove or replace, not {mode!r}")
+
+
+def check_mailbox_name(name: str) -> str:
+    """
+    Return a folder name unchanged if it is acceptable, else raise.
+
+    Refused: empty names, control characters, ``/`` and ``\\`` (path
+    separators on disk), a component that is empty, ``.`` or ``..``, and
+    names over 255 characters.  ``.`` separates hierarchy levels.
+
+    :raises BadMailboxName: with the reason.
+    """
+    if not name:
+        raise BadMailboxName("mailbox name is empty")
+    if len(name) > 255:
+        raise BadMailboxName("mailbox name is longer than 255 characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise BadMailboxName("mailbox name contains a control character")
+    if "/" in name or "\\" in name:
+        raise BadMailboxName("mailbox name contains '/' or '\\'")
+    for part in name.split("."):
+        if part in ("", ".", ".."):
+            raise BadMailboxName(
+                f"mailbox name {name!r} has an empty level (hierarchy delimiter is '.')"
+            )
+    return name
+
+
+@attrs.define
+class MailboxView:
+    """The ordered messages of one folder and the listeners told of changes."""
+
+    _mailbox: object
+    _infos: list[MessageInfo] = attrs.Factory(list)
+    _uids: list[int] = attrs.Factory(list)
+    _by_uid: dict[int, MessageInfo] = attrs.Factory(dict)
+    _listeners: list[IMailboxListener] = attrs.Factory(list)
+    highestmodseq: int = 1
+
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._infos
+
+    def info(self, uid: int) -> MessageInfo:
+        try:
+            return self._by_uid[uid]
+        except KeyError:
+            raise NoSuchMessage(f"no message with UID {uid}") from None
+
+    def __contains__(self, uid: int) -> bool:
+        return uid in self._by_uid
+
+    def next_modseq(self) -> int:
+        self.highestmodseq += 1
+        return self.highestmodseq
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    def _tell(self, change: MailboxChange) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.mailbox_changed(self._mailbox, change)
+            except Exception:
+                log.failure("mailbox listener {listener!r} failed", listener=listener)
+
+    def load(self, infos: Iterable[MessageInfo]) -> None:
+        """Replace the whole view (used when a folder is first opened)."""
+        self._infos = sorted(infos, key=lambda i: i.uid)
+        self._uids = [i.uid for i in self._infos]
+        self._by_uid = {i.uid: i for i in self._infos}
+        if self._infos:
+            self.highestmodseq = max(self.highestmodseq, max(i.modseq for i in self._infos))
+
+    def apply_added(self, infos: Iterable[MessageInfo]) -> None:
+        added = []
+        for info in infos:
+            if info.uid in self._by_uid:
+                continue
+            info = attrs.evolve(info, modseq=self.next_modseq())
+            if not self._uids or info.uid > self._uids[-1]:
+                self._infos.append(info)
+                self._uids.append(info.uid)
+            else:
+                pos = bisect.bisect_left(self._uids, info.uid)
+                self._infos.insert(pos, info)
+                self._uids.insert(pos, info.uid)
+            self._by_uid[info.uid] = info
+            added.append(info.uid)
+        if added:
+            self._tell(MailboxChange("added", tuple(sorted(added))))
+
+    def apply_flags(self, new_flags: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
+        changed = []
+        result = {}
+        for uid, flags in new_flags.items():
+            old = self._by_uid.get(uid)
+            if old is None:
+                continue
+            result[uid] = flags
+            if old.flags == flags:
+                continue
+            new = attrs.evolve(old, flags=flags, modseq=self.next_modseq())
+            pos = bisect.bisect_left(self._uids, uid)
+            self._infos[pos] = new
+            self._by_uid[uid] = new
+            changed.append(uid)
+        if changed:
+            self._tell(MailboxChange("flags", tuple(sorted(changed))))
+        return result
+
+    def apply_expunged(self, uids: Iterable[int]) -> list[int]:
+        gone = sorted(u for u in set(uids) if u in self._by_uid)
+        if not gone:
+            return []
+        drop = set(gone)
+        self._infos = [i for i in self._infos if i.uid not in drop]
+        self._uids = [i.uid for i in self._infos]
+        for uid in gone:
+            del self._by_uid[uid]
+        self.next_modseq()
+        self._tell(MailboxChange("expunged", tuple(gone)))
+        return gone
