@@ -8,13 +8,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from pymail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage
+from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, NoSuchMessage
 from pymail.interfaces import (
     IMailbox,
     IMailboxListener,
@@ -72,7 +72,7 @@ class MemoryMailbox:
         uid = self._next_uid
         self._next_uid += 1
         self._bodies[uid] = bytes(message)
-        when = internaldate or datetime.now(timezone.utc)
+        when = internaldate or datetime.now(UTC)
         self._view.apply_added(
             [MessageInfo(uid, f"mem{next(_keys)}", flagset, when, len(message))]
         )
@@ -130,14 +130,16 @@ class MemoryMailStore:
 
     def get_mailbox(self, name: str) -> Deferred[IMailbox]:
         try:
-            return succeed(self._mailboxes[self._canonical(name)])
+            return succeed(self._mailboxes[check_mailbox_name(self._canonical(name))])
+        except BadMailboxName as e:
+            return fail(e)
         except KeyError:
             return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
 
     def create_mailbox(self, name: str) -> Deferred[None]:
         try:
             name = check_mailbox_name(self._canonical(name))
-        except Exception as e:
+        except BadMailboxName as e:
             return fail(e)
         if name in self._mailboxes:
             return fail(MailboxExists(f"mailbox {name!r} exists already"))
@@ -151,7 +153,7 @@ class MemoryStoreFactory:
     """Hands out one in-memory store per account for the life of the process."""
 
     name: str = "memory"
-    description: str = "Keeps mail in memory only (tests and embedding); nothing survives a restart."
+    description: str = "Keeps mail in memory only (tests, embedding); nothing survives a restart."
     _stores: dict[str, MemoryMailStore] = attrs.Factory(dict)
 
     def open_store(self, address: str, data_dir: str) -> IMailStore:

@@ -1,0 +1,792 @@
+"""
+The Maildir backend: Maildir++ layout, UIDs in Dovecot's ``dovecot-uidlist``
+format, keywords in ``dovecot-keywords``, so a mailbox moves between pymail
+and Dovecot (and stays readable by mutt, procmail and Python's ``mailbox``).
+
+Layout of one account (``<data_dir>/mail/<domain>/<local>/``)::
+
+    cur/ new/ tmp/            INBOX
+    .Sent/cur ...             the folder "Sent" (hierarchy: ".Work.Projects")
+    dovecot-uidlist           UIDVALIDITY, next UID, and "uid :basename" lines
+    dovecot-keywords          "index keyword" lines: keyword i is letter a+i
+    pymail-uidlist.lock       fcntl lock taken while the uidlist changes
+
+Threads and the reactor: every file operation runs in the reactor's thread
+pool.  The *disk state* (which file has which UID) belongs to the threads
+and is guarded by one lock per folder; the *view* (what sessions see)
+belongs to the reactor thread.  Every change to the disk state is handed to
+the reactor with ``callFromThread`` while the lock is still held, so the
+view applies changes in exactly the order they happened on disk.
+
+Durability and group commit: an append writes ``tmp/``, fsyncs, and renames
+into ``new/`` (or ``cur/`` with flags) in its own thread, in parallel with
+other appends.  It then queues itself; whichever thread next takes the lock
+commits every queued append at once: UIDs assigned, one uidlist write, one
+uidlist fsync and one fsync per directory touched.  An append's Deferred
+fires only after that commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+# Importing twisted.mail.imap4 registers the 'imap4-utf-7' codec (RFC 3501 5.1.3)
+# that Dovecot uses for Maildir++ folder names.
+import twisted.mail.imap4  # noqa: F401, E402
+
+from pymail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage, StorageError
+from pymail.interfaces import (
+    IMailbox,
+    IMailboxListener,
+    IMailStore,
+    IMailStoreFactory,
+    MessageInfo,
+)
+from pymail.storage.base import MailboxView, apply_flag_mode, check_mailbox_name, normalise_flags
+from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
+
+log = Logger()
+
+UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
+LOCKFILE = "pymail-uidlist.lock"
+
+# Maildir info letters for the IMAP system flags, in the ASCII order the
+# Maildir specification asks for.
+_FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+_LETTER_FLAGS = {v: k for k, v in _FLAG_LETTERS.items()}
+_MAX_KEYWORDS = 26
+
+_counter = itertools.count()
+
+
+def _hostname_for_filenames() -> str:
+    # The Maildir spec: '/' and ':' in the host part are encoded.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+_HOST = _hostname_for_filenames()
+
+
+def split_name(filename: str) -> tuple[str, str]:
+    """``base:2,FS`` -> (``base``, ``FS``); a name without info -> (name, "")."""
+    base, sep, info = filename.partition(":2,")
+    return base, info if sep else ""
+
+
+def base_size_fields(base: str) -> dict[str, int]:
+    """The ``,S=`` and ``,W=`` fields Dovecot puts in a base name."""
+    fields = {}
+    for part in base.split(",")[1:]:
+        key, eq, value = part.partition("=")
+        if eq and key in ("S", "W") and value.isdigit():
+            fields[key] = int(value)
+    return fields
+
+
+@attrs.define
+class _Pending:
+    relpath: str
+    base: str
+    info: MessageInfo
+    uid: int = 0
+    error: BaseException | None = None
+
+
+@attrs.define
+class _DiskState:
+    """Which file holds which UID: owned by the threads, under ``lock``."""
+
+    uidvalidity: int = 0
+    next_uid: int = 1
+    guid: str = ""
+    files: dict[int, str] = attrs.Factory(dict)  # uid -> "cur/name:2,S" | "new/name"
+    uid_by_base: dict[str, int] = attrs.Factory(dict)
+    keywords: list[str] = attrs.Factory(list)
+    uidlist_stamp: tuple[int, int] = (0, 0)  # (inode, size) last read or written
+    dir_stamp: tuple[int, int] = (0, 0)  # mtimes of new/ and cur/ at the last scan
+    scanned_at: float = 0.0
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """One Maildir folder."""
+
+    def __init__(self, path: str, name: str, reactor: Any) -> None:
+        self.name = name
+        self.path = path
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        self._disk = _DiskState()
+        self._pending: list[_Pending] = []
+        self._view = MailboxView(self)
+
+    # -- the view (reactor thread) ---------------------------------------
+
+    def uidvalidity(self) -> int:
+        return self._disk.uidvalidity
+
+    def uidnext(self) -> int:
+        return self._disk.next_uid
+
+    def highestmodseq(self) -> int:
+        return self._view.highestmodseq
+
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._view.messages()
+
+    def info(self, uid: int) -> MessageInfo:
+        return self._view.info(uid)
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        self._view.add_listener(listener)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        self._view.remove_listener(listener)
+
+    def read(self, uid: int) -> bytes:
+        if uid not in self._view:
+            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
+        relpath = self._disk.files.get(uid)
+        for attempt in range(2):
+            if relpath is not None:
+                try:
+                    with open(os.path.join(self.path, relpath), "rb") as f:
+                        return to_crlf(f.read())
+                except FileNotFoundError:
+                    pass
+            if attempt == 0:
+                # Another program renamed it (a flag change) or removed it:
+                # find it by its base name.
+                relpath = self._find_by_uid(uid)
+        raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
+
+    def _find_by_uid(self, uid: int) -> str | None:
+        old = self._disk.files.get(uid)
+        if old is None:
+            return None
+        base = split_name(old.split("/", 1)[1])[0]
+        for sub in ("cur", "new"):
+            try:
+                names = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                continue
+            for n in names:
+                if n == base or n.startswith(base + ":"):
+                    return f"{sub}/{n}"
+        return None
+
+    # -- threads ----------------------------------------------------------
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def _to_reactor(self, f: Callable[..., Any], *args: Any) -> None:
+        self._reactor.callFromThread(f, *args)
+
+    def _flock(self) -> Any:
+        fd = os.open(os.path.join(self.path, LOCKFILE), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _unflock(self, fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def open(self) -> Deferred[MaildirMailbox]:
+        """Load the folder (create its directories if needed); fires with self."""
+        d = self._in_thread(self._load)
+        d.addCallback(lambda infos: (self._view.load(infos), self)[1])
+        return d
+
+    def _load(self) -> list[MessageInfo]:
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        with self._lock:
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked(force=True)
+                self._read_keywords_locked()
+                added, _, _ = self._scan_locked()
+                self._disk.scanned_at = time.time()
+            finally:
+                self._unflock(fd)
+        return [self._info_for(uid, self._disk.files[uid]) for uid in sorted(self._disk.files)]
+
+    # -- the uidlist -------------------------------------------------------
+
+    def _read_uidlist_locked(self, force: bool = False) -> bool:
+        """Re-read the uidlist if another process changed it; True if read."""
+        path = os.path.join(self.path, UIDLIST)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if not self._disk.uidvalidity:
+                self._disk.uidvalidity = int(time.time())
+                self._disk.guid = os.urandom(16).hex()
+                self._write_uidlist_locked()
+            return False
+        if not force and (st.st_ino, st.st_size) == self._disk.uidlist_stamp:
+            return False
+        with open(path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        header = lines[0].split()
+        uidvalidity = next_uid = 0
+        if header and header[0] == b"3":
+            for field in header[1:]:
+                if field[:1] == b"V" and field[1:].isdigit():
+                    uidvalidity = int(field[1:])
+                elif field[:1] == b"N" and field[1:].isdigit():
+                    next_uid = int(field[1:])
+                elif field[:1] == b"G":
+                    self._disk.guid = field[1:].decode("ascii", "replace")
+        if not uidvalidity:
+            log.warn(
+                "Maildir {path}: uidlist header unreadable; starting a new UIDVALIDITY",
+                path=self.path,
+            )
+            self._disk = attrs.evolve(
+                self._disk, uidvalidity=int(time.time()), files={}, uid_by_base={}
+            )
+            self._write_uidlist_locked()
+            return True
+        if self._disk.uidvalidity and uidvalidity != self._disk.uidvalidity:
+            log.warn(
+                "Maildir {path}: UIDVALIDITY changed from {old} to {new} by another program",
+                path=self.path, old=self._disk.uidvalidity, new=uidvalidity,
+            )
+            self._disk.files.clear()
+            self._disk.uid_by_base.clear()
+        self._disk.uidvalidity = uidvalidity
+        max_uid = 0
+        bad = 0
+        for line in lines[1:]:
+            if not line:
+                continue
+            head, sep, base = line.partition(b" :")
+            fields = head.split()
+            if not sep or not fields or not fields[0].isdigit() or not base:
+                bad += 1
+                continue
+            uid = int(fields[0])
+            name = base.decode("utf-8", "surrogateescape")
+            self._disk.uid_by_base.setdefault(name, uid)
+            max_uid = max(max_uid, uid)
+        if bad:
+            log.warn(
+                "Maildir {path}: skipped {bad} unreadable uidlist line(s); "
+                "their messages get new UIDs",
+                path=self.path, bad=bad,
+            )
+        self._disk.next_uid = max(self._disk.next_uid, next_uid, max_uid + 1)
+        self._disk.uidlist_stamp = (st.st_ino, st.st_size)
+        return True
+
+    def _uidlist_header(self) -> bytes:
+        d = self._disk
+        return f"3 V{d.uidvalidity} N{d.next_uid} G{d.guid}\n".encode()
+
+    def _write_uidlist_locked(self) -> None:
+        """Rewrite the whole uidlist (compacted to the files that exist)."""
+        lines = [self._uidlist_header()]
+        for uid in sorted(self._disk.files):
+            base = split_name(self._disk.files[uid].split("/", 1)[1])[0]
+            lines.append(f"{uid} :{base}\n".encode("utf-8", "surrogateescape"))
+        path = os.path.join(self.path, UIDLIST)
+        write_file_durably(path, b"".join(lines))
+        st = os.stat(path)
+        self._disk.uidlist_stamp = (st.st_ino, st.st_size)
+        self._disk.uid_by_base = {
+            split_name(rel.split("/", 1)[1])[0]: uid for uid, rel in self._disk.files.items()
+        }
+
+    def _append_uidlist_locked(self, entries: list[tuple[int, str]]) -> None:
+        """Append lines for new UIDs and fsync (Dovecot appends the same way)."""
+        path = os.path.join(self.path, UIDLIST)
+        data = b"".join(
+            f"{uid} :{base}\n".encode("utf-8", "surrogateescape") for uid, base in entries
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self._disk.uidlist_stamp = (st.st_ino, st.st_size)
+
+    def _read_keywords_locked(self) -> None:
+        try:
+            with open(os.path.join(self.path, KEYWORDS), encoding="utf-8") as f:
+                entries = [line.rstrip("\n").split(" ", 1) for line in f if line.strip()]
+        except FileNotFoundError:
+            return
+        keywords: list[str] = []
+        for entry in entries:
+            if len(entry) == 2 and entry[0].isdigit() and int(entry[0]) < _MAX_KEYWORDS:
+                index = int(entry[0])
+                keywords.extend([""] * (index + 1 - len(keywords)))
+                keywords[index] = entry[1]
+        self._disk.keywords = keywords
+
+    def _letters_locked(self, flags: frozenset[str]) -> str:
+        letters = [_FLAG_LETTERS[f] for f in flags if f in _FLAG_LETTERS]
+        new_keyword = False
+        for kw in sorted(f for f in flags if not f.startswith("\\")):
+            if kw not in self._disk.keywords:
+                if len(self._disk.keywords) >= _MAX_KEYWORDS:
+                    raise StorageError(
+                        f"{self.name}: at most {_MAX_KEYWORDS} keywords per Maildir folder"
+                    )
+                self._disk.keywords.append(kw)
+                new_keyword = True
+            letters.append(chr(ord("a") + self._disk.keywords.index(kw)))
+        if new_keyword:
+            write_file_durably(
+                os.path.join(self.path, KEYWORDS),
+                "".join(f"{i} {k}\n" for i, k in enumerate(self._disk.keywords) if k).encode(),
+            )
+        return "".join(sorted(letters))
+
+    def _flags_of(self, info_letters: str) -> frozenset[str]:
+        flags = set()
+        for letter in info_letters:
+            if letter in _LETTER_FLAGS:
+                flags.add(_LETTER_FLAGS[letter])
+            elif "a" <= letter <= "z":
+                index = ord(letter) - ord("a")
+                if index < len(self._disk.keywords) and self._disk.keywords[index]:
+                    flags.add(self._disk.keywords[index])
+        return frozenset(flags)
+
+    # -- scanning ----------------------------------------------------------
+
+    def _info_for(self, uid: int, relpath: str) -> MessageInfo:
+        name = relpath.split("/", 1)[1]
+        base, letters = split_name(name)
+        full = os.path.join(self.path, relpath)
+        try:
+            st = os.stat(full)
+            mtime = st.st_mtime
+        except FileNotFoundError:
+            mtime = time.time()
+        fields = base_size_fields(base)
+        size = fields.get("W")
+        if size is None:
+            try:
+                with open(full, "rb") as f:
+                    size = wire_size(f.read())
+            except FileNotFoundError:
+                size = 0
+        return MessageInfo(
+            uid=uid,
+            key=base,
+            flags=self._flags_of(letters),
+            internaldate=datetime.fromtimestamp(mtime, UTC),
+            size=size,
+        )
+
+    def _dir_stamp(self) -> tuple[int, int]:
+        return (
+            os.stat(os.path.join(self.path, "new")).st_mtime_ns,
+            os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
+        )
+
+    def _scan_locked(self) -> tuple[list[int], dict[int, str], list[int]]:
+        """
+        Compare new/ and cur/ with the disk state: returns the UIDs of files
+        that appeared (UIDs assigned and written to the uidlist), the UIDs
+        whose file name (flags) changed, and the UIDs whose file is gone.
+        """
+        self._disk.dir_stamp = self._dir_stamp()
+        found: dict[str, str] = {}
+        for sub in ("new", "cur"):
+            for n in os.listdir(os.path.join(self.path, sub)):
+                if n.startswith("."):
+                    continue
+                base = split_name(n)[0]
+                found[base] = f"{sub}/{n}"
+        by_base = {split_name(r.split("/", 1)[1])[0]: u for u, r in self._disk.files.items()}
+        gone = [u for b, u in by_base.items() if b not in found]
+        changed: dict[int, str] = {}
+        for base, rel in found.items():
+            uid = by_base.get(base)
+            if uid is not None and self._disk.files[uid] != rel:
+                changed[uid] = rel
+        new_bases = [b for b in found if b not in by_base]
+        added: list[int] = []
+        entries: list[tuple[int, str]] = []
+        # Files another process gave UIDs to keep them; others get new ones,
+        # in order of arrival (the time prefix of the base name).
+        for base in sorted(new_bases, key=lambda b: (self._disk.uid_by_base.get(b, 1 << 62), b)):
+            uid = self._disk.uid_by_base.get(base)
+            if uid is None or uid in self._disk.files:
+                uid = self._disk.next_uid
+                entries.append((uid, base))
+            self._disk.next_uid = max(self._disk.next_uid, uid + 1)
+            self._disk.files[uid] = found[base]
+            self._disk.uid_by_base[base] = uid
+            added.append(uid)
+        for uid in gone:
+            del self._disk.files[uid]
+        for uid, rel in changed.items():
+            self._disk.files[uid] = rel
+        if gone:
+            self._write_uidlist_locked()
+        elif entries:
+            self._append_uidlist_locked(entries)
+        return added, changed, gone
+
+    def refresh(self) -> Deferred[None]:
+        return self._in_thread(self._refresh)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            stamp = self._dir_stamp()
+            now = time.time()
+            # A change within the file system's timestamp granularity could
+            # leave the mtime unchanged: rescan while the last scan is recent.
+            if stamp == self._disk.dir_stamp and now - self._disk.scanned_at > 2.0:
+                return
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked()
+                self._read_keywords_locked()
+                added, changed, gone = self._scan_locked()
+            finally:
+                self._unflock(fd)
+            self._disk.scanned_at = now
+            if gone:
+                self._to_reactor(self._view.apply_expunged, gone)
+            if changed:
+                flags = {
+                    u: self._flags_of(split_name(r.split("/", 1)[1])[1])
+                    for u, r in changed.items()
+                }
+                self._to_reactor(self._view.apply_flags, flags)
+            if added:
+                infos = [self._info_for(u, self._disk.files[u]) for u in added]
+                self._to_reactor(self._view.apply_added, infos)
+
+    # -- append with group commit -----------------------------------------
+
+    def append(
+        self,
+        message: bytes,
+        flags: Iterable[str] = (),
+        internaldate: datetime | None = None,
+    ) -> Deferred[int]:
+        try:
+            flagset = normalise_flags(flags)
+        except ValueError as e:
+            return fail(e)
+        return self._in_thread(self._append, bytes(message), flagset, internaldate)
+
+    def _append(
+        self, message: bytes, flags: frozenset[str], internaldate: datetime | None
+    ) -> int:
+        data = to_lf(message)
+        now = time.time()
+        unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+        base = f"{unique},S={len(data)},W={len(message)}"
+        tmp = os.path.join(self.path, "tmp", base)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        if internaldate is not None:
+            stamp = internaldate.timestamp()
+            os.utime(tmp, (stamp, stamp))
+        if flags:
+            with self._lock:
+                letters = self._letters_locked(flags)
+            relpath = f"cur/{base}:2,{letters}"
+        else:
+            relpath = f"new/{base}"
+        os.rename(tmp, os.path.join(self.path, relpath))
+        when = datetime.fromtimestamp(internaldate.timestamp() if internaldate else now, UTC)
+        entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
+        with self._lock:
+            self._pending.append(entry)
+            self._commit_pending_locked()
+        if entry.error is not None:
+            raise StorageError(f"could not commit message to {self.name}: {entry.error}")
+        return entry.uid
+
+    def _commit_pending_locked(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked()
+                entries = []
+                for p in batch:
+                    uid = self._disk.next_uid
+                    self._disk.next_uid += 1
+                    p.uid = uid
+                    self._disk.files[uid] = p.relpath
+                    self._disk.uid_by_base[p.base] = uid
+                    entries.append((uid, p.base))
+                self._append_uidlist_locked(entries)
+            finally:
+                self._unflock(fd)
+            for sub in {p.relpath.split("/", 1)[0] for p in batch}:
+                fsync_dir(os.path.join(self.path, sub))
+        except BaseException as e:
+            for p in batch:
+                p.error = e
+            raise
+        infos = [attrs.evolve(p.info, uid=p.uid) for p in batch]
+        self._to_reactor(self._view.apply_added, infos)
+
+    # -- flags and expunge -------------------------------------------------
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str
+    ) -> Deferred[dict[int, frozenset[str]]]:
+        try:
+            flagset = normalise_flags(flags)
+            wanted = {
+                uid: apply_flag_mode(self._view.info(uid).flags, flagset, mode)
+                for uid in uids
+                if uid in self._view
+            }
+        except (ValueError, StorageError) as e:
+            return fail(e)
+        d = self._in_thread(self._set_flags, wanted)
+        # The view was already updated through callFromThread; answer with
+        # what it holds now.
+        d.addCallback(lambda done: {u: self._view.info(u).flags for u in done if u in self._view})
+        return d
+
+    def _set_flags(self, wanted: dict[int, frozenset[str]]) -> list[int]:
+        done: dict[int, frozenset[str]] = {}
+        with self._lock:
+            for uid, flags in wanted.items():
+                old = self._disk.files.get(uid)
+                if old is None:
+                    continue
+                base = split_name(old.split("/", 1)[1])[0]
+                new = f"cur/{base}:2,{self._letters_locked(flags)}"
+                if new != old:
+                    try:
+                        os.rename(os.path.join(self.path, old), os.path.join(self.path, new))
+                    except FileNotFoundError:
+                        found = self._find_by_uid(uid)
+                        if found is None:
+                            continue
+                        os.rename(os.path.join(self.path, found), os.path.join(self.path, new))
+                    self._disk.files[uid] = new
+                done[uid] = flags
+            if done:
+                fsync_dir(os.path.join(self.path, "cur"))
+                self._to_reactor(self._view.apply_flags, done)
+        return list(done)
+
+    def expunge(self, uids: Iterable[int] | None = None) -> Deferred[list[int]]:
+        allowed = None if uids is None else set(uids)
+        doomed = [
+            i.uid
+            for i in self._view.messages()
+            if "\\Deleted" in i.flags and (allowed is None or i.uid in allowed)
+        ]
+        if not doomed:
+            return self._in_thread(lambda: [])
+        return self._in_thread(self._expunge, doomed)
+
+    def _expunge(self, doomed: list[int]) -> list[int]:
+        removed = []
+        with self._lock:
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked()
+                for uid in doomed:
+                    rel = self._disk.files.get(uid)
+                    if rel is None:
+                        continue
+                    try:
+                        os.unlink(os.path.join(self.path, rel))
+                    except FileNotFoundError:
+                        found = self._find_by_uid(uid)
+                        if found is not None:
+                            os.unlink(os.path.join(self.path, found))
+                    del self._disk.files[uid]
+                    removed.append(uid)
+                if removed:
+                    fsync_dir(os.path.join(self.path, "cur"))
+                    fsync_dir(os.path.join(self.path, "new"))
+                    self._write_uidlist_locked()
+            finally:
+                self._unflock(fd)
+            if removed:
+                self._to_reactor(self._view.apply_expunged, removed)
+        return removed
+
+
+def _encode_folder(name: str) -> str:
+    """A folder name as Dovecot's Maildir++ stores it: modified UTF-7."""
+    return name.encode("imap4-utf-7").decode("ascii")
+
+
+def _decode_folder(name: str) -> str:
+    return name.encode("ascii").decode("imap4-utf-7")
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """The folders of one account in one Maildir++ directory."""
+
+    def __init__(self, root: str, factory: MaildirStoreFactory) -> None:
+        self.root = root
+        self._factory = factory
+
+    def _folder_path(self, name: str) -> str:
+        if name.upper() == "INBOX":
+            return self.root
+        check_mailbox_name(name)
+        return os.path.join(self.root, "." + _encode_folder(name))
+
+    def list_mailboxes(self) -> list[str]:
+        names = ["INBOX"]
+        try:
+            entries = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return names
+        for entry in entries:
+            if entry.startswith(".") and entry not in (".", "..") and os.path.isdir(
+                os.path.join(self.root, entry, "cur")
+            ):
+                try:
+                    names.append(_decode_folder(entry[1:]))
+                except (UnicodeError, ValueError):
+                    log.warn("Maildir {root}: skipping folder with an undecodable name {entry!r}",
+                             root=self.root, entry=entry)
+        return names
+
+    def get_mailbox(self, name: str) -> Deferred[IMailbox]:
+        try:
+            path = self._folder_path(name)
+        except StorageError as e:
+            return fail(e)
+        canonical = "INBOX" if name.upper() == "INBOX" else name
+        if canonical != "INBOX" and not os.path.isdir(os.path.join(path, "cur")):
+            return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
+        return self._factory.mailbox_at(path, canonical)
+
+    def create_mailbox(self, name: str) -> Deferred[None]:
+        try:
+            if name.upper() == "INBOX":
+                raise MailboxExists("INBOX always exists")
+            path = self._folder_path(name)
+        except StorageError as e:
+            return fail(e)
+        if os.path.exists(path):
+            return fail(MailboxExists(f"mailbox {name!r} exists already"))
+
+        def create() -> None:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise MailboxExists(f"mailbox {name!r} exists already") from None
+            for sub in ("cur", "new", "tmp"):
+                os.mkdir(os.path.join(path, sub), 0o700)
+            open(os.path.join(path, "maildirfolder"), "wb").close()
+            fsync_dir(path)
+            fsync_dir(self.root)
+
+        reactor = self._factory.reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), create)
+
+
+@implementer(IMailStoreFactory)
+class MaildirStoreFactory:
+    """
+    Accounts in Maildir++ under ``<data_dir>/mail/<domain>/<local>/``.
+
+    One factory per process: it keeps the registry of open folders, so all
+    sessions and deliveries share each folder's view and listeners.
+    """
+
+    name = "maildir"
+    description = "Maildir++ with Dovecot-compatible uidlist and keywords files."
+
+    def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor  # type: ignore[assignment]
+        self.reactor: Any = reactor
+        self._open: dict[str, MaildirMailbox] = {}
+        self._opening: dict[str, list[Deferred[IMailbox]]] = {}
+
+    @staticmethod
+    def account_root(address: str, data_dir: str) -> str:
+        local, _, domain = address.rpartition("@")
+        if not local or not domain or "/" in address or "\0" in address or local in (".", ".."):
+            raise StorageError(f"cannot store mail for the address {address!r}")
+        return os.path.join(data_dir, "mail", domain, local)
+
+    def open_store(self, address: str, data_dir: str) -> IMailStore:
+        return MaildirStore(self.account_root(address, data_dir), self)
+
+    def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:
+        """The live mailbox for a folder directory, opened once per process."""
+        result: Deferred[IMailbox] = Deferred()
+        mailbox = self._open.get(path)
+        if mailbox is not None:
+            result.callback(mailbox)
+            return result
+        waiters = self._opening.setdefault(path, [])
+        waiters.append(result)
+        if len(waiters) == 1:
+
+            def done(outcome: Any) -> None:
+                everyone = self._opening.pop(path, [])
+                if isinstance(outcome, Failure):
+                    if isinstance(outcome.value, OSError):
+                        outcome = Failure(
+                            StorageError(f"cannot open mailbox {name!r}: {outcome.value}")
+                        )
+                    for waiter in everyone:
+                        waiter.errback(outcome)
+                else:
+                    self._open[path] = outcome
+                    for waiter in everyone:
+                        waiter.callback(outcome)
+
+            MaildirMailbox(path, name, self.reactor).open().addBoth(done)
+        return result

@@ -1,0 +1,21 @@
+"""Every built-in backend runs the storage contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.storage.maildir import MaildirStoreFactory
+from pymail.storage.memory import MemoryStoreFactory
+from pymail.testing import MailStoreContract
+
+
+class MemoryContractTests(MailStoreContract, SynchronousTestCase):
+    def make_store(self) -> Any:
+        return MemoryStoreFactory().open_store("alice@example.org", "/nonexistent")
+
+
+class MaildirContractTests(MailStoreContract, SynchronousTestCase):
+    def make_store(self) -> Any:
+        return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.mktemp())

@@ -1,0 +1,159 @@
+"""Maildir specifics: persistence, outside writers, Dovecot-format files, repair."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.storage.maildir import MaildirStoreFactory
+from pymail.testing import ThreadlessReactor
+
+MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
+
+
+class MaildirTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.data = self.mktemp()
+        self.root = os.path.join(self.data, "mail", "example.org", "alice")
+
+    def open_inbox(self) -> Any:
+        store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    def test_uids_survive_reopen(self) -> None:
+        """A fresh process (new factory) sees the same UIDs, UIDVALIDITY and flags."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG)) for _ in range(3)]
+        self.successResultOf(box.set_flags([uids[1]], ["\\Seen", "$Work"], "add"))
+        again = self.open_inbox()
+        assert again is not box
+        assert [i.uid for i in again.messages()] == uids
+        assert again.uidvalidity() == box.uidvalidity()
+        assert again.info(uids[1]).flags == {"\\Seen", "$Work"}
+        assert again.uidnext() == uids[-1] + 1
+
+    def test_on_disk_layout_is_maildir(self) -> None:
+        """Messages are LF files in new/ and cur/, readable by Python's mailbox module."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG))
+        self.successResultOf(box.set_flags([uid], ["\\Seen"], "add"))
+        md = mailbox.Maildir(self.root, factory=None, create=False)
+        [(key, msg)] = list(md.items())
+        assert msg.get_flags() == "S"
+        assert msg.as_bytes().endswith(b"hello\n")
+        [name] = os.listdir(os.path.join(self.root, "cur"))
+        assert b"\r" not in Path(self.root, "cur", name).read_bytes()
+
+    def test_dovecot_uidlist_format(self) -> None:
+        """The uidlist has Dovecot's version 3 header and 'uid :basename' lines."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG))
+        lines = Path(self.root, "dovecot-uidlist").read_text().splitlines()
+        header = lines[0].split()
+        assert header[0] == "3"
+        assert header[1] == f"V{box.uidvalidity()}"
+        assert lines[1] == f"{uid} :{box.info(uid).key}"
+
+    def test_message_dropped_by_another_program(self) -> None:
+        """A file another program delivers into new/ appears after refresh."""
+        box = self.open_inbox()
+        first = self.successResultOf(box.append(MSG))
+        md = mailbox.Maildir(self.root, factory=None, create=False)
+        md.add(b"Subject: outside\n\nfrom procmail\n")
+        self.successResultOf(box.refresh())
+        uids = [i.uid for i in box.messages()]
+        assert uids == [first, first + 1]
+        assert box.read(first + 1) == b"Subject: outside\r\n\r\nfrom procmail\r\n"
+        assert box.info(first + 1).size == len(b"Subject: outside\r\n\r\nfrom procmail\r\n")
+
+    def test_flag_change_and_removal_by_another_program(self) -> None:
+        """mutt renaming a file (flags) or deleting it is seen at refresh."""
+        box = self.open_inbox()
+        a = self.successResultOf(box.append(MSG))
+        b = self.successResultOf(box.append(MSG))
+        md = mailbox.Maildir(self.root, factory=None, create=False)
+        keys = sorted(md.keys())
+        msg = md[keys[0]]
+        msg.set_subdir("cur")
+        msg.set_flags("FS")
+        md[keys[0]] = msg
+        md.remove(keys[1])
+        self.successResultOf(box.refresh())
+        assert [i.uid for i in box.messages()] == [a]
+        assert box.info(a).flags == {"\\Flagged", "\\Seen"}
+        assert box.read(a).endswith(b"hello\r\n")
+
+    def test_truncated_uidlist_is_repaired(self) -> None:
+        """A uidlist cut in half loses no message; known UIDs are kept."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG)) for _ in range(4)]
+        path = Path(self.root, "dovecot-uidlist")
+        lines = path.read_bytes().split(b"\n")
+        path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:4])
+        again = self.open_inbox()
+        got = [i.uid for i in again.messages()]
+        assert len(got) == 4
+        assert got[:2] == uids[:2]
+        assert all(again.read(u) == MSG for u in got)
+
+    def test_garbage_uidlist_starts_new_uidvalidity(self) -> None:
+        """An unreadable uidlist gives a new UIDVALIDITY and keeps every message."""
+        box = self.open_inbox()
+        for _ in range(2):
+            self.successResultOf(box.append(MSG))
+        Path(self.root, "dovecot-uidlist").write_bytes(b"\x00garbage\n")
+        again = self.open_inbox()
+        assert len(again.messages()) == 2
+        assert all(again.read(i.uid) == MSG for i in again.messages())
+
+    def test_stray_files_ignored(self) -> None:
+        """Dot files in cur/ (editor leftovers) are not messages."""
+        box = self.open_inbox()
+        self.successResultOf(box.append(MSG))
+        Path(self.root, "cur", ".swp").write_bytes(b"junk")
+        again = self.open_inbox()
+        assert len(again.messages()) == 1
+
+
+class ThreadedAppendTests(SynchronousTestCase):
+    """Group commit with real threads: concurrent appends all land with unique UIDs."""
+
+    def test_concurrent_appends(self) -> None:
+        """Twenty threads appending at once give twenty files and twenty distinct UIDs."""
+        from pymail.storage.maildir import MaildirMailbox
+
+        calls: list[Any] = []
+
+        class Reactor:
+            def callFromThread(self, f: Any, *a: Any) -> None:
+                calls.append((f, a))
+
+        data = self.mktemp()
+        box = MaildirMailbox(os.path.join(data, "m"), "INBOX", Reactor())
+        box._load()
+        results: list[int] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                results.append(box._append(MSG, frozenset(), None))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sorted(results) == list(range(1, 21))
+        for f, a in calls:
+            f(*a)
+        assert [i.uid for i in box.messages()] == list(range(1, 21))
+        assert len(os.listdir(os.path.join(data, "m", "new"))) == 20
