@@ -1,0 +1,78 @@
+"""
+POP3 multi-line response framing (RFC 1939 section 3).
+
+Messages cross pymail's storage interface in wire form (CRLF line endings),
+so they are served byte-exact: the only change is byte-stuffing, an extra
+``.`` before every line that starts with ``.``, and the ``.`` CRLF
+terminator.  A client that removes the stuffing gets the stored bytes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: Ends every multi-line response.
+TERMINATOR = b".\r\n"
+
+
+def multiline(status: bytes, body: bytes) -> list[bytes]:
+    """
+    The pieces of a whole multi-line response, for one ``writeSequence``.
+
+    :param status: the first line, CRLF included (``b"+OK 120 octets\\r\\n"``).
+    :param body: the payload, e.g. a message in wire form.  Every line that
+        starts with ``.`` is stuffed; stuffing after a bare LF too keeps a
+        client that splits lines on LF alone from seeing a false terminator.
+        A body that does not end with CRLF gets one, so the terminator
+        stands on a line of its own.
+    """
+    stuffed = body.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    pieces = [status, stuffed]
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        pieces.append(b"\r\n")
+    pieces.append(TERMINATOR)
+    return pieces
+
+
+def multiline_lines(status: bytes, lines: Iterable[bytes]) -> list[bytes]:
+    """
+    A multi-line response made of short lines (LIST, UIDL, CAPA), each
+    given without its CRLF; stuffed like :func:`multiline`.
+    """
+    out = [status]
+    for line in lines:
+        if line.startswith(b"."):
+            line = b"." + line
+        out.append(line + b"\r\n")
+    out.append(TERMINATOR)
+    return out
+
+
+def message_top(message: bytes, lines: int) -> bytes:
+    """
+    The header of ``message``, the empty line after it and the first
+    ``lines`` lines of its body, byte-exact (RFC 1939 TOP).
+
+    A message without a body (no empty line) is all header and is returned
+    whole, as is a body shorter than ``lines``.
+    """
+    if message.startswith(b"\r\n"):
+        end = 2
+    elif message.startswith(b"\n"):
+        end = 1
+    else:
+        crlf = message.find(b"\n\r\n")
+        lf = message.find(b"\n\n")
+        candidates = [p + 3 for p in (crlf,) if p != -1] + [p + 2 for p in (lf,) if p != -1]
+        if not candidates:
+            return message
+        end = min(candidates)
+    pos = end
+    for _ in range(lines):
+        newline = message.find(b"\n", pos)
+        if newline == -1:
+            return message
+        pos = newline + 1
+    return message[:pos]

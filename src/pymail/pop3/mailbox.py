@@ -1,0 +1,202 @@
+"""
+The POP3 view of an account's INBOX: pymail's :class:`~pymail.interfaces.IMailbox`
+adapted to what RFC 1939 needs.
+
+- :class:`Maildrop`: the message list as it was at login (a POP3 session
+  never sees later arrivals), message numbers, deletion marks, and the
+  UPDATE state's commit.
+- :func:`uidl_for_key`: the unique-id listing of a message, derived from its
+  permanent storage key.
+- :class:`MaildropLocks`: the exclusive-access lock RFC 1939 section 4 asks
+  for, within one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from pymail.errors import PymailError
+from pymail.interfaces import IMailbox, MessageInfo
+
+#: RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21-0x7E.
+_UIDL_SAFE = re.compile(r"[\x21-\x7e]{1,70}")
+#: Marks a hashed unique-id; keys that start with it are hashed too, so two
+#: different keys can never produce the same unique-id.
+_HASHED_PREFIX = "~"
+
+
+def uidl_for_key(key: str) -> str:
+    """
+    The POP3 unique-id of the message whose storage key is ``key``.
+
+    A key that is already a valid unique-id (RFC 1939 section 7: 1 to 70
+    characters from 0x21 to 0x7E) is used as it is, so other servers reading
+    the same Maildir give the same unique-ids; any other key is replaced by
+    ``~`` and the SHA-256 of its UTF-8 form in hex (65 characters).  The key
+    is permanent, so the unique-id is stable across sessions, restarts and
+    flag changes.
+    """
+    if _UIDL_SAFE.fullmatch(key) and not key.startswith(_HASHED_PREFIX):
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return _HASHED_PREFIX + digest
+
+
+class MessageNumberError(PymailError):
+    """A message number the client gave cannot be used; ``str()`` says why."""
+
+
+class NoSuchMessageNumber(MessageNumberError):
+    """The number is outside the maildrop."""
+
+
+class MessageDeleted(MessageNumberError):
+    """The message is marked as deleted in this session."""
+
+
+@attrs.define
+class Maildrop:
+    """
+    One POP3 session's maildrop: a snapshot of the INBOX taken at login.
+
+    Message numbers are 1-based positions in the snapshot and never change
+    during the session.  Deletions are only marks until :meth:`commit`.
+    """
+
+    _mailbox: IMailbox
+    _messages: tuple[MessageInfo, ...]
+    _deleted: set[int] = attrs.Factory(set)
+
+    @classmethod
+    def snapshot(cls, mailbox: IMailbox) -> Maildrop:
+        """The maildrop of ``mailbox`` as it is now."""
+        return cls(mailbox, tuple(mailbox.messages()))
+
+    def __len__(self) -> int:
+        """The number of messages in the snapshot, deleted or not."""
+        return len(self._messages)
+
+    def info(self, number: int) -> MessageInfo:
+        """
+        The message with this number.
+
+        :raises NoSuchMessageNumber: outside ``1..len(self)``.
+        :raises MessageDeleted: marked deleted in this session.
+        """
+        if not 1 <= number <= len(self._messages):
+            raise NoSuchMessageNumber(
+                f"no message {number}, the maildrop has {len(self._messages)}"
+            )
+        if number in self._deleted:
+            raise MessageDeleted(f"message {number} is deleted")
+        return self._messages[number - 1]
+
+    def stat(self) -> tuple[int, int]:
+        """The number and total wire-form size of the messages not deleted."""
+        live = [m.size for n, m in self.listing()]
+        return len(live), sum(live)
+
+    def listing(self) -> list[tuple[int, MessageInfo]]:
+        """The message numbers and messages not deleted, ascending."""
+        return [
+            (n, m) for n, m in enumerate(self._messages, 1) if n not in self._deleted
+        ]
+
+    def uidl(self, number: int) -> str:
+        """The unique-id of a message (see :func:`uidl_for_key`)."""
+        return uidl_for_key(self.info(number).key)
+
+    def read(self, number: int) -> bytes:
+        """
+        The whole message in wire form.
+
+        :raises MessageNumberError: see :meth:`info`.
+        :raises pymail.errors.NoSuchMessage: another session (IMAP, another
+            program) removed it since the snapshot.
+        """
+        return self._mailbox.read(self.info(number).uid)
+
+    def delete(self, number: int) -> None:
+        """
+        Mark a message deleted; nothing is removed before :meth:`commit`.
+
+        :raises MessageNumberError: see :meth:`info`.
+        """
+        self.info(number)
+        self._deleted.add(number)
+
+    def reset(self) -> None:
+        """Unmark every message this session marked deleted (RSET)."""
+        self._deleted.clear()
+
+    def deleted_uids(self) -> list[int]:
+        """The UIDs of the messages this session marked deleted, ascending."""
+        return sorted(self._messages[n - 1].uid for n in self._deleted)
+
+    def commit(self) -> Deferred[list[int]]:
+        """
+        Remove the messages this session marked deleted, and only those
+        (RFC 1939 UPDATE state): flag them ``\\Deleted``, then expunge
+        exactly their UIDs, so messages another session flagged
+        ``\\Deleted`` but did not expunge stay.  Fires with the UIDs
+        removed; messages already gone are skipped.
+        """
+        return Deferred.fromCoroutine(self._commit())
+
+    async def _commit(self) -> list[int]:
+        uids = self.deleted_uids()
+        if not uids:
+            return []
+        await self._mailbox.set_flags(uids, ["\\Deleted"], "add")
+        return await self._mailbox.expunge(uids)
+
+
+@attrs.define(eq=False)
+class MaildropLock:
+    """A held maildrop lock; :meth:`release` may be called any number of times."""
+
+    _locks: MaildropLocks
+    address: str
+    _held: bool = True
+
+    def release(self) -> None:
+        """Let another session open the maildrop."""
+        if self._held:
+            self._held = False
+            self._locks._release(self.address)
+
+
+@attrs.define
+class MaildropLocks:
+    """
+    The exclusive-access locks of RFC 1939 section 4 ("the POP3 server then
+    acquires an exclusive-access lock on the maildrop"), one per account,
+    within this process.  Every listener of a process must share one
+    instance, which is why :data:`PROCESS_LOCKS` exists.
+    """
+
+    _held: set[str] = attrs.Factory(set)
+
+    def acquire(self, address: str) -> MaildropLock | None:
+        """Lock the maildrop of ``address``, or ``None`` if it is in use."""
+        key = address.lower()
+        if key in self._held:
+            return None
+        self._held.add(key)
+        return MaildropLock(self, key)
+
+    def is_locked(self, address: str) -> bool:
+        """Whether a session holds the maildrop of ``address``."""
+        return address.lower() in self._held
+
+    def _release(self, key: str) -> None:
+        self._held.discard(key)
+
+
+#: The locks every :class:`~pymail.pop3.server.POP3Factory` of this process
+#: uses unless given its own.
+PROCESS_LOCKS = MaildropLocks()

@@ -1,0 +1,655 @@
+"""
+pymail's POP3 server (RFC 1939, with CAPA and response codes from RFC 2449
+and RFC 3206).
+
+The protocol is pymail's own, on :class:`twisted.internet.protocol.Protocol`,
+not a subclass of ``twisted.mail.pop3.POP3``.  Measured against what pymail
+needs, the stock class keeps only its greeting: it converts LF to CRLF in
+messages that already are CRLF (``\\r\\r\\n`` on the wire), misses dot-stuffing
+of a first line and across file chunks, sends a RETR in many small writes
+over several reactor turns (the Nagle/delayed-ACK stall), sends no reply at
+all when a message vanished under it, drops the connection (and any
+pipelined commands after it) on an over-long line, lets USER/PASS run in the
+TRANSACTION state, crashes on a wrong argument count (``b"".join`` of a
+``str``), has a synchronous ``sync()`` where pymail's storage is
+asynchronous, and logs through ``twisted.python.log``.  Every ``do_`` method
+and the reader would be overridden, leaving its APOP, AUTH, LAST and RPOP
+reachable through a prefix-string dispatch.  So: an explicit command table,
+a line reader that keeps pipelined commands in order, one write per batch of
+responses, and a push producer for flow control.
+
+Extending (STLS, SASL): add entries to :attr:`POP3Server.commands` and to
+:meth:`POP3Server.capabilities` in a subclass; the reader's buffer is the
+one place to clear after a TLS upgrade (RFC 2595 section 4, no plaintext
+command injection).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed, UnhandledCredentials
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pymail.errors import NoSuchMessage, StorageError
+from pymail.interfaces import IAccount
+from pymail.pop3 import replies
+from pymail.pop3.framing import message_top, multiline, multiline_lines
+from pymail.pop3.mailbox import (
+    PROCESS_LOCKS,
+    Maildrop,
+    MaildropLock,
+    MaildropLocks,
+    MessageNumberError,
+    uidl_for_key,
+)
+
+log = Logger()
+
+_KEYWORD = re.compile(rb"[A-Za-z]{1,8}")
+_NUMBER = re.compile(rb"[0-9]{1,10}")
+
+
+class State(enum.Enum):
+    """The session states of RFC 1939 section 3."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+class _SyntaxError(Exception):
+    """The arguments do not fit the command; the reply shows its syntax."""
+
+
+@attrs.frozen
+class Command:
+    """
+    One entry of the command table.
+
+    :ivar handler: called with the server and the raw text after the
+        keyword and its space; returns a Deferred when the reply comes
+        later (commands after it wait, in order).
+    :ivar states: where the command is allowed.
+    :ivar syntax: shown when the arguments are wrong.
+    """
+
+    name: bytes
+    handler: Callable[[POP3Server, bytes], Deferred[None] | None]
+    states: frozenset[State]
+    syntax: str
+
+
+_AUTHORIZATION = frozenset({State.AUTHORIZATION})
+_TRANSACTION = frozenset({State.TRANSACTION})
+_ANY = _AUTHORIZATION | _TRANSACTION
+
+
+def _no_args(args: bytes) -> None:
+    if args.split():
+        raise _SyntaxError()
+
+
+def _number(token: bytes) -> int:
+    if not _NUMBER.fullmatch(token):
+        raise _SyntaxError()
+    return int(token)
+
+
+def _numbers(args: bytes, least: int, most: int) -> list[int]:
+    parts = args.split()
+    if not least <= len(parts) <= most:
+        raise _SyntaxError()
+    return [_number(p) for p in parts]
+
+
+@implementer(IPushProducer)
+class POP3Server(Protocol):
+    """
+    One POP3 session.
+
+    Pipelining (RFC 2449 section 6.6): every complete line received is
+    handled in order; while a command waits for something (login, the
+    UPDATE state) later lines wait in the buffer.  Replies are collected and
+    written with one ``writeSequence`` per batch, so a whole RETR leaves in
+    one write whether or not the client pipelines.  The server is a push
+    producer for its transport: while the client does not read, commands
+    wait, and past :attr:`MAX_PENDING` buffered octets the server stops
+    reading.
+    """
+
+    #: RFC 2449 section 4 allows clients 255 octets per command line,
+    #: CRLF included; longer lines get ``-ERR`` and are skipped.
+    MAX_LINE_LENGTH: ClassVar[int] = 255
+    #: Consecutive failed commands before the server gives up on a client.
+    MAX_ERRORS: ClassVar[int] = 10
+    #: Unprocessed input past which the server stops reading.
+    MAX_PENDING: ClassVar[int] = 64 * 1024
+    #: Replies collected past this size are written at once (flow control).
+    FLUSH_SIZE: ClassVar[int] = 64 * 1024
+
+    commands: ClassVar[dict[bytes, Command]]
+
+    def __init__(
+        self,
+        portal: Portal,
+        reactor: IReactorTime,
+        hostname: str,
+        timeout: float,
+        locks: MaildropLocks,
+    ) -> None:
+        self._portal = portal
+        self._reactor = reactor
+        self._hostname = hostname
+        self._timeout = timeout
+        self._locks = locks
+        self._state = State.AUTHORIZATION
+        self._buffer = b""
+        self._discarding = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._processing = False
+        self._waiting = False
+        self._write_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._closed = False
+        self._errors = 0
+        self._timer: IDelayedCall | None = None
+        self._user: bytes | None = None
+        self._address: str | None = None
+        self._maildrop: Maildrop | None = None
+        self._lock: MaildropLock | None = None
+        self._logout: Callable[[], object] | None = None
+
+    @property
+    def state(self) -> State:
+        """The RFC 1939 state the session is in."""
+        return self._state
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            # Responses are written whole, so small segments are replies
+            # the client waits for: never hold them back (Nagle).
+            self.transport.setTcpNoDelay(True)
+        self.transport.registerProducer(self, True)
+        self._restart_timer()
+        log.info("POP3 connection from {peer}", peer=self._peer())
+        self._send(replies.line(replies.GREETING, hostname=self._hostname))
+        self._flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        self._stop_timer()
+        if self._state is not State.UPDATE:
+            # No QUIT: RFC 1939 section 6, nothing is removed.  In UPDATE
+            # the commit in progress ends the session when it is done.
+            self._end_session()
+        log.info(
+            "POP3 connection from {peer} closed ({address})",
+            peer=self._peer(),
+            address=self._address or "not logged in",
+        )
+
+    def _peer(self) -> str:
+        peer: IAddress | None = self.transport.getPeer() if self.transport else None
+        return str(peer)
+
+    def _end_session(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+        self._maildrop = None
+
+    # -- IPushProducer: the transport tells us when the client stops reading
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        # A slow download is not an idle client.
+        self._stop_timer()
+
+    def resumeProducing(self) -> None:
+        if not self._write_paused:
+            return
+        self._write_paused = False
+        if not self._closing and not self._closed and self._state is not State.UPDATE:
+            self._restart_timer()
+        self._process()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- reading ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        self._process()
+
+    def _can_process(self) -> bool:
+        return not (self._waiting or self._write_paused or self._closing or self._closed)
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._can_process():
+                line = self._next_line()
+                if line is None:
+                    break
+                self._restart_timer()
+                result = self._dispatch(line)
+                if result is not None:
+                    self._waiting = True
+                    result.addBoth(self._command_done)
+                if self._out_size >= self.FLUSH_SIZE:
+                    self._flush()
+        finally:
+            self._processing = False
+        self._flush()
+        self._update_reading()
+
+    def _next_line(self) -> bytes | None:
+        """The next whole command line without its line end, or ``None``."""
+        limit = self.MAX_LINE_LENGTH
+        while True:
+            end = self._buffer.find(b"\n")
+            if self._discarding:
+                # The rest of an over-long line, already answered.
+                if end == -1:
+                    self._buffer = b""
+                    return None
+                self._buffer = self._buffer[end + 1 :]
+                self._discarding = False
+                continue
+            if end == -1:
+                if len(self._buffer) >= limit:
+                    self._buffer = b""
+                    self._discarding = True
+                    self._fail(replies.LINE_TOO_LONG, limit=limit)
+                return None
+            line = self._buffer[:end]
+            self._buffer = self._buffer[end + 1 :]
+            if len(line) + 1 > limit:
+                self._fail(replies.LINE_TOO_LONG, limit=limit)
+                if not self._can_process():
+                    return None
+                continue
+            # CRLF is the line end; a bare LF is accepted from lax clients.
+            return line[:-1] if line.endswith(b"\r") else line
+
+    def _update_reading(self) -> None:
+        if self._closed or self._closing or self.transport is None:
+            return
+        if len(self._buffer) > self.MAX_PENDING and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        elif len(self._buffer) <= self.MAX_PENDING and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _command_done(self, result: object) -> None:
+        self._waiting = False
+        if isinstance(result, Failure):
+            log.failure("POP3 command failed unexpectedly", result)
+            self._server_error(replies.INTERNAL_ERROR)
+        self._process()
+
+    # -- writing ------------------------------------------------------------
+
+    def _send(self, *pieces: bytes) -> None:
+        self._out.extend(pieces)
+        self._out_size += sum(len(p) for p in pieces)
+
+    def _flush(self) -> None:
+        if self._out and not self._closed:
+            self.transport.writeSequence(self._out)
+        self._out = []
+        self._out_size = 0
+        if self._closing and not self._closed and not self.transport.disconnecting:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def _ok(self, template: str, **fields: object) -> None:
+        self._errors = 0
+        self._send(replies.line(template, **fields))
+
+    def _ok_pieces(self, pieces: list[bytes]) -> None:
+        self._errors = 0
+        self._send(*pieces)
+
+    def _fail(self, template: str, **fields: object) -> None:
+        """A reply to the client's mistake; too many in a row end the session."""
+        self._errors += 1
+        if self._errors >= self.MAX_ERRORS:
+            reply = template.format(**fields)
+            self._send(replies.line(replies.TOO_MANY_ERRORS, reply=reply))
+            log.info("POP3 client {peer} sent too many bad commands", peer=self._peer())
+            self._close_after_flush()
+        else:
+            self._send(replies.line(template, **fields))
+
+    def _server_error(self, template: str, **fields: object) -> None:
+        """A ``-ERR`` that is not the client's fault."""
+        self._send(replies.line(template, **fields))
+
+    def _close_after_flush(self) -> None:
+        self._closing = True
+        self._stop_timer()
+
+    # -- the autologout timer (RFC 1939 section 3) ---------------------------
+
+    def _restart_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+        else:
+            self._timer = self._reactor.callLater(self._timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        # RFC 1939 section 3: close without a response and without entering
+        # UPDATE.  Abort: a client idle this long is not reading replies.
+        self._timer = None
+        log.info("POP3 autologout of {peer}", peer=self._peer())
+        self._closing = True
+        self.transport.abortConnection()
+
+    # -- dispatch -----------------------------------------------------------
+
+    def _dispatch(self, line: bytes) -> Deferred[None] | None:
+        keyword, _, args = line.partition(b" ")
+        if not line.strip():
+            self._fail(replies.EMPTY_COMMAND)
+            return None
+        name = keyword.upper()
+        command = self.commands.get(name)
+        if command is None:
+            if _KEYWORD.fullmatch(keyword):
+                self._fail(replies.UNKNOWN_COMMAND, command=name.decode("ascii"))
+            else:
+                self._fail(replies.UNKNOWN_COMMAND_UNPRINTABLE)
+            return None
+        if self._state not in command.states:
+            self._fail(
+                replies.WRONG_STATE, command=name.decode("ascii"), state=self._state.value
+            )
+            return None
+        try:
+            return command.handler(self, args)
+        except _SyntaxError:
+            self._fail(replies.SYNTAX, syntax=command.syntax)
+        except MessageNumberError as e:
+            self._fail(replies.BAD_MESSAGE_NUMBER, reason=str(e))
+        except Exception:
+            log.failure("POP3 {command} failed unexpectedly", command=name.decode("ascii"))
+            self._server_error(replies.INTERNAL_ERROR)
+        return None
+
+    def capabilities(self) -> list[bytes]:
+        """The CAPA list (RFC 2449 section 5), the same in every state."""
+        return [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"PIPELINING", b"IMPLEMENTATION pymail"]
+
+    @property
+    def _drop(self) -> Maildrop:
+        assert self._maildrop is not None, "TRANSACTION state without a maildrop"
+        return self._maildrop
+
+    # -- commands -----------------------------------------------------------
+
+    def do_capa(self, args: bytes) -> None:
+        _no_args(args)
+        self._ok_pieces(
+            multiline_lines(replies.line(replies.CAPA_FOLLOWS), self.capabilities())
+        )
+
+    def do_user(self, args: bytes) -> None:
+        name = args.strip()
+        if not name:
+            raise _SyntaxError()
+        self._user = name
+        self._ok(replies.USER_ACCEPTED)
+
+    def do_pass(self, args: bytes) -> Deferred[None] | None:
+        # RFC 1939: the password may contain spaces; it is all of the rest.
+        if self._user is None:
+            self._fail(replies.PASS_WITHOUT_USER)
+            return None
+        if not args:
+            raise _SyntaxError()
+        user, self._user = self._user, None
+        return Deferred.fromCoroutine(self._login(user, args))
+
+    async def _login(self, user: bytes, password: bytes) -> None:
+        shown = user.decode("utf-8", "backslashreplace")
+        try:
+            _interface, avatar, logout = await self._portal.login(
+                UsernamePassword(user, password), None, IAccount
+            )
+        except UnhandledCredentials:
+            log.failure("POP3 login impossible: no checker takes username/password")
+            self._server_error(replies.LOGIN_UNAVAILABLE)
+            return
+        except LoginFailed:
+            log.info("POP3 login failed for {user} from {peer}", user=shown, peer=self._peer())
+            self._fail(replies.AUTH_FAILED)
+            return
+        except Exception:
+            log.failure("POP3 login for {user} failed unexpectedly", user=shown)
+            self._server_error(replies.LOGIN_UNAVAILABLE)
+            return
+        if self._closed:
+            logout()
+            return
+        address = str(avatar.address)
+        lock = self._locks.acquire(address)
+        if lock is None:
+            logout()
+            log.info("POP3 maildrop of {address} in use", address=address)
+            self._server_error(replies.IN_USE)
+            return
+        try:
+            mailbox = await avatar.store.get_mailbox("INBOX")
+        except Exception:
+            lock.release()
+            logout()
+            log.failure("POP3 cannot open the INBOX of {address}", address=address)
+            self._server_error(replies.MAILDROP_UNAVAILABLE)
+            return
+        if self._closed:
+            lock.release()
+            logout()
+            return
+        self._address, self._lock, self._logout = address, lock, logout
+        self._maildrop = Maildrop.snapshot(mailbox)
+        self._state = State.TRANSACTION
+        count, octets = self._maildrop.stat()
+        log.info(
+            "POP3 login of {address} from {peer}, {count} messages",
+            address=address,
+            peer=self._peer(),
+            count=count,
+        )
+        self._ok(replies.LOGGED_IN, count=count, octets=octets)
+
+    def do_quit(self, args: bytes) -> Deferred[None] | None:
+        _no_args(args)
+        if self._state is State.AUTHORIZATION:
+            self._ok(replies.SIGNING_OFF)
+            self._close_after_flush()
+            return None
+        return Deferred.fromCoroutine(self._update())
+
+    async def _update(self) -> None:
+        self._state = State.UPDATE
+        self._stop_timer()
+        try:
+            removed = await self._drop.commit()
+        except Exception:
+            log.failure("POP3 UPDATE for {address} failed", address=self._address)
+            self._server_error(replies.UPDATE_FAILED)
+        else:
+            log.info(
+                "POP3 logout of {address}, {count} messages deleted",
+                address=self._address,
+                count=len(removed),
+            )
+            if removed:
+                self._ok(replies.SIGNING_OFF_DELETED, count=len(removed))
+            else:
+                self._ok(replies.SIGNING_OFF)
+        finally:
+            self._end_session()
+        self._close_after_flush()
+        if self._closed:
+            # The client went away during UPDATE; nothing is left to send.
+            self._out = []
+
+    def do_stat(self, args: bytes) -> None:
+        _no_args(args)
+        count, octets = self._drop.stat()
+        self._ok(replies.STAT, count=count, octets=octets)
+
+    def do_list(self, args: bytes) -> None:
+        numbers = _numbers(args, 0, 1)
+        if numbers:
+            info = self._drop.info(numbers[0])
+            self._ok(replies.LIST_ONE, number=numbers[0], size=info.size)
+            return
+        count, octets = self._drop.stat()
+        status = replies.line(replies.LIST_FOLLOWS, count=count, octets=octets)
+        self._ok_pieces(
+            multiline_lines(status, [b"%d %d" % (n, m.size) for n, m in self._drop.listing()])
+        )
+
+    def do_uidl(self, args: bytes) -> None:
+        numbers = _numbers(args, 0, 1)
+        if numbers:
+            self._ok(replies.UIDL_ONE, number=numbers[0], uidl=self._drop.uidl(numbers[0]))
+            return
+        lines = [
+            b"%d %s" % (n, uidl_for_key(m.key).encode("ascii"))
+            for n, m in self._drop.listing()
+        ]
+        self._ok_pieces(multiline_lines(replies.line(replies.UIDL_FOLLOWS), lines))
+
+    def do_retr(self, args: bytes) -> None:
+        (number,) = _numbers(args, 1, 1)
+        message = self._read(number)
+        if message is not None:
+            status = replies.line(replies.RETR_FOLLOWS, size=len(message))
+            self._ok_pieces(multiline(status, message))
+
+    def do_top(self, args: bytes) -> None:
+        number, lines = _numbers(args, 2, 2)
+        message = self._read(number)
+        if message is not None:
+            status = replies.line(replies.TOP_FOLLOWS)
+            self._ok_pieces(multiline(status, message_top(message, lines)))
+
+    def _read(self, number: int) -> bytes | None:
+        """The message, or ``None`` when it cannot be read (replied already)."""
+        try:
+            return self._drop.read(number)
+        except NoSuchMessage:
+            self._server_error(replies.MESSAGE_GONE, number=number)
+        except StorageError:
+            log.failure("POP3 cannot read message {number} of {address}",
+                        number=number, address=self._address)
+            self._server_error(replies.STORAGE_FAILED, number=number)
+        return None
+
+    def do_dele(self, args: bytes) -> None:
+        (number,) = _numbers(args, 1, 1)
+        self._drop.delete(number)
+        self._ok(replies.DELETED, number=number)
+
+    def do_noop(self, args: bytes) -> None:
+        _no_args(args)
+        self._ok(replies.NOOP)
+
+    def do_rset(self, args: bytes) -> None:
+        _no_args(args)
+        self._drop.reset()
+        count, octets = self._drop.stat()
+        self._ok(replies.RSET_DONE, count=count, octets=octets)
+
+    commands = {
+        c.name: c
+        for c in [
+            Command(b"CAPA", do_capa, _ANY, "CAPA"),
+            Command(b"USER", do_user, _AUTHORIZATION, "USER name"),
+            Command(b"PASS", do_pass, _AUTHORIZATION, "PASS password"),
+            Command(b"QUIT", do_quit, _ANY, "QUIT"),
+            Command(b"STAT", do_stat, _TRANSACTION, "STAT"),
+            Command(b"LIST", do_list, _TRANSACTION, "LIST [msg]"),
+            Command(b"UIDL", do_uidl, _TRANSACTION, "UIDL [msg]"),
+            Command(b"RETR", do_retr, _TRANSACTION, "RETR msg"),
+            Command(b"TOP", do_top, _TRANSACTION, "TOP msg lines"),
+            Command(b"DELE", do_dele, _TRANSACTION, "DELE msg"),
+            Command(b"NOOP", do_noop, _TRANSACTION, "NOOP"),
+            Command(b"RSET", do_rset, _TRANSACTION, "RSET"),
+        ]
+    }
+
+
+class POP3Factory(ServerFactory):
+    """
+    Builds :class:`POP3Server` sessions.
+
+    :param portal: logs users in as :class:`~pymail.interfaces.IAccount`.
+    :param reactor: the clock for the autologout timer.
+    :param hostname: shown in the greeting.
+    :param timeout: the autologout timer in seconds; RFC 1939 section 3 asks
+        for at least 10 minutes.
+    :param locks: the maildrop locks; every listener of one process must
+        share them, so the default is the process-wide
+        :data:`~pymail.pop3.mailbox.PROCESS_LOCKS`.
+    """
+
+    protocol = POP3Server  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        portal: Portal,
+        reactor: IReactorTime,
+        hostname: str,
+        *,
+        timeout: float = 600.0,
+        locks: MaildropLocks | None = None,
+    ) -> None:
+        self.portal = portal
+        self.reactor = reactor
+        self.hostname = hostname
+        self.timeout = timeout
+        self.locks = locks if locks is not None else PROCESS_LOCKS
+
+    def buildProtocol(self, addr: Any) -> POP3Server:
+        server = POP3Server(self.portal, self.reactor, self.hostname, self.timeout, self.locks)
+        server.factory = self
+        return server
