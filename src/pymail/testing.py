@@ -15,6 +15,7 @@ Public fakes for plugin authors, embedders and pymail's own tests.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC
 from typing import Any
 
 import attrs
@@ -195,10 +196,10 @@ class MailStoreContract:
 
     def test_append_with_flags_and_date(self) -> None:
         """Flags and INTERNALDATE given to append are kept."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         box = self.inbox()
-        when = datetime(2020, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+        when = datetime(2020, 2, 3, 4, 5, 6, tzinfo=UTC)
         uid = self._result(box.append(b"\r\nx\r\n", ["\\Seen", "\\flagged"], when))
         info = box.info(uid)
         assert info.flags == {"\\Seen", "\\Flagged"}

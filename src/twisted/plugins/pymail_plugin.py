@@ -15,3 +15,38 @@ pymail = ServiceMaker(
     "A mail server: SMTP, submission, IMAP4 and POP3 in one process.",
     "pymail",
 )
+
+
+class _LazyCheckerFactory:
+    """The strcred plugin object; the checker module is imported on first use."""
+
+    authType = "pymail-passwd"
+    authHelp = (
+        "Checks passwords against a pymail accounts file (argon2id hashes). "
+        "The argument is the path of the passwd file in pymail's data directory."
+    )
+    argStringFormat = "Path of the passwd file, e.g. /var/lib/pymail/passwd"
+
+    @property
+    def credentialInterfaces(self):
+        from twisted.cred.credentials import IUsernamePassword
+
+        return (IUsernamePassword,)
+
+    def generateChecker(self, argstring=""):
+        from pymail.auth.checkers import AccountsCheckerFactory
+
+        return AccountsCheckerFactory().generateChecker(argstring)
+
+
+def _provide_checker_factory():
+    from twisted.cred.strcred import ICheckerFactory
+    from twisted.plugin import IPlugin
+    from zope.interface import directlyProvides
+
+    factory = _LazyCheckerFactory()
+    directlyProvides(factory, IPlugin, ICheckerFactory)
+    return factory
+
+
+pymailPasswdChecker = _provide_checker_factory()

@@ -1,0 +1,321 @@
+"""
+The configuration: a TOML file read into frozen attrs classes.
+
+Every key, its type, its default and a one-line description live in one
+table, :data:`SCHEMA`; docs/configuration.md documents the same keys (a test
+keeps the two in step).  A configuration that cannot be used raises
+:class:`~pymail.errors.ConfigError` with one message naming the file, the
+key, the bad value and what would be accepted, before any socket is opened.
+
+With no file at all, :func:`embedded_default` gives a configuration that is
+safe to run anywhere: loopback only, unprivileged ports, data in
+``./pymail-data``, domain ``localhost``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from pymail.errors import ConfigError
+
+
+@attrs.frozen
+class Key:
+    """One configuration key: its type, default and meaning."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    minimum: int | None = None
+
+
+#: section ("" for top level) -> key -> Key.  The one table of defaults.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "hostname": Key(str, "localhost", "Name used in greetings, Received headers and EHLO."),
+        "data_dir": Key(str, "/var/lib/pymail", "Directory for accounts, mail, queue, indexes."),
+        "domains": Key(
+            list,
+            [],
+            "Domains to create at start-up if the account database lacks them "
+            "(more with `pymail domain add`).",
+        ),
+    },
+    "smtp": {
+        "listen": Key(list, ["tcp:25"], "Endpoints of the MX service; [] turns it off."),
+        "max_message_size": Key(
+            int, 35 * 1024 * 1024, "Largest message accepted, in octets (SIZE).", minimum=1024
+        ),
+        "max_recipients": Key(int, 100, "Recipients accepted per message.", minimum=1),
+        "timeout": Key(int, 300, "Seconds a client may stay silent.", minimum=1),
+    },
+    "submission": {
+        "listen": Key(list, ["tcp:587"], "Endpoints of the submission service; [] turns it off."),
+    },
+    "imap": {
+        "listen": Key(list, ["tcp:143"], "Endpoints of the IMAP4 service; [] turns it off."),
+        "max_literal_size": Key(
+            int, 64 * 1024 * 1024, "Largest literal (APPEND) accepted, in octets.", minimum=1024
+        ),
+        "idle_timeout": Key(
+            int, 1800, "Seconds of silence before autologout (RFC 3501: >= 1800).", minimum=1
+        ),
+    },
+    "pop3": {
+        "listen": Key(list, ["tcp:110"], "Endpoints of the POP3 service; [] turns it off."),
+        "timeout": Key(int, 600, "Seconds of silence before autologout (RFC 1939: >= 600).",
+                       minimum=1),
+    },
+    "storage": {
+        "backend": Key(str, "maildir", "Storage backend: 'maildir', 'memory' or a plugin name."),
+    },
+}
+
+#: What ``twistd -n pymail`` uses with no ``--config``.
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "hostname": "localhost",
+    "data_dir": "./pymail-data",
+    "domains": ["localhost"],
+    "smtp": {"listen": ["tcp:2525:interface=127.0.0.1"]},
+    "submission": {"listen": ["tcp:2587:interface=127.0.0.1"]},
+    "imap": {"listen": ["tcp:1143:interface=127.0.0.1"]},
+    "pop3": {"listen": ["tcp:1110:interface=127.0.0.1"]},
+}
+
+
+@attrs.frozen
+class SMTPConfig:
+    listen: tuple[str, ...]
+    max_message_size: int
+    max_recipients: int
+    timeout: int
+
+
+@attrs.frozen
+class SubmissionConfig:
+    listen: tuple[str, ...]
+
+
+@attrs.frozen
+class IMAPConfig:
+    listen: tuple[str, ...]
+    max_literal_size: int
+    idle_timeout: int
+
+
+@attrs.frozen
+class POP3Config:
+    listen: tuple[str, ...]
+    timeout: int
+
+
+@attrs.frozen
+class StorageConfig:
+    backend: str
+
+
+@attrs.frozen
+class Config:
+    """A validated configuration. ``source`` names where it came from."""
+
+    hostname: str
+    data_dir: str
+    domains: tuple[str, ...]
+    smtp: SMTPConfig
+    submission: SubmissionConfig
+    imap: IMAPConfig
+    pop3: POP3Config
+    storage: StorageConfig
+    source: str = "<embedded default>"
+
+
+_SECTIONS = {
+    "smtp": SMTPConfig,
+    "submission": SubmissionConfig,
+    "imap": IMAPConfig,
+    "pop3": POP3Config,
+    "storage": StorageConfig,
+}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", list: "a list of strings", bool: "true or false"}
+    if isinstance(t, tuple):
+        return " or ".join(names[x] for x in t)
+    return names[t]
+
+
+def _where(section: str, key: str) -> str:
+    return f"[{section}] {key}" if section else key
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys: {', '.join(sorted(choices))}"
+
+
+def _check_value(source: str, section: str, key: str, spec: Key, value: Any) -> Any:
+    where = f"{source}: {_where(section, key)}"
+    if spec.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} = {value!r} is not valid: expected {_type_name(spec.type)}")
+    if spec.type is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} = {value!r} is not valid: expected a list of strings, "
+                              'e.g. ["tcp:25"]')
+        return tuple(value)
+    if spec.type is str and not isinstance(value, str):
+        raise ConfigError(f"{where} = {value!r} is not valid: expected {_type_name(spec.type)}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise ConfigError(f"{where} = {value!r} is too small: the minimum is {spec.minimum}")
+    return value
+
+
+def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> Config:
+    """
+    Build a :class:`Config` from parsed TOML, filling defaults.
+
+    :param source: the file name, used in every error message.
+    :param base_dir: relative ``data_dir`` values are taken from here (the
+        directory of the config file).
+    :raises ConfigError: an unknown key, a wrong type, a bad value.
+    """
+    top = SCHEMA[""]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a table ([{key}]), not {value!r}")
+            continue
+        if key not in top:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}" + _suggest(key, list(top) + list(_SECTIONS))
+            )
+        values[key] = _check_value(source, "", key, top[key], value)
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        given = data.get(section, {})
+        schema = SCHEMA[section]
+        fields = {}
+        for key, value in given.items():
+            if key not in schema:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r} in [{section}]" + _suggest(key, list(schema))
+                )
+            fields[key] = _check_value(source, section, key, schema[key], value)
+        for key, spec in schema.items():
+            if key not in fields:
+                default = spec.default
+                fields[key] = tuple(default) if isinstance(default, list) else default
+        sections[section] = cls(**fields)
+    hostname = values.get("hostname", top["hostname"].default)
+    if not hostname or any(c.isspace() for c in hostname):
+        raise ConfigError(f"{source}: hostname = {hostname!r} is not a valid host name")
+    data_dir = values.get("data_dir", top["data_dir"].default)
+    if not data_dir:
+        raise ConfigError(f"{source}: data_dir must not be empty")
+    data_dir = os.path.abspath(os.path.join(base_dir, os.path.expanduser(data_dir)))
+    domains = tuple(d.lower() for d in values.get("domains", ()))
+    return Config(hostname=hostname, data_dir=data_dir, domains=domains, source=source,
+                  **sections)
+
+
+def load(path: str) -> Config:
+    """
+    Read and validate a TOML configuration file.
+
+    :raises ConfigError: the file is missing or unreadable, is not valid
+        TOML (the message gives the line), or holds a bad value.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: the file is not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        if "(at end of document)" in message:
+            last = raw.rstrip(b"\n").count(b"\n") + 1
+            message = message.replace(
+                "(at end of document)", f"(at the end of the file, line {last})"
+            )
+        raise ConfigError(f"{path}: TOML syntax error: {message}") from None
+    return from_mapping(data, path, os.path.dirname(os.path.abspath(path)))
+
+
+def embedded_default(data_dir: str | None = None) -> Config:
+    """The configuration ``twistd -n pymail`` runs with when given no file."""
+    data = dict(EMBEDDED_DEFAULT)
+    if data_dir is not None:
+        data["data_dir"] = data_dir
+    return from_mapping(data, "<embedded default>", os.getcwd())
+
+
+def check_data_dir(config: Config) -> None:
+    """
+    Make sure the data directory exists (creating it) and can be written.
+
+    :raises ConfigError: naming the directory and the reason.
+    """
+    path = config.data_dir
+    where = f"{config.source}: data_dir = {path!r}"
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where} exists and is not a directory") from None
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be created: {e.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"{where} is not a directory")
+    probe = os.path.join(path, f".pymail-write-test.{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{where} is not writable: {e.strerror}") from None
+
+
+def check_endpoints(config: Config, reactor: Any) -> None:
+    """
+    Parse every listener's endpoint string (without listening).
+
+    :raises ConfigError: naming the section, the string and the parse error.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    for section in ("smtp", "submission", "imap", "pop3"):
+        for description in getattr(config, section).listen:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(
+                    f"{config.source}: [{section}] listen: {description!r} is not a valid "
+                    f"endpoint ({e or type(e).__name__}); expected a Twisted endpoint string "
+                    "such as 'tcp:25', 'tcp:2525:interface=127.0.0.1' or 'unix:/run/pymail.sock'"
+                ) from None
+
+
+def check_storage_backend(config: Config, known: list[str]) -> None:
+    """:raises ConfigError: the configured backend is not one of ``known``."""
+    if config.storage.backend not in known:
+        raise ConfigError(
+            f"{config.source}: [storage] backend = {config.storage.backend!r} is not a known "
+            f"backend; available: {', '.join(sorted(known))}"
+        )

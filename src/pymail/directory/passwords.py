@@ -1,0 +1,53 @@
+"""
+Password hashes.  New hashes are argon2id (RFC 9106) via argon2-cffi, stored
+in Dovecot's ``{SCHEME}`` notation, ``{ARGON2ID}$argon2id$v=19$...``, so the
+accounts file reads like a Dovecot passwd-file.
+
+Hashing and verifying are deliberately slow (tens of milliseconds): call
+them from a thread, never from the reactor thread.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import argon2
+
+_hasher = argon2.PasswordHasher()
+
+SCHEME = "{ARGON2ID}"
+
+
+
+@functools.cache
+def _dummy() -> str:
+    # Verified when the user does not exist, so that a wrong user name costs
+    # as much time as a wrong password and response time reveals no account.
+    return _hasher.hash("pymail-timing-equaliser")
+
+
+def hash_password(password: str) -> str:
+    """A new argon2id hash of ``password`` in ``{ARGON2ID}...`` form."""
+    return SCHEME + _hasher.hash(password)
+
+
+def verify_password(stored: str | None, password: str) -> bool:
+    """
+    Whether ``password`` matches ``stored``.  With ``stored=None`` (no such
+    user) the same work is done and the answer is False.
+    """
+    target = stored if stored is not None else SCHEME + _dummy()
+    if not target.startswith(SCHEME):
+        # Other schemes (bcrypt, SHA512-CRYPT, Dovecot imports) come with the
+        # accounts-and-security work; an unknown scheme never matches.
+        _verify_argon2(_dummy(), password)
+        return False
+    ok = _verify_argon2(target[len(SCHEME):], password)
+    return ok and stored is not None
+
+
+def _verify_argon2(phc: str, password: str) -> bool:
+    try:
+        return _hasher.verify(phc, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
