@@ -23,9 +23,7 @@ class MultilineTests(SynchronousTestCase):
 
     def test_stuffs_after_bare_lf(self) -> None:
         """A dot after a bare LF is stuffed too, so LF-splitting clients see no terminator."""
-        self.assertEqual(
-            b"".join(multiline(b"+OK\r\n", b"a\n.\r\n")), b"+OK\r\na\n..\r\n.\r\n"
-        )
+        self.assertEqual(b"".join(multiline(b"+OK\r\n", b"a\n.\r\n")), b"+OK\r\na\n..\r\n.\r\n")
 
     def test_adds_missing_final_crlf(self) -> None:
         """A body without a final CRLF gets one before the terminator."""

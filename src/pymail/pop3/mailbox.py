@@ -102,9 +102,7 @@ class Maildrop:
 
     def listing(self) -> list[tuple[int, MessageInfo]]:
         """The message numbers and messages not deleted, ascending."""
-        return [
-            (n, m) for n, m in enumerate(self._messages, 1) if n not in self._deleted
-        ]
+        return [(n, m) for n, m in enumerate(self._messages, 1) if n not in self._deleted]
 
     def uidl(self, number: int) -> str:
         """The unique-id of a message (see :func:`uidl_for_key`)."""

@@ -180,6 +180,14 @@ class POP3Server(Protocol):
         self._logout: Callable[[], object] | None = None
 
     @property
+    def _channel(self) -> Any:
+        """
+        The transport, as what it is: an ITransport that is also an
+        IConsumer and IPushProducer (TCP, TLS, and StringTransport in tests).
+        """
+        return self.transport
+
+    @property
     def state(self) -> State:
         """The RFC 1939 state the session is in."""
         return self._state
@@ -190,8 +198,8 @@ class POP3Server(Protocol):
         if ITCPTransport.providedBy(self.transport):
             # Responses are written whole, so small segments are replies
             # the client waits for: never hold them back (Nagle).
-            self.transport.setTcpNoDelay(True)
-        self.transport.registerProducer(self, True)
+            self._channel.setTcpNoDelay(True)
+        self._channel.registerProducer(self, True)
         self._restart_timer()
         log.info("POP3 connection from {peer}", peer=self._peer())
         self._send(replies.line(replies.GREETING, hostname=self._hostname))
@@ -305,10 +313,10 @@ class POP3Server(Protocol):
             return
         if len(self._buffer) > self.MAX_PENDING and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pauseProducing()
+            self._channel.pauseProducing()
         elif len(self._buffer) <= self.MAX_PENDING and self._reading_paused:
             self._reading_paused = False
-            self.transport.resumeProducing()
+            self._channel.resumeProducing()
 
     def _command_done(self, result: object) -> None:
         self._waiting = False
@@ -325,12 +333,12 @@ class POP3Server(Protocol):
 
     def _flush(self) -> None:
         if self._out and not self._closed:
-            self.transport.writeSequence(self._out)
+            self._channel.writeSequence(self._out)
         self._out = []
         self._out_size = 0
-        if self._closing and not self._closed and not self.transport.disconnecting:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        if self._closing and not self._closed and not self._channel.disconnecting:
+            self._channel.unregisterProducer()
+            self._channel.loseConnection()
 
     def _ok(self, template: str, **fields: object) -> None:
         self._errors = 0
@@ -378,7 +386,7 @@ class POP3Server(Protocol):
         self._timer = None
         log.info("POP3 autologout of {peer}", peer=self._peer())
         self._closing = True
-        self.transport.abortConnection()
+        self._channel.abortConnection()
 
     # -- dispatch -----------------------------------------------------------
 
@@ -396,9 +404,7 @@ class POP3Server(Protocol):
                 self._fail(replies.UNKNOWN_COMMAND_UNPRINTABLE)
             return None
         if self._state not in command.states:
-            self._fail(
-                replies.WRONG_STATE, command=name.decode("ascii"), state=self._state.value
-            )
+            self._fail(replies.WRONG_STATE, command=name.decode("ascii"), state=self._state.value)
             return None
         try:
             return command.handler(self, args)
@@ -424,9 +430,7 @@ class POP3Server(Protocol):
 
     def do_capa(self, args: bytes) -> None:
         _no_args(args)
-        self._ok_pieces(
-            multiline_lines(replies.line(replies.CAPA_FOLLOWS), self.capabilities())
-        )
+        self._ok_pieces(multiline_lines(replies.line(replies.CAPA_FOLLOWS), self.capabilities()))
 
     def do_user(self, args: bytes) -> None:
         name = args.strip()
@@ -466,7 +470,8 @@ class POP3Server(Protocol):
         if self._closed:
             logout()
             return
-        address = str(avatar.address)
+        account = IAccount(avatar)
+        address = str(account.address)
         lock = self._locks.acquire(address)
         if lock is None:
             logout()
@@ -474,7 +479,7 @@ class POP3Server(Protocol):
             self._server_error(replies.IN_USE)
             return
         try:
-            mailbox = await avatar.store.get_mailbox("INBOX")
+            mailbox = await account.store.get_mailbox("INBOX")
         except Exception:
             lock.release()
             logout()
@@ -553,8 +558,7 @@ class POP3Server(Protocol):
             self._ok(replies.UIDL_ONE, number=numbers[0], uidl=self._drop.uidl(numbers[0]))
             return
         lines = [
-            b"%d %s" % (n, uidl_for_key(m.key).encode("ascii"))
-            for n, m in self._drop.listing()
+            b"%d %s" % (n, uidl_for_key(m.key).encode("ascii")) for n, m in self._drop.listing()
         ]
         self._ok_pieces(multiline_lines(replies.line(replies.UIDL_FOLLOWS), lines))
 
@@ -579,8 +583,11 @@ class POP3Server(Protocol):
         except NoSuchMessage:
             self._server_error(replies.MESSAGE_GONE, number=number)
         except StorageError:
-            log.failure("POP3 cannot read message {number} of {address}",
-                        number=number, address=self._address)
+            log.failure(
+                "POP3 cannot read message {number} of {address}",
+                number=number,
+                address=self._address,
+            )
             self._server_error(replies.STORAGE_FAILED, number=number)
         return None
 
