@@ -1,0 +1,299 @@
+"""
+Mail addresses as values: parsing SMTP paths (RFC 5321 section 4.1.2), the
+null reverse-path, IDNA and case rules, and the length limits of RFC 5321
+section 4.5.3.1.
+
+:class:`Address` is what every part of pymail passes around: the SMTP
+server parses envelope paths into it, the delivery policy resolves it
+against the directory, the mail log prints it.
+
+Case rules: the domain is case-insensitive and kept lower-cased, in its
+ASCII (A-label) form; the local part is kept exactly as sent (RFC 5321
+section 2.4 says only the receiving host may interpret its case; pymail's
+directory decides).  A quoted local part whose quotes were not needed
+(``"joe"@example.com``) is the same address as the unquoted one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import attrs
+import idna
+
+from pymail.errors import BadAddress
+
+#: RFC 5321 section 4.5.3.1.1: the longest local part, in octets.
+MAX_LOCAL_PART = 64
+#: RFC 5321 section 4.5.3.1.2: the longest domain, in octets.
+MAX_DOMAIN = 255
+#: RFC 5321 section 4.5.3.1.3: the longest path, in octets, including the
+#: angle brackets and any source route.
+MAX_PATH = 256
+
+# atext of RFC 5322 section 3.2.3 (what a Dot-string atom may contain).
+_ATEXT = "A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~"
+_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
+_DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|[^\x00-\x7f])+(?:\.(?:[{_ATEXT}]|[^\x00-\x7f])+)*\Z")
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+class AddressError(BadAddress):
+    """
+    A path or address that is not acceptable.  ``str()`` says what was
+    wrong and what would be accepted, ready to follow an SMTP reply code.
+
+    :ivar too_long: the address broke a length limit (rather than the
+        syntax), which SMTP answers with its own wording.
+    """
+
+    def __init__(self, message: str, *, too_long: bool = False) -> None:
+        super().__init__(message)
+        self.too_long = too_long
+
+
+@attrs.frozen
+class Address:
+    """
+    One mailbox address, ``local@domain``.
+
+    :ivar local: the local part, unquoted (``"a b"@x`` has local ``a b``).
+    :ivar domain: lower-case; an ASCII (A-label) domain name, or an address
+        literal such as ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``.  Empty
+        only in the null reverse-path.
+    :ivar source_route: the ``@a,@b:`` route of an old-style source-routed
+        path, without the ``@``.  RFC 5321 section 4.1.1.3 and appendix C:
+        it is parsed and then ignored, never followed.  Not part of
+        equality.
+    """
+
+    local: str
+    domain: str
+    source_route: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+
+    @classmethod
+    def null(cls) -> Address:
+        """The null reverse-path ``<>`` (bounces and other notifications)."""
+        return cls("", "")
+
+    @property
+    def is_null(self) -> bool:
+        """Whether this is the null reverse-path ``<>``."""
+        return self.local == "" and self.domain == ""
+
+    @property
+    def has_relay_syntax(self) -> bool:
+        """
+        Whether the address carries routing that another host might follow:
+        a source route, or a local part with ``@``, ``%`` (the "percent
+        hack") or ``!`` (a UUCP bang path).  Harmless for local delivery,
+        where the directory just sees an odd local part; refused for mail
+        that would leave the server, so it cannot be bounced onward.
+        """
+        return bool(self.source_route) or any(c in self.local for c in "@%!")
+
+    @property
+    def local_quoted(self) -> str:
+        """The local part as it must be written in a path: quoted if needed."""
+        if _DOT_STRING_UTF8.match(self.local):
+            return self.local
+        escaped = self.local.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+
+    @property
+    def domain_unicode(self) -> str:
+        """The domain with IDNA A-labels turned back into Unicode, for display."""
+        if self.domain.startswith("[") or "xn--" not in self.domain:
+            return self.domain
+        try:
+            return idna.decode(self.domain)
+        except idna.IDNAError:
+            return self.domain
+
+    @property
+    def path(self) -> str:
+        """The address as an SMTP path: ``<local@domain>``, or ``<>``."""
+        return f"<{self}>"
+
+    def __str__(self) -> str:
+        if self.is_null:
+            return ""
+        return f"{self.local_quoted}@{self.domain}"
+
+    @classmethod
+    def parse(cls, text: str, *, allow_null: bool = False, smtputf8: bool = False) -> Address:
+        """
+        Parse an SMTP path (``<local@domain>``) or a bare mailbox.
+
+        :param allow_null: accept ``<>`` (a reverse-path) and return
+            :meth:`null`.
+        :param smtputf8: accept non-ASCII local parts and domains (RFC 6531);
+            the domain is converted to its A-label form.
+        :raises AddressError: the syntax or a length limit is wrong.
+        """
+        if len(text.encode("utf-8")) > MAX_PATH:
+            raise AddressError(
+                f"Path too long ({len(text.encode('utf-8'))} octets, max {MAX_PATH})",
+                too_long=True,
+            )
+        inner = text
+        if text.startswith("<"):
+            if not text.endswith(">") or len(text) < 2:
+                raise AddressError(f"Path {text!r} must end with '>'")
+            inner = text[1:-1]
+        elif text.endswith(">"):
+            raise AddressError(f"Path {text!r} must start with '<'")
+        if inner == "":
+            if allow_null:
+                return cls.null()
+            raise AddressError("Empty address <> is only allowed as a sender")
+        route: tuple[str, ...] = ()
+        if inner.startswith("@"):
+            route_text, colon, inner = inner.partition(":")
+            if not colon:
+                raise AddressError(f"Source route in {text!r} must end with ':'")
+            route = tuple(_parse_route(route_text, smtputf8))
+        local, domain_text = _split_mailbox(inner, text, smtputf8)
+        domain = _parse_domain(domain_text, smtputf8)
+        return cls(local, domain, route)
+
+
+def split_path(text: str) -> tuple[str, str]:
+    """
+    Split the argument of ``MAIL FROM:`` or ``RCPT TO:`` into the path and
+    the rest (the ESMTP parameters), respecting quoted local parts, which may
+    hold spaces and ``>``.  A path without angle brackets ends at the first
+    space.
+
+    :raises AddressError: an unterminated quoted string or path.
+    """
+    if not text.startswith("<"):
+        path, _, rest = text.partition(" ")
+        return path, rest.strip(" ")
+    in_quotes = False
+    escaped = False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif c == "\\" and in_quotes:
+            escaped = True
+        elif c == '"':
+            in_quotes = not in_quotes
+        elif c == ">" and not in_quotes:
+            return text[: i + 1], text[i + 1 :].strip(" ")
+    raise AddressError(f"Path {text!r} has no closing '>'")
+
+
+def _parse_route(route_text: str, smtputf8: bool) -> list[str]:
+    hops = []
+    for hop in route_text.split(","):
+        if not hop.startswith("@") or len(hop) < 2:
+            raise AddressError(f"Bad source route {route_text!r}: each hop must be '@domain'")
+        hops.append(_parse_domain(hop[1:], smtputf8))
+    return hops
+
+
+def _split_mailbox(inner: str, original: str, smtputf8: bool) -> tuple[str, str]:
+    """Split ``local@domain``; give the unquoted local part and the domain text."""
+    if inner.startswith('"'):
+        chars = []
+        i = 1
+        while True:
+            if i >= len(inner):
+                raise AddressError(f"Unterminated quoted local part in {original!r}")
+            c = inner[i]
+            if c == "\\":
+                if i + 1 >= len(inner):
+                    raise AddressError(f"Unterminated quoted local part in {original!r}")
+                chars.append(_quoted_char(inner[i + 1], original, smtputf8, pair=True))
+                i += 2
+            elif c == '"':
+                break
+            else:
+                chars.append(_quoted_char(c, original, smtputf8, pair=False))
+                i += 1
+        local = "".join(chars)
+        rest = inner[i + 1 :]
+        if not rest.startswith("@"):
+            raise AddressError(f"Address {original!r} needs '@domain' after the local part")
+        domain_text = rest[1:]
+    else:
+        local, at, domain_text = inner.rpartition("@")
+        if not at:
+            raise AddressError(f"Address {original!r} needs a domain: use <local@domain>")
+        if not (_DOT_STRING_UTF8 if smtputf8 else _DOT_STRING).match(local):
+            if not smtputf8 and not local.isascii():
+                raise AddressError(f"Non-ASCII address {original!r} needs SMTPUTF8")
+            raise AddressError(
+                f"Bad local part {local!r}: use dot-separated atoms or a quoted string"
+            )
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise AddressError(
+            f"Local part too long ({len(local.encode('utf-8'))} octets, max {MAX_LOCAL_PART})",
+            too_long=True,
+        )
+    return local, domain_text
+
+
+def _quoted_char(c: str, original: str, smtputf8: bool, *, pair: bool) -> str:
+    # RFC 5321: qtextSMTP = %d32-33 / %d35-91 / %d93-126; quoted-pairSMTP = "\" %d32-126
+    if ord(c) > 126:
+        if smtputf8:
+            return c
+        raise AddressError(f"Non-ASCII address {original!r} needs SMTPUTF8")
+    if ord(c) < 32 or (not pair and c in '"\\'):
+        raise AddressError(f"Bad character {c!r} in quoted local part of {original!r}")
+    return c
+
+
+def _parse_domain(text: str, smtputf8: bool) -> str:
+    """Validate a domain or address literal; give its canonical form."""
+    if text.startswith("["):
+        return _parse_address_literal(text)
+    if len(text.encode("utf-8")) > MAX_DOMAIN:
+        raise AddressError(
+            f"Domain too long ({len(text.encode('utf-8'))} octets, max {MAX_DOMAIN})",
+            too_long=True,
+        )
+    if not text:
+        raise AddressError("Missing domain after '@'")
+    if not text.isascii():
+        if not smtputf8:
+            raise AddressError(f"Non-ASCII domain {text!r} needs SMTPUTF8")
+        try:
+            text = idna.encode(text, uts46=True).decode("ascii")
+        except idna.IDNAError as e:
+            raise AddressError(f"Bad internationalised domain {text!r}: {e}") from None
+    domain = text.lower()
+    labels = domain.split(".")
+    for label in labels:
+        if not _LDH_LABEL.match(label):
+            raise AddressError(
+                f"Bad domain {text!r}: labels are letters, digits and inner hyphens, 1-63 long"
+            )
+    if any(label.startswith("xn--") for label in labels):
+        try:
+            idna.decode(domain)
+        except idna.IDNAError as e:
+            raise AddressError(f"Bad IDNA domain {text!r}: {e}") from None
+    if len(domain) > MAX_DOMAIN:
+        raise AddressError(f"Domain too long (max {MAX_DOMAIN} octets)", too_long=True)
+    return domain
+
+
+def _parse_address_literal(text: str) -> str:
+    if not text.endswith("]"):
+        raise AddressError(f"Address literal {text!r} must end with ']'")
+    body = text[1:-1]
+    if body[:5].lower() == "ipv6:":
+        try:
+            return f"[IPv6:{ipaddress.IPv6Address(body[5:]).compressed}]"
+        except ValueError:
+            raise AddressError(f"Bad IPv6 address literal {text!r}") from None
+    try:
+        return f"[{ipaddress.IPv4Address(body)}]"
+    except ValueError:
+        raise AddressError(
+            f"Bad address literal {text!r}: use [192.0.2.1] or [IPv6:2001:db8::1]"
+        ) from None
