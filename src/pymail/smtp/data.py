@@ -1,0 +1,95 @@
+"""
+The DATA body reader: finds the end of the message, undoes dot-stuffing,
+enforces the size limit and spots bare line endings, working on whole
+chunks with ``bytes`` methods rather than line by line.
+
+The rule (RFC 5321 section 4.1.1.4): the message ends only at
+``CRLF . CRLF``, where the first CRLF may be the one that ended the DATA
+command.  A bare LF or bare CR never ends a line, so ``\\n.\\n``,
+``\\r.\\r``, ``\\r\\n.\\n`` and ``\\n.\\r\\n`` are just content (the "SMTP
+smuggling" sequences other servers misread).  pymail then *refuses* any
+message that contained a bare CR or LF anywhere, with
+:data:`~pymail.smtp.replies.BARE_LINE_ENDING` after the real end of data,
+like Postfix's ``smtpd_forbid_bare_newline = reject``: a message whose line
+structure two programs can disagree about is never stored or passed on.
+"""
+
+from __future__ import annotations
+
+_TERMINATOR = b"\r\n.\r\n"
+_CRLF = b"\r\n"
+# A partial line longer than this is processed before its end arrives, so a
+# client cannot make the reader hold an arbitrarily long line in memory.
+_HOLD_LIMIT = 8192
+
+
+class DataReader:
+    """
+    Reads one DATA body from successive chunks.
+
+    :ivar too_big: the body exceeded the size limit; it is being read to
+        its end but no longer kept.
+    :ivar bare_line_ending: a bare CR or LF was seen.
+    :ivar size: the size of the body so far, after dot-unstuffing.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._max_size = max_size
+        # Everything is processed as if preceded by the CRLF that ended the
+        # DATA command, so a "." first line ends the message and a leading
+        # ".." is unstuffed; those two octets are dropped at the end.
+        self._carry = _CRLF
+        self._parts: list[bytes] = []
+        self._seen = 0
+        self.too_big = False
+        self.bare_line_ending = False
+
+    @property
+    def size(self) -> int:
+        return max(self._seen - 2, 0)
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """
+        Take the next chunk.
+
+        :return: ``None`` while the message goes on; once its end is found,
+            the octets that followed the terminator (pipelined commands).
+        """
+        data = self._carry + chunk
+        end = data.find(_TERMINATOR)
+        if end >= 0:
+            self._take(data[: end + 2])
+            self._carry = b""
+            return data[end + len(_TERMINATOR) :]
+        cut = data.rfind(_CRLF)
+        if cut > 0:
+            # Everything before the last CRLF is complete; an unstuffing
+            # "CRLF ." cannot straddle the cut because the cut is a CRLF.
+            self._take(data[:cut])
+            self._carry = data[cut:]
+        elif len(data) > _HOLD_LIMIT:
+            # One long line: keep only its last octet, which may be the CR
+            # of the CRLF that ends it.
+            self._take(data[:-1])
+            self._carry = data[-1:]
+        else:
+            self._carry = data
+        return None
+
+    def message(self) -> bytes:
+        """The message, dot-unstuffed, in wire form (empty if too big)."""
+        return b"".join(self._parts)[2:]
+
+    def _take(self, segment: bytes) -> None:
+        crlf = segment.count(_CRLF)
+        if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
+            self.bare_line_ending = True
+        segment = segment.replace(b"\r\n.", _CRLF)
+        self._seen += len(segment)
+        if self.too_big:
+            return
+        if self.size > self._max_size:
+            self.too_big = True
+            self._parts = []
+        else:
+            self._parts.append(segment)

@@ -1,0 +1,740 @@
+"""
+pymail's ESMTP server protocol (RFC 5321), for the MX port and for
+submission (RFC 6409) with AUTH PLAIN and LOGIN (RFC 4954).
+
+Built on :class:`~twisted.protocols.basic.LineReceiver`: commands are
+lines, the DATA body is read in raw mode by
+:class:`~pymail.smtp.data.DataReader`.  Commands are processed strictly one
+at a time: while one waits for an asynchronous answer (a directory lookup,
+a login, the durable store), the protocol pauses and later pipelined lines
+stay buffered, so replies always come in command order (RFC 2920).
+
+Policy (who may send what to whom, where mail goes) is not decided here
+but by the delivery policy (:mod:`pymail.smtp.delivery`); errors it raises
+carry their reply.  Anything unexpected is logged with ``log.failure`` and
+answered ``451 4.3.0``; a client never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import os
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import attrs
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ISSLTransport,
+    ITransport,
+)
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from pymail import maillog
+from pymail.address import Address, AddressError, split_path
+from pymail.interfaces import IAccount
+from pymail.smtp import replies as R
+from pymail.smtp.data import DataReader
+from pymail.smtp.delivery import IDeliveryPolicy, StoredCopy
+from pymail.smtp.replies import Reply, ReplyError
+
+MX = "mx"
+SUBMISSION = "submission"
+
+#: RFC 5321 section 4.5.3.1.4: a command line, CRLF included.
+COMMAND_LINE_LIMIT = 512
+#: MAIL and RCPT may carry ESMTP parameters, each of which may lengthen
+#: the line (RFC 5321 section 4.5.3.1.4, RFC 1870 section 6).
+PARAMETER_LINE_LIMIT = 1024
+#: RFC 4954 section 4: AUTH lines and responses may be 12288 octets.
+AUTH_LINE_LIMIT = 12288
+
+_LINE_LIMITS = {"AUTH": AUTH_LINE_LIMIT, "MAIL": PARAMETER_LINE_LIMIT, "RCPT": PARAMETER_LINE_LIMIT}
+
+_HELO_NAME = re.compile(r"[A-Za-z0-9._-]+\Z|\[[A-Za-z0-9.:]+\]\Z")
+_PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+@attrs.define
+class QueueIdGenerator:
+    """
+    Makes queue ids: 48 bits of milliseconds, a 16-bit counter and 16
+    random bits, in base32hex, so ids sort by time within a process, never
+    repeat within one, and are unlikely to repeat across nodes.
+    """
+
+    _reactor: IReactorTime
+    _random: Callable[[int], bytes] = os.urandom
+    _counter: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    def __call__(self) -> str:
+        millis = int(self._reactor.seconds() * 1000) & 0xFFFF_FFFF_FFFF
+        raw = (
+            millis.to_bytes(6, "big")
+            + (next(self._counter) & 0xFFFF).to_bytes(2, "big")
+            + self._random(2)
+        )
+        return base64.b32hexencode(raw).decode("ascii")
+
+
+class SMTPFactory(ServerFactory):
+    """
+    Makes :class:`SMTPServer` protocols for one listener.
+
+    :param hostname: this server's name (greeting, Received, Message-ID).
+    :param delivery: the policy (:class:`~pymail.smtp.delivery.LocalDelivery`).
+    :param reactor: the clock for timeouts and dates.
+    :param max_message_size: the SIZE limit, in octets.
+    :param mode: ``"mx"`` (port 25: no AUTH) or ``"submission"`` (AUTH
+        required before MAIL; the sender must belong to the user).
+    :param portal: logs submission users in; required for submission.
+    :param max_recipients: accepted recipients per message (RFC 5321
+        section 4.5.3.1.8 asks for at least 100).
+    :param timeout: seconds of client silence before ``421 4.4.2``.
+    :param max_errors: error replies before ``421 4.7.0`` and a close.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        delivery: IDeliveryPolicy,
+        reactor: IReactorTime,
+        *,
+        max_message_size: int = 35 * 1024 * 1024,
+        mode: str = MX,
+        portal: Portal | None = None,
+        max_recipients: int = 100,
+        timeout: float = 300.0,
+        max_errors: int = 20,
+        queue_ids: Callable[[], str] | None = None,
+    ) -> None:
+        if mode not in (MX, SUBMISSION):
+            raise ValueError(f"SMTP mode {mode!r} must be 'mx' or 'submission'")
+        if mode == SUBMISSION and portal is None:
+            raise ValueError("SMTP submission mode needs a portal to log users in")
+        self.hostname = hostname
+        self.delivery = delivery
+        self.reactor = reactor
+        self.max_message_size = max_message_size
+        self.mode = mode
+        self.portal = portal
+        self.max_recipients = max_recipients
+        self.timeout = timeout
+        self.max_errors = max_errors
+        self.queue_ids = queue_ids if queue_ids is not None else QueueIdGenerator(reactor)
+
+    def buildProtocol(self, addr: IAddress | None) -> SMTPServer:
+        return SMTPServer(self)
+
+
+@attrs.define
+class _Transaction:
+    """One mail transaction, from MAIL FROM to the end of DATA or RSET."""
+
+    sender: Address
+    recipients: list[tuple[Address, list[str]]] = attrs.Factory(list)
+    rcpt_attempted: bool = False
+
+
+class SMTPServer(LineReceiver):
+    """One SMTP session.  See the module docstring."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = AUTH_LINE_LIMIT
+    log = Logger()
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self._helo: str | None = None
+        self._esmtp = False
+        self._account: Any = None
+        self._logout: Callable[[], None] | None = None
+        self._transaction: _Transaction | None = None
+        self._reader: DataReader | None = None
+        self._queue_id = "-"
+        self._auth_step: Callable[[bytes], Deferred[None] | None] | None = None
+        self._auth_mechanism = ""
+        self._errors = 0
+        self._busy = False
+        self._paused_for_command = False
+        self._timeout_call: IDelayedCall | None = None
+        self._closing = False
+        self._lost = False
+        self._discarding = False
+        self._discard_cr = False
+        self._refeed = False
+        self._commands: dict[str, Callable[[str], Deferred[Any] | None]] = {
+            "EHLO": self._ehlo,
+            "HELO": self._helo_command,
+            "MAIL": self._mail,
+            "RCPT": self._rcpt,
+            "DATA": self._data,
+            "RSET": self._rset,
+            "NOOP": self._noop,
+            "QUIT": self._quit,
+            "VRFY": self._vrfy,
+            "EXPN": self._expn,
+            "HELP": self._help,
+            "AUTH": self._auth,
+        }
+
+    # Connection -------------------------------------------------------------
+
+    @property
+    def _transport(self) -> ITransport:
+        assert self.transport is not None, "not connected"
+        return self.transport
+
+    def connectionMade(self) -> None:
+        peer = self._transport.getPeer()
+        self._client = getattr(peer, "host", None) or "unknown"
+        self._reply(R.GREETING.format(hostname=self.factory.hostname))
+        self._reset_timeout()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = True
+        self._cancel_timeout()
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    def _close(self, reply: Reply) -> None:
+        self._reply(reply, count=False)
+        self._closing = True
+        self._cancel_timeout()
+        self._transport.loseConnection()
+
+    def _reset_timeout(self) -> None:
+        self._cancel_timeout()
+        if not self._busy and not self._closing and not self._lost:
+            self._timeout_call = self.factory.reactor.callLater(
+                self.factory.timeout, self._timed_out
+            )
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        self._timeout_call = None
+
+    def _timed_out(self) -> None:
+        self._timeout_call = None
+        self._close(R.TIMEOUT.format(hostname=self.factory.hostname))
+
+    def _reply(self, reply: Reply, *, count: bool = True) -> None:
+        if self._lost or self._closing:
+            return
+        self._transport.write(reply.to_bytes())
+        if count and reply.permanent:
+            self._errors += 1
+            if self._errors >= self.factory.max_errors:
+                self._close(R.TOO_MANY_ERRORS.format(hostname=self.factory.hostname))
+
+    # Input ------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lost or self._closing:
+            return
+        if not self._busy:
+            self._reset_timeout()
+        if self._discarding and not self._busyReceiving:
+            data = self._discard_long_line(data)
+            if not data:
+                return
+        super().dataReceived(data)
+        # LineReceiver stops after lineLengthExceeded; carry on with the
+        # lines that followed the long one.
+        while self._refeed and not self._busyReceiving and not self.paused:
+            self._refeed = False
+            super().dataReceived(b"")
+
+    def _discard_long_line(self, data: bytes) -> bytes:
+        if self._discard_cr and data.startswith(b"\n"):
+            self._discarding = False
+            return data[1:]
+        end = data.find(b"\r\n")
+        if end < 0:
+            self._discard_cr = data.endswith(b"\r")
+            return b""
+        self._discarding = False
+        return data[end + 2 :]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        end = line.find(b"\r\n")
+        if end < 0:
+            self._discarding = True
+            self._discard_cr = line.endswith(b"\r")
+        else:
+            self._buffer = line[end + 2 :] + self._buffer
+            self._refeed = True
+        self._auth_step = None
+        self._reply(R.LINE_TOO_LONG.format(limit=COMMAND_LINE_LIMIT))
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing or self._lost:
+            return
+        try:
+            result = self._line(line)
+        except Exception:
+            self.log.failure(
+                "Unexpected error in an SMTP command from {client}", client=self._client
+            )
+            self._reply(R.LOCAL_ERROR)
+            return
+        if result is not None:
+            self._wait_for(result)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        assert self._reader is not None
+        rest = self._reader.feed(data)
+        if rest is None:
+            return
+        reader, self._reader = self._reader, None
+        try:
+            result = self._end_of_data(reader)
+        except Exception:
+            self.log.failure("Unexpected error ending DATA from {client}", client=self._client)
+            self._reply(R.LOCAL_ERROR)
+            self._transaction = None
+            result = None
+        if result is not None:
+            self._wait_for(result)
+        # Called from LineReceiver's loop: the rest is buffered and read as
+        # lines once no command is pending.
+        self.setLineMode(rest)
+
+    def _wait_for(self, d: Deferred[Any]) -> None:
+        """Hold later input until ``d`` (the current command's work) is done."""
+        self._busy = True
+        self._cancel_timeout()
+
+        def unexpected(failure: Failure) -> None:
+            self.log.failure("Unexpected error in an SMTP command", failure, client=self._client)
+            self._reply(R.LOCAL_ERROR)
+
+        def done(_: object) -> None:
+            self._busy = False
+            self._reset_timeout()
+            if self._paused_for_command:
+                self._paused_for_command = False
+                if not self._lost:
+                    self.resumeProducing()
+
+        d.addErrback(unexpected).addBoth(done)
+        if self._busy:
+            self._paused_for_command = True
+            self.pauseProducing()
+
+    def _line(self, line: bytes) -> Deferred[Any] | None:
+        if self._auth_step is not None:
+            step, self._auth_step = self._auth_step, None
+            return self._auth_response(step, line)
+        if b"\r" in line or b"\n" in line:
+            # Strict CRLF for commands too: a bare CR/LF inside a command
+            # is never a line break (see pymail.smtp.data).
+            self._reply(R.BARE_LINE_ENDING_IN_COMMAND)
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reply(R.SYNTAX_ERROR.format(usage="commands must be ASCII"))
+            return None
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        limit = _LINE_LIMITS.get(verb, COMMAND_LINE_LIMIT)
+        if len(line) + 2 > limit:
+            self._reply(R.LINE_TOO_LONG.format(limit=limit))
+            return None
+        handler = self._commands.get(verb)
+        if handler is None:
+            self._reply(R.UNKNOWN_COMMAND)
+            return None
+        return handler(arg.strip(" "))
+
+    # Simple commands --------------------------------------------------------
+
+    def _greet(self, arg: str, esmtp: bool) -> bool:
+        if not _HELO_NAME.match(arg):
+            self._reply(R.BAD_HELO)
+            return False
+        self._helo = arg
+        self._esmtp = esmtp
+        self._transaction = None
+        return True
+
+    def _helo_command(self, arg: str) -> None:
+        if self._greet(arg, esmtp=False):
+            self._reply(R.HELO_OK.format(hostname=self.factory.hostname, helo=arg))
+
+    def _ehlo(self, arg: str) -> None:
+        if not self._greet(arg, esmtp=True):
+            return
+        lines = [
+            f"{self.factory.hostname} Hello {arg}",
+            "PIPELINING",
+            f"SIZE {self.factory.max_message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.factory.mode == SUBMISSION:
+            lines.append("AUTH PLAIN LOGIN")
+        self._reply(Reply(250, None, "\n".join(lines)))
+
+    def _rset(self, arg: str) -> None:
+        self._transaction = None
+        self._reply(R.OK)
+
+    def _noop(self, arg: str) -> None:
+        self._reply(R.OK)
+
+    def _quit(self, arg: str) -> None:
+        self._close(R.CLOSING)
+
+    def _vrfy(self, arg: str) -> None:
+        if not arg:
+            self._reply(R.SYNTAX_ERROR.format(usage="VRFY <address>"))
+        else:
+            self._reply(R.VRFY_CANNOT)
+
+    def _expn(self, arg: str) -> None:
+        self._reply(R.EXPN_DISABLED)
+
+    def _help(self, arg: str) -> None:
+        self._reply(R.HELP)
+
+    # Mail transaction -------------------------------------------------------
+
+    @property
+    def _authenticated_as(self) -> str | None:
+        return None if self._account is None else str(self._account.address)
+
+    def _mail(self, arg: str) -> None:
+        if self._helo is None:
+            return self._reply(R.HELO_FIRST)
+        if self._transaction is not None:
+            return self._reply(R.NESTED_MAIL)
+        if self.factory.mode == SUBMISSION and self._account is None:
+            return self._reply(R.AUTH_REQUIRED)
+        if arg[:5].upper() != "FROM:":
+            return self._reply(R.SYNTAX_ERROR.format(usage="MAIL FROM:<address> [parameters]"))
+        try:
+            path, rest = split_path(arg[5:].lstrip(" "))
+            params = _parse_parameters(rest)
+            sender = Address.parse(path, allow_null=True)
+        except AddressError as e:
+            return self._reply(R.BAD_SENDER_SYNTAX.format(why=e))
+        except ReplyError as e:
+            return self._reply(e.reply)
+        size = params.pop("SIZE", None)
+        body = params.pop("BODY", None)
+        if self._account is not None:
+            params.pop("AUTH", None)  # RFC 4954 section 5: may be ignored
+        if params:
+            return self._reply(R.PARAMETER_UNKNOWN.format(name=next(iter(params))))
+        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+            return self._reply(R.PARAMETER_INVALID.format(name="BODY", why="use 7BIT or 8BITMIME"))
+        if size is not None:
+            if not size.isdigit() or len(size) > 20:
+                return self._reply(R.PARAMETER_INVALID.format(name="SIZE", why="not a number"))
+            if int(size) > self.factory.max_message_size:
+                reply = R.MESSAGE_TOO_BIG_FOR_SIZE.format(limit=self.factory.max_message_size)
+                maillog.rejected(self._client, sender, (), reply, stage="MAIL")
+                return self._reply(reply)
+        try:
+            self.factory.delivery.check_sender(sender, authenticated_as=self._authenticated_as)
+        except ReplyError as e:
+            maillog.rejected(self._client, sender, (), e.reply, stage="MAIL")
+            return self._reply(e.reply)
+        self._transaction = _Transaction(sender)
+        self._reply(R.SENDER_OK)
+
+    def _rcpt(self, arg: str) -> Deferred[None] | None:
+        transaction = self._transaction
+        if transaction is None:
+            self._reply(R.MAIL_FIRST if self._helo is not None else R.HELO_FIRST)
+            return None
+        if arg[:3].upper() != "TO:":
+            self._reply(R.SYNTAX_ERROR.format(usage="RCPT TO:<address>"))
+            return None
+        try:
+            path, rest = split_path(arg[3:].lstrip(" "))
+            params = _parse_parameters(rest)
+            address = Address.parse(path)
+        except AddressError as e:
+            reply = R.BAD_RECIPIENT_SYNTAX.format(why=e)
+            self._reply(reply)
+            return None
+        except ReplyError as e:
+            self._reply(e.reply)
+            return None
+        if params:
+            self._reply(R.PARAMETER_UNKNOWN.format(name=next(iter(params))))
+            return None
+        transaction.rcpt_attempted = True
+        if len(transaction.recipients) >= self.factory.max_recipients:
+            self._reply(R.TOO_MANY_RECIPIENTS.format(limit=self.factory.max_recipients))
+            return None
+
+        def accepted(targets: list[str]) -> None:
+            transaction.recipients.append((address, list(targets)))
+            self._reply(R.RECIPIENT_OK)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(ReplyError):
+                reply = failure.value.reply
+            else:
+                self.log.failure("Checking recipient {address} failed", failure, address=address)
+                reply = R.DIRECTORY_UNAVAILABLE
+            maillog.rejected(self._client, transaction.sender, [address], reply, stage="RCPT")
+            self._reply(reply)
+
+        d = maybeDeferred(
+            self.factory.delivery.check_recipient,
+            address,
+            authenticated_as=self._authenticated_as,
+        )
+        return d.addCallbacks(accepted, refused)
+
+    def _data(self, arg: str) -> None:
+        if arg:
+            return self._reply(R.SYNTAX_ERROR.format(usage="DATA (no arguments)"))
+        if self._transaction is None:
+            return self._reply(R.MAIL_FIRST if self._helo is not None else R.HELO_FIRST)
+        if not self._transaction.recipients:
+            if self._transaction.rcpt_attempted:
+                return self._reply(R.NO_VALID_RECIPIENTS)
+            return self._reply(R.RCPT_FIRST)
+        self._queue_id = self.factory.queue_ids()
+        self._reader = DataReader(self.factory.max_message_size)
+        self._reply(R.START_DATA)
+        self.setRawMode()
+
+    def _end_of_data(self, reader: DataReader) -> Deferred[None] | None:
+        transaction, self._transaction = self._transaction, None
+        assert transaction is not None
+        recipients = [address for address, _ in transaction.recipients]
+        queue_id = self._queue_id
+        if reader.too_big:
+            reply = R.MESSAGE_TOO_BIG.format(limit=self.factory.max_message_size)
+        elif reader.bare_line_ending:
+            reply = R.BARE_LINE_ENDING
+        else:
+            reply = None
+        if reply is not None:
+            maillog.rejected(
+                self._client, transaction.sender, recipients, reply, queue_id=queue_id, stage="DATA"
+            )
+            self._reply(reply)
+            return None
+        now = datetime.fromtimestamp(self.factory.reactor.seconds(), UTC)
+        body = reader.message()
+        message = self._trace_headers(transaction, queue_id, now)
+        if self.factory.mode == SUBMISSION:
+            message += self._missing_headers(body, queue_id, now)
+        message += body
+        targets = [t for _, ts in transaction.recipients for t in ts]
+        d = maybeDeferred(self.factory.delivery.deliver, targets, message, internaldate=now)
+
+        def stored(copies: list[StoredCopy]) -> None:
+            reply = R.QUEUED.format(queue_id=queue_id)
+            for copy in copies:
+                maillog.delivered(
+                    queue_id, transaction.sender, [copy.account], copy.folder, len(message)
+                )
+            maillog.accepted(
+                queue_id, self._client, transaction.sender, recipients, len(message), reply
+            )
+            self._reply(reply)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(ReplyError) and failure.value.reply.is_error:
+                reply = failure.value.reply
+            else:
+                self.log.failure("Storing message {queue_id} failed", failure, queue_id=queue_id)
+                reply = R.DELIVERY_FAILED
+            maillog.deferred(
+                queue_id,
+                self._client,
+                transaction.sender,
+                recipients,
+                len(message),
+                reply,
+                failure.getErrorMessage(),
+            )
+            self._reply(reply)
+
+        return d.addCallbacks(stored, failed)
+
+    def _trace_headers(self, transaction: _Transaction, queue_id: str, now: datetime) -> bytes:
+        """Return-Path and Received (RFC 5321 section 4.4, RFC 3848 protocol names)."""
+        protocol = "ESMTP" if self._esmtp else "SMTP"
+        if ISSLTransport.providedBy(self.transport):
+            protocol += "S"
+        if self._account is not None:
+            protocol += "A"
+        client = self._client
+        if ":" in client:
+            literal = f"[IPv6:{client}]"
+        elif client[:1].isdigit():
+            literal = f"[{client}]"
+        else:
+            literal = client
+        received = (
+            f"Received: from {self._helo} ({literal})\r\n"
+            f"\tby {self.factory.hostname} (pymail) with {protocol} id {queue_id}"
+        )
+        if len(transaction.recipients) == 1:
+            # Only for a single recipient: naming one of several would tell
+            # each what the others (Bcc) were.
+            received += f"\r\n\tfor {transaction.recipients[0][0].path}"
+        received += f"; {format_datetime(now)}\r\n"
+        return f"Return-Path: {transaction.sender.path}\r\n{received}".encode()
+
+    def _missing_headers(self, body: bytes, queue_id: str, now: datetime) -> bytes:
+        """Date and Message-ID for a submitted message that lacks them (RFC 6409 section 8)."""
+        present = _header_names(body)
+        added = b""
+        if b"date" not in present:
+            added += f"Date: {format_datetime(now)}\r\n".encode()
+        if b"message-id" not in present:
+            added += f"Message-ID: <{queue_id}@{self.factory.hostname}>\r\n".encode()
+        return added
+
+    # AUTH (RFC 4954) --------------------------------------------------------
+
+    def _auth(self, arg: str) -> Deferred[None] | None:
+        if self.factory.mode != SUBMISSION or self.factory.portal is None:
+            self._reply(R.COMMAND_NOT_IMPLEMENTED.format(command="AUTH"))
+            return None
+        if not self._esmtp:
+            self._reply(R.BAD_SEQUENCE.format(why="Send EHLO first"))
+            return None
+        if self._account is not None:
+            self._reply(R.AUTH_ALREADY)
+            return None
+        if self._transaction is not None:
+            self._reply(R.AUTH_IN_TRANSACTION)
+            return None
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper()
+        initial = initial.strip(" ")
+        if mechanism not in ("PLAIN", "LOGIN"):
+            self._reply(R.AUTH_UNKNOWN_MECHANISM.format(mechanism=mechanism or "(none)"))
+            return None
+        self._auth_mechanism = mechanism
+        step = self._plain if mechanism == "PLAIN" else self._login_username
+        if not initial:
+            challenge = "" if mechanism == "PLAIN" else _b64("Username:")
+            self._auth_step = step
+            self._reply(R.AUTH_CHALLENGE.format(challenge=challenge), count=False)
+            return None
+        # RFC 4954 section 4: "=" is an empty initial response.
+        return self._auth_response(step, b"" if initial == "=" else initial.encode())
+
+    def _auth_response(
+        self, step: Callable[[bytes], Deferred[None] | None], line: bytes
+    ) -> Deferred[None] | None:
+        if line.strip() == b"*":
+            self._reply(R.AUTH_CANCELLED)
+            return None
+        try:
+            decoded = base64.b64decode(line.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            self._reply(R.AUTH_BAD_BASE64)
+            return None
+        return step(decoded)
+
+    def _plain(self, response: bytes) -> Deferred[None] | None:
+        parts = response.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            self._reply(R.AUTH_MALFORMED)
+            return None
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            # Logging in as one user to act as another is not supported.
+            self._auth_failed()
+            return None
+        return self._check_credentials(authcid, password)
+
+    def _login_username(self, response: bytes) -> None:
+        self._auth_step = lambda password: self._check_credentials(response, password)
+        self._reply(R.AUTH_CHALLENGE.format(challenge=_b64("Password:")), count=False)
+
+    def _check_credentials(self, username: bytes, password: bytes) -> Deferred[None]:
+        portal = self.factory.portal
+        assert portal is not None
+        d = portal.login(UsernamePassword(username, password), None, IAccount)
+
+        def logged_in(result: tuple[Any, Any, Callable[[], None]]) -> None:
+            _, account, logout = result
+            if self._lost:
+                logout()
+                return
+            self._account, self._logout = account, logout
+            maillog.auth_succeeded(self._client, self._auth_mechanism, str(account.address))
+            self._reply(R.AUTH_OK)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(LoginFailed):
+                self._auth_failed()
+            else:
+                self.log.failure("Login through {client} failed", failure, client=self._client)
+                self._reply(R.AUTH_TEMPORARY_FAILURE)
+
+        return d.addCallbacks(logged_in, refused)
+
+    def _auth_failed(self) -> None:
+        maillog.auth_failed(self._client, self._auth_mechanism)
+        self._reply(R.AUTH_FAILED)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("ascii")).decode("ascii")
+
+
+def _parse_parameters(text: str) -> dict[str, str | None]:
+    """
+    ESMTP parameters (RFC 5321 section 4.1.2: ``keyword[=value]``,
+    space-separated); keywords upper-cased.
+
+    :raises ReplyError: a malformed or repeated parameter.
+    """
+    params: dict[str, str | None] = {}
+    for item in text.split():
+        keyword, eq, value = item.partition("=")
+        if not _PARAM_KEYWORD.match(keyword) or (eq and not value):
+            raise ReplyError(R.PARAMETER_INVALID.format(name=keyword, why="use KEYWORD[=VALUE]"))
+        keyword = keyword.upper()
+        if keyword in params:
+            raise ReplyError(R.PARAMETER_INVALID.format(name=keyword, why="given twice"))
+        params[keyword] = value if eq else None
+    return params
+
+
+def _header_names(message: bytes) -> set[bytes]:
+    """The lower-cased field names of the header section of ``message``."""
+    names = set()
+    for line in message.split(b"\r\n"):
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            continue
+        match = _HEADER_NAME.match(line)
+        if match is None:
+            break
+        names.add(match.group(1).lower())
+    return names
