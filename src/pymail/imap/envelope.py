@@ -1,0 +1,222 @@
+"""
+The ENVELOPE of a message (RFC 3501 section 7.4.2) as a pure function of
+its bytes, so the storage index can compute it once and cache it.
+
+The result is a nested tuple of ``bytes | None`` that
+:func:`pymail.imap.responses.sexp` writes to the wire.  Header values are
+passed through raw: encoded-words stay encoded, 8-bit bytes stay as they
+are (they go out as literals), and nothing in a malformed header raises.
+"""
+
+from __future__ import annotations
+
+from pymail.imap.message import first_value, header_fields, split_message
+
+Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+Envelope = tuple[
+    bytes | None,  # date
+    bytes | None,  # subject
+    "tuple[Address, ...] | None",  # from
+    "tuple[Address, ...] | None",  # sender
+    "tuple[Address, ...] | None",  # reply-to
+    "tuple[Address, ...] | None",  # to
+    "tuple[Address, ...] | None",  # cc
+    "tuple[Address, ...] | None",  # bcc
+    bytes | None,  # in-reply-to
+    bytes | None,  # message-id
+]
+
+_SPECIALS = b'()<>@,;:\\".[]'
+_MISSING_DOMAIN = b"MISSING_DOMAIN"
+
+
+def envelope(message: bytes) -> Envelope:
+    """The ENVELOPE structure of ``message`` (wire form)."""
+    header, _ = split_message(message)
+    fields = header_fields(header)
+
+    def value(name: bytes) -> bytes | None:
+        v = first_value(fields, name)
+        return v if v else None
+
+    def addresses(name: bytes) -> tuple[Address, ...] | None:
+        v = first_value(fields, name)
+        if not v:
+            return None
+        return parse_address_list(v) or None
+
+    from_ = addresses(b"from")
+    sender = addresses(b"sender") or from_
+    reply_to = addresses(b"reply-to") or from_
+    return (
+        value(b"date"),
+        value(b"subject"),
+        from_,
+        sender,
+        reply_to,
+        addresses(b"to"),
+        addresses(b"cc"),
+        addresses(b"bcc"),
+        value(b"in-reply-to"),
+        value(b"message-id"),
+    )
+
+
+# A token is (kind, text): kind is b"atom", b"quoted", b"domlit" or a
+# special character itself (b"<", b"@", b",", ...).  Comments are dropped.
+Token = tuple[bytes, bytes]
+
+
+def _tokenize(value: bytes) -> list[Token]:
+    tokens: list[Token] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i : i + 1]
+        if c in b" \t\r\n":
+            i += 1
+        elif c == b"(":
+            depth = 0
+            while i < n:
+                ch = value[i : i + 1]
+                if ch == b"\\":
+                    i += 2
+                    continue
+                if ch == b"(":
+                    depth += 1
+                elif ch == b")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        elif c == b'"':
+            i += 1
+            out = bytearray()
+            while i < n:
+                ch = value[i : i + 1]
+                if ch == b"\\" and i + 1 < n:
+                    out += value[i + 1 : i + 2]
+                    i += 2
+                    continue
+                if ch == b'"':
+                    i += 1
+                    break
+                out += ch
+                i += 1
+            tokens.append((b"quoted", bytes(out)))
+        elif c == b"[":
+            end = value.find(b"]", i)
+            end = n if end < 0 else end + 1
+            tokens.append((b"domlit", value[i:end]))
+            i = end
+        elif c in _SPECIALS:
+            tokens.append((c, c))
+            i += 1
+        else:
+            start = i
+            while i < n and value[i : i + 1] not in _SPECIALS and value[i] not in b" \t\r\n":
+                i += 1
+            tokens.append((b"atom", value[start:i]))
+    return tokens
+
+
+def _phrase(tokens: list[Token]) -> bytes | None:
+    words = [text for kind, text in tokens if kind in (b"atom", b"quoted")]
+    # "." may appear in obsolete phrases (RFC 5322 obs-phrase): keep it.
+    out = b""
+    for kind, text in tokens:
+        if kind in (b"atom", b"quoted"):
+            out = out + b" " + text if out else text
+        elif kind == b".":
+            out += b"."
+    return out if words else None
+
+
+def _quote_local(kind_texts: list[Token]) -> bytes:
+    parts = []
+    for kind, text in kind_texts:
+        if kind == b"quoted":
+            escaped = text.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            parts.append(b'"' + escaped + b'"')
+        else:
+            parts.append(text)
+    return b"".join(parts)
+
+
+def _addr_spec(tokens: list[Token]) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(route, mailbox, host) from the tokens of an addr-spec or angle-addr."""
+    route = None
+    colon = next((i for i, t in enumerate(tokens) if t[0] == b":"), None)
+    if colon is not None and tokens and tokens[0][0] == b"@":
+        route = b"".join(text for _, text in tokens[:colon])
+        tokens = tokens[colon + 1 :]
+    at = None
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i][0] == b"@":
+            at = i
+            break
+    if at is None:
+        local = _quote_local(tokens)
+        return route, local or None, _MISSING_DOMAIN if local else None
+    local = _quote_local(tokens[:at])
+    host = b"".join(text for _, text in tokens[at + 1 :])
+    return route, local or None, host or _MISSING_DOMAIN
+
+
+def _mailbox(tokens: list[Token]) -> Address | None:
+    if not tokens:
+        return None
+    lt = next((i for i, t in enumerate(tokens) if t[0] == b"<"), None)
+    if lt is not None:
+        gt = next((i for i in range(lt + 1, len(tokens)) if tokens[i][0] == b">"), len(tokens))
+        name = _phrase(tokens[:lt])
+        route, local, host = _addr_spec(tokens[lt + 1 : gt])
+    else:
+        name = None
+        route, local, host = _addr_spec(tokens)
+    if local is None and name is None:
+        return None
+    return (name, route, local, host)
+
+
+def parse_address_list(value: bytes) -> tuple[Address, ...]:
+    """
+    The addresses of an address-list header value, with RFC 3501 group
+    markers: ``(NIL NIL group NIL)`` ... ``(NIL NIL NIL NIL)``.  Garbage
+    is skipped, never raised.
+    """
+    tokens = _tokenize(value)
+    out: list[Address] = []
+    current: list[Token] = []
+    in_group = False
+    depth = 0
+    for token in tokens:
+        kind = token[0]
+        if kind == b"<":
+            depth += 1
+        elif kind == b">":
+            depth = max(0, depth - 1)
+        if depth == 0 and kind == b":" and not in_group and not any(
+            t[0] == b"@" for t in current
+        ):
+            out.append((None, None, _phrase(current) or b"", None))
+            in_group = True
+            current = []
+            continue
+        if depth == 0 and kind in (b",", b";"):
+            mailbox = _mailbox(current)
+            if mailbox is not None:
+                out.append(mailbox)
+            current = []
+            if kind == b";" and in_group:
+                out.append((None, None, None, None))
+                in_group = False
+            continue
+        current.append(token)
+    mailbox = _mailbox(current)
+    if mailbox is not None:
+        out.append(mailbox)
+    if in_group:
+        out.append((None, None, None, None))
+    return tuple(out)

@@ -1,0 +1,249 @@
+"""
+SEARCH (RFC 3501 section 6.4.4): the grammar of search keys, and their
+compilation into a predicate over one message.
+
+Keys that need only :class:`~pymail.interfaces.MessageInfo` (flags, size,
+INTERNALDATE, sequence and UID sets) never read the message; header and
+text keys read it once per message, lazily.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from datetime import date, datetime
+
+import attrs
+
+from pymail.imap.message import decoded_value, field_value, header_fields, split_message
+from pymail.imap.parser import Cursor, ParseError, SequenceSet
+from pymail.interfaces import IMailbox, MessageInfo
+
+#: Charsets SEARCH accepts (anything else is NO [BADCHARSET]).
+CHARSETS = ("UTF-8", "US-ASCII")
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {"BCC": b"bcc", "CC": b"cc", "FROM": b"from", "SUBJECT": b"subject", "TO": b"to"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+@attrs.frozen
+class Key:
+    """
+    One search key.
+
+    :ivar op: the key name (``"AND"`` for a parenthesised list or the
+        top-level conjunction, ``"SEQ"`` for a bare sequence set).
+    :ivar args: its arguments: sub-keys, strings (bytes), numbers, dates,
+        flags or a :class:`SequenceSet`.
+    """
+
+    op: str
+    args: tuple[object, ...] = ()
+
+
+def parse_search_keys(cur: Cursor) -> tuple[str | None, Key]:
+    """``[CHARSET astring SP] search-key *(SP search-key)`` after the SP."""
+    charset = None
+    if cur.peek_upper(8) == b"CHARSET ":
+        cur.pos += 8
+        charset = cur.astring().decode("ascii", "replace")
+        cur.sp()
+    keys = [_key(cur, 0)]
+    while not cur.at_end():
+        cur.sp()
+        keys.append(_key(cur, 0))
+    return charset, keys[0] if len(keys) == 1 else Key("AND", tuple(keys))
+
+
+def _key(cur: Cursor, depth: int) -> Key:
+    if depth > 100:
+        raise ParseError("search keys nested too deeply")
+    c = cur.peek()
+    if c == b"(":
+        cur.pos += 1
+        keys = [_key(cur, depth + 1)]
+        while not cur.accept(b")"):
+            cur.sp()
+            keys.append(_key(cur, depth + 1))
+        return Key("AND", tuple(keys))
+    if c == b"*" or c.isdigit():
+        return Key("SEQ", (cur.sequence_set(),))
+    name = cur.atom().upper().decode("ascii")
+    if name in ("ALL", "NEW", "OLD", "RECENT") or name in _FLAG_KEYS:
+        return Key(name)
+    if name in _HEADER_KEYS or name in ("BODY", "TEXT"):
+        cur.sp()
+        return Key(name, (cur.astring(),))
+    if name == "HEADER":
+        cur.sp()
+        field = cur.astring()
+        cur.sp()
+        return Key(name, (field, cur.astring()))
+    if name in ("KEYWORD", "UNKEYWORD"):
+        cur.sp()
+        return Key(name, (cur.atom().decode("ascii"),))
+    if name in ("LARGER", "SMALLER"):
+        cur.sp()
+        return Key(name, (cur.number(),))
+    if name in _DATE_KEYS:
+        cur.sp()
+        return Key(name, (cur.date().date(),))
+    if name == "UID":
+        cur.sp()
+        return Key(name, (cur.sequence_set(),))
+    if name == "NOT":
+        cur.sp()
+        return Key(name, (_key(cur, depth + 1),))
+    if name == "OR":
+        cur.sp()
+        a = _key(cur, depth + 1)
+        cur.sp()
+        return Key(name, (a, _key(cur, depth + 1)))
+    raise ParseError(f"unknown search key {name!r}")
+
+
+class Candidate:
+    """One message being tested: its info and, on demand, its bytes and header."""
+
+    __slots__ = ("info", "index", "recent", "_mailbox", "_message", "_fields")
+
+    def __init__(self, mailbox: IMailbox, info: MessageInfo, index: int, recent: bool) -> None:
+        self.info = info
+        self.index = index
+        self.recent = recent
+        self._mailbox = mailbox
+        self._message: bytes | None = None
+        self._fields: list[tuple[bytes, bytes]] | None = None
+
+    def message(self) -> bytes:
+        if self._message is None:
+            self._message = self._mailbox.read(self.info.uid)
+        return self._message
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        if self._fields is None:
+            self._fields = header_fields(split_message(self.message())[0])
+        return self._fields
+
+    def header_values(self, name: bytes) -> list[str]:
+        return [decoded_value(field_value(raw)) for n, raw in self.fields() if n == name]
+
+
+Predicate = Callable[[Candidate], bool]
+
+
+def _sent_date(c: Candidate) -> date | None:
+    values = c.header_values(b"date")
+    if not values:
+        return None
+    try:
+        when: datetime = email.utils.parsedate_to_datetime(values[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.date()
+
+
+def compile_key(
+    key: Key,
+    charset: str,
+    resolve: Callable[[SequenceSet, bool], set[int]],
+) -> Predicate:
+    """
+    A predicate for ``key``.
+
+    :param charset: how search strings are decoded (one of :data:`CHARSETS`).
+    :param resolve: turns a sequence set (and whether it is a UID set) into
+        the set of 0-based indexes it names in the session's view.
+    """
+
+    def text(value: object) -> str:
+        assert isinstance(value, bytes)
+        return value.decode("utf-8" if charset == "UTF-8" else "ascii", "replace").casefold()
+
+    op = key.op
+    args = key.args
+    if op == "ALL":
+        return lambda c: True
+    if op == "AND":
+        preds = [compile_key(k, charset, resolve) for k in args]  # type: ignore[arg-type]
+        return lambda c: all(p(c) for p in preds)
+    if op == "NOT":
+        p = compile_key(args[0], charset, resolve)  # type: ignore[arg-type]
+        return lambda c: not p(c)
+    if op == "OR":
+        a = compile_key(args[0], charset, resolve)  # type: ignore[arg-type]
+        b = compile_key(args[1], charset, resolve)  # type: ignore[arg-type]
+        return lambda c: a(c) or b(c)
+    if op in _FLAG_KEYS:
+        flag, present = _FLAG_KEYS[op]
+        return lambda c: (flag in c.info.flags) == present
+    if op == "KEYWORD":
+        return lambda c: args[0] in c.info.flags
+    if op == "UNKEYWORD":
+        return lambda c: args[0] not in c.info.flags
+    if op == "RECENT":
+        return lambda c: c.recent
+    if op == "OLD":
+        return lambda c: not c.recent
+    if op == "NEW":
+        return lambda c: c.recent and "\\Seen" not in c.info.flags
+    if op == "LARGER":
+        return lambda c: c.info.size > args[0]  # type: ignore[operator]
+    if op == "SMALLER":
+        return lambda c: c.info.size < args[0]  # type: ignore[operator]
+    if op in ("SEQ", "UID"):
+        wanted = resolve(args[0], op == "UID")  # type: ignore[arg-type]
+        return lambda c: c.index in wanted
+    if op in ("BEFORE", "ON", "SINCE"):
+        day = args[0]
+        assert isinstance(day, date)
+        if op == "BEFORE":
+            return lambda c: c.info.internaldate.date() < day
+        if op == "ON":
+            return lambda c: c.info.internaldate.date() == day
+        return lambda c: c.info.internaldate.date() >= day
+    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        day = args[0]
+        assert isinstance(day, date)
+
+        def sent(c: Candidate) -> bool:
+            when = _sent_date(c)
+            if when is None:
+                return False
+            if op == "SENTBEFORE":
+                return when < day
+            if op == "SENTON":
+                return when == day
+            return when >= day
+
+        return sent
+    if op in _HEADER_KEYS or op == "HEADER":
+        if op == "HEADER":
+            name = args[0].lower()  # type: ignore[union-attr]
+            needle = text(args[1])
+        else:
+            name = _HEADER_KEYS[op]
+            needle = text(args[0])
+        return lambda c: any(needle in v.casefold() for v in c.header_values(name))  # type: ignore[arg-type]
+    if op in ("BODY", "TEXT"):
+        needle = text(args[0])
+
+        def body(c: Candidate) -> bool:
+            header, content = split_message(c.message())
+            data = content if op == "BODY" else header + content
+            return needle in data.decode("utf-8", "replace").casefold()
+
+        return body
+    raise ValueError(f"unknown search key {op!r}")  # pragma: no cover - parser stops these
