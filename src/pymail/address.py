@@ -132,11 +132,10 @@ class Address:
             the domain is converted to its A-label form.
         :raises AddressError: the syntax or a length limit is wrong.
         """
-        if len(text.encode("utf-8")) > MAX_PATH:
-            raise AddressError(
-                f"Path too long ({len(text.encode('utf-8'))} octets, max {MAX_PATH})",
-                too_long=True,
-            )
+        # The specific limits (local part, domain) are checked first, for
+        # the clearer message; a grossly long text is refused before parsing.
+        if len(text) > 4 * MAX_PATH:
+            _check_path_length(text)
         inner = text
         if text.startswith("<"):
             if not text.endswith(">") or len(text) < 2:
@@ -156,7 +155,15 @@ class Address:
             route = tuple(_parse_route(route_text, smtputf8))
         local, domain_text = _split_mailbox(inner, text, smtputf8)
         domain = _parse_domain(domain_text, smtputf8)
+        _check_path_length(text)
         return cls(local, domain, route)
+
+
+def _check_path_length(text: str) -> None:
+    # The limit counts the angle brackets, whether or not the client sent them.
+    octets = len(text.encode("utf-8")) + (0 if text.startswith("<") else 2)
+    if octets > MAX_PATH:
+        raise AddressError(f"Path too long ({octets} octets, max {MAX_PATH})", too_long=True)
 
 
 def split_path(text: str) -> tuple[str, str]:
