@@ -1,0 +1,289 @@
+"""Tests for pymail.imap.server: greeting, login, states, dispatch, timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from imap_harness import PASSWORD, USER, Server
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from pymail.auth.realm import MailRealm
+from pymail.imap.server import IMAPFactory
+from pymail.interfaces import IMailStore
+from pymail.storage.memory import MemoryMailStore, MemoryStoreFactory
+from pymail.testing import MemoryDirectory
+
+
+def test_greeting_names_host_and_capabilities() -> None:
+    """The greeting is an untagged OK with CAPABILITY and the host name."""
+    client = Server().connect()
+    assert client.greeting == (
+        b"* OK [CAPABILITY IMAP4rev1 LITERAL+] imap.example.org pymail ready\r\n"
+    )
+
+
+def test_capability_lists_only_what_is_implemented() -> None:
+    """CAPABILITY answers IMAP4rev1 and LITERAL+ only."""
+    client = Server().connect()
+    assert client.lines("a CAPABILITY") == [
+        b"* CAPABILITY IMAP4rev1 LITERAL+",
+        b"a OK CAPABILITY completed",
+    ]
+
+
+def test_login_succeeds_with_right_password() -> None:
+    """LOGIN with the right password answers OK and enters the authenticated state."""
+    client = Server().connect()
+    response = client.cmd(f"a LOGIN {USER} {PASSWORD}")
+    assert response.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+]")
+    assert client.proto.account.address == USER
+
+
+def test_login_with_quoted_and_literal_arguments() -> None:
+    """LOGIN accepts quoted strings and literals for user and password."""
+    client = Server().connect()
+    assert client.send(b'a LOGIN "alice@example.org" {2}\r\n') == b"+ Ready for literal data\r\n"
+    assert client.send(b"pw\r\n").startswith(b"a OK")
+
+
+def test_login_fails_with_wrong_password() -> None:
+    """A wrong password answers NO [AUTHENTICATIONFAILED] and stays unauthenticated."""
+    client = Server().connect()
+    response = client.cmd(f"a LOGIN {USER} wrong")
+    assert response.startswith(b"a NO [AUTHENTICATIONFAILED]")
+    assert client.cmd("b SELECT INBOX").startswith(b"b BAD")
+
+
+def test_login_twice_is_refused() -> None:
+    """LOGIN in the authenticated state is a BAD."""
+    client = Server().connect().login()
+    assert client.cmd(f"a LOGIN {USER} {PASSWORD}").startswith(b"a BAD")
+
+
+def test_selected_commands_need_selected_state() -> None:
+    """FETCH before SELECT is answered BAD naming the state."""
+    client = Server().connect().login()
+    assert client.lines("a FETCH 1 FLAGS") == [
+        b"a BAD FETCH is not allowed in the authenticated state"
+    ]
+
+
+def test_unknown_command_is_bad_and_connection_usable() -> None:
+    """An unknown command gets a tagged BAD and the next command works."""
+    client = Server().connect()
+    assert client.lines("a FROB x") == [b"a BAD unknown command 'FROB'"]
+    assert client.lines("b NOOP") == [b"b OK NOOP completed"]
+
+
+def test_missing_tag_is_untagged_bad() -> None:
+    """A line without a tag gets an untagged BAD."""
+    client = Server().connect()
+    assert client.cmd("") == b"* BAD missing command tag\r\n"
+    assert client.cmd("(x") == b"* BAD missing command tag\r\n"
+
+
+def test_malformed_arguments_are_bad_without_state_change() -> None:
+    """A malformed LOGIN is BAD and the client is still not authenticated."""
+    client = Server().connect()
+    assert client.cmd("a LOGIN onlyuser").startswith(b"a BAD LOGIN: expected a space")
+    assert client.cmd("b LOGIN a b c").startswith(b"b BAD")
+    assert client.cmd("c LIST \"\" *").startswith(b"c BAD")
+    assert client.cmd(f"d LOGIN {USER} {PASSWORD}").startswith(b"d OK")
+
+
+def test_malformed_selected_command_keeps_selection() -> None:
+    """A malformed FETCH in the selected state leaves the mailbox selected."""
+    server = Server()
+    server.deliver()
+    client = server.connect().login()
+    client.select()
+    assert client.cmd("a FETCH 1 (FLAGS").startswith(b"a BAD")
+    assert client.cmd("b FETCH x FLAGS").startswith(b"b BAD")
+    assert client.lines("c FETCH 1 FLAGS") == [
+        b"* 1 FETCH (FLAGS (\\Recent))",
+        b"c OK FETCH completed",
+    ]
+
+
+def test_pipelined_commands_answered_in_order() -> None:
+    """Several commands in one packet are answered one after the other, in order."""
+    server = Server()
+    server.deliver()
+    client = server.connect()
+    response = client.send(
+        f"a LOGIN {USER} {PASSWORD}\r\nb SELECT INBOX\r\nc FETCH 1 UID\r\nd NOOP\r\n".encode()
+    )
+    tags = [line.split(b" ")[0] for line in response.split(b"\r\n") if line[:1] not in (b"*", b"")]
+    assert tags == [b"a", b"b", b"c", b"d"]
+    assert b"* 1 FETCH (UID 1)\r\nc OK" in response
+
+
+@implementer(ICredentialsChecker)
+@attrs.define
+class SlowChecker:
+    """A checker that answers only when the test says so."""
+
+    pending: list[Deferred[Any]] = attrs.Factory(list)
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def slow_server() -> tuple[IMAPFactory, SlowChecker]:
+    from twisted.internet.task import Clock
+
+    checker = SlowChecker()
+    directory = MemoryDirectory(domains={"example.org"}, users={USER})
+    portal = Portal(MailRealm(directory, MemoryStoreFactory(), "/x"), [checker])
+    return IMAPFactory(portal, Clock(), "imap.example.org"), checker
+
+
+def test_pipelined_commands_wait_for_async_handler() -> None:
+    """Commands after a LOGIN that is still running wait, then run in order."""
+    factory, checker = slow_server()
+    server = Server()
+    server.factory = factory
+    client = server.connect()
+    assert client.send(f"a LOGIN {USER} {PASSWORD}\r\nb SELECT INBOX\r\nc NOOP\r\n".encode()) == b""
+    assert client.send(b"d CAPABILITY\r\n") == b""
+    checker.pending[0].callback(USER.encode())
+    response = client.read()
+    tags = [line.split(b" ")[0] for line in response.split(b"\r\n") if line[:1] not in (b"*", b"")]
+    assert tags == [b"a", b"b", b"c", b"d"]
+    assert b"b OK [READ-WRITE]" in response
+
+
+def test_connection_lost_during_login_logs_avatar_out() -> None:
+    """A login that completes after the client left does not resurrect the session."""
+    factory, checker = slow_server()
+    server = Server()
+    server.factory = factory
+    client = server.connect()
+    client.send(f"a LOGIN {USER} {PASSWORD}\r\n".encode())
+    client.lose()
+    checker.pending[0].callback(USER.encode())
+    assert client.read() == b""
+    assert client.proto.account is None
+
+
+def test_logout_says_bye_then_ok_and_closes() -> None:
+    """LOGOUT answers BYE then the tagged OK, and closes the connection."""
+    client = Server().connect()
+    assert client.lines("a LOGOUT") == [
+        b"* BYE imap.example.org logging out",
+        b"a OK LOGOUT completed",
+    ]
+    assert client.closed
+
+
+def test_commands_after_logout_are_ignored() -> None:
+    """Commands pipelined after LOGOUT get no answer."""
+    client = Server().connect()
+    response = client.send(b"a LOGOUT\r\nb NOOP\r\n")
+    assert b"b " not in response
+
+
+def test_preauth_timeout_says_bye() -> None:
+    """A client that does not log in within the pre-auth timeout gets BYE."""
+    server = Server(preauth_timeout=10.0)
+    client = server.connect()
+    server.clock.advance(9)
+    assert not client.closed
+    server.clock.advance(1)
+    assert client.read() == b"* BYE Autologout; idle for too long\r\n"
+    assert client.closed
+
+
+def test_idle_timeout_after_login_resets_on_commands() -> None:
+    """After login the autologout timer restarts with every command."""
+    server = Server(preauth_timeout=10.0, idle_timeout=1800.0)
+    client = server.connect().login()
+    server.clock.advance(1000)
+    client.cmd("a NOOP")
+    server.clock.advance(1000)
+    assert not client.closed
+    server.clock.advance(800)
+    assert client.read().startswith(b"* BYE Autologout")
+    assert client.closed
+
+
+def test_connection_lost_cancels_timer_and_listener() -> None:
+    """Losing the connection cancels the timer and stops listening to the mailbox."""
+    server = Server()
+    client = server.connect().login()
+    client.select()
+    client.lose()
+    assert server.clock.getDelayedCalls() == []
+    server.deliver()  # nobody listening: must not write or raise
+    assert client.read() == b""
+
+
+@attrs.define
+class BrokenStore(MemoryMailStore):
+    """A store whose folder listing fails with an unexpected error."""
+
+    def list_mailboxes(self) -> list[str]:
+        raise RuntimeError("disk on fire")
+
+
+@attrs.define
+class BrokenFactory(MemoryStoreFactory):
+    def open_store(self, address: str, data_dir: str) -> IMailStore:
+        return BrokenStore()
+
+
+def test_unexpected_error_is_serverbug_and_connection_usable() -> None:
+    """An exception in a handler is logged and answered NO [SERVERBUG]."""
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        directory = MemoryDirectory(domains={"example.org"}, users={USER})
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+        checker = InMemoryUsernamePasswordDatabaseDontUse(**{USER: PASSWORD.encode()})
+        portal = Portal(MailRealm(directory, BrokenFactory(), "/x"), [checker])
+        server = Server()
+        server.factory = IMAPFactory(portal, Clock(), "imap.example.org")
+        client = server.connect().login()
+        response = client.cmd('a LIST "" *')
+        assert response.startswith(b"a NO [SERVERBUG]")
+        assert b"Traceback" not in response and b"disk on fire" not in response
+        assert client.lines("b NOOP") == [b"b OK NOOP completed"]
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert any(e.get("log_failure") is not None for e in seen)
+
+
+def test_password_is_never_logged() -> None:
+    """Neither a good nor a bad LOGIN puts the password in the log."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        client = Server().connect()
+        client.cmd(f"a LOGIN {USER} sekrit-wrong")
+        client.cmd(f"b LOGIN {USER} {PASSWORD}")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    text = " ".join(formatEvent(e) + repr(e) for e in seen)
+    assert "sekrit-wrong" not in text
+    assert f"'{PASSWORD}'" not in text
+
+
+def test_authenticate_is_refused() -> None:
+    """AUTHENTICATE answers NO: no SASL mechanism is offered yet."""
+    client = Server().connect()
+    assert client.cmd("a AUTHENTICATE PLAIN").startswith(b"a NO")
+    assert client.cmd(f"b LOGIN {USER} {PASSWORD}").startswith(b"b OK")
