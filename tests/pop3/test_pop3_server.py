@@ -240,6 +240,19 @@ class AuthorizationTests(POP3TestCase):
             self.assertNotIn(PASSWORD, text)
             self.assertNotIn("Wr0ng-Pa55", text)
 
+    def test_username_logged_without_control_characters(self) -> None:
+        """A failed login logs the username with control characters escaped."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            self.session().send(b"USER evil\x1b[2J\rname\r\nPASS x\r\n")
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        texts = [formatEvent(e) or "" for e in events]
+        self.assertTrue(any("login failed for evil\\x1b[2J\\x0dname" in t for t in texts))
+        self.assertFalse(any("\x1b" in t or "\r" in t for t in texts))
+
     def test_logout_called_when_session_ends(self) -> None:
         """The avatar's logout runs once when the session ends, with or without QUIT."""
         s = self.logged_in()

@@ -102,6 +102,12 @@ _TRANSACTION = frozenset({State.TRANSACTION})
 _ANY = _AUTHORIZATION | _TRANSACTION
 
 
+def _printable(value: bytes) -> str:
+    """Client text made safe for a log line (no control characters)."""
+    text = value.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def _no_args(args: bytes) -> None:
     if args.split():
         raise _SyntaxError()
@@ -162,6 +168,7 @@ class POP3Server(Protocol):
         self._locks = locks
         self._state = State.AUTHORIZATION
         self._buffer = b""
+        self._pos = 0
         self._discarding = False
         self._out: list[bytes] = []
         self._out_size = 0
@@ -252,6 +259,7 @@ class POP3Server(Protocol):
     # -- reading ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self._compact()
         self._buffer += data
         self._process()
 
@@ -276,45 +284,60 @@ class POP3Server(Protocol):
                     self._flush()
         finally:
             self._processing = False
+            self._compact()
         self._flush()
         self._update_reading()
 
     def _next_line(self) -> bytes | None:
-        """The next whole command line without its line end, or ``None``."""
+        """
+        The next whole command line without its line end, or ``None``.
+
+        Lines are taken from ``_buffer`` at ``_pos`` and the buffer is
+        compacted once per batch, so a burst of pipelined commands costs
+        linear, not quadratic, copying.
+        """
         limit = self.MAX_LINE_LENGTH
         while True:
-            end = self._buffer.find(b"\n")
+            start = self._pos
+            end = self._buffer.find(b"\n", start)
             if self._discarding:
                 # The rest of an over-long line, already answered.
                 if end == -1:
-                    self._buffer = b""
+                    self._buffer, self._pos = b"", 0
                     return None
-                self._buffer = self._buffer[end + 1 :]
+                self._pos = end + 1
                 self._discarding = False
                 continue
             if end == -1:
-                if len(self._buffer) >= limit:
-                    self._buffer = b""
+                if len(self._buffer) - start >= limit:
+                    self._buffer, self._pos = b"", 0
                     self._discarding = True
                     self._fail(replies.LINE_TOO_LONG, limit=limit)
                 return None
-            line = self._buffer[:end]
-            self._buffer = self._buffer[end + 1 :]
-            if len(line) + 1 > limit:
+            self._pos = end + 1
+            if end - start + 1 > limit:
                 self._fail(replies.LINE_TOO_LONG, limit=limit)
                 if not self._can_process():
                     return None
                 continue
             # CRLF is the line end; a bare LF is accepted from lax clients.
-            return line[:-1] if line.endswith(b"\r") else line
+            if end > start and self._buffer[end - 1] == 0x0D:
+                end -= 1
+            return self._buffer[start:end]
+
+    def _compact(self) -> None:
+        if self._pos:
+            self._buffer = self._buffer[self._pos :]
+            self._pos = 0
 
     def _update_reading(self) -> None:
         if self._closed or self._closing or self.transport is None:
             return
-        if len(self._buffer) > self.MAX_PENDING and not self._reading_paused:
+        pending = len(self._buffer) - self._pos
+        if pending > self.MAX_PENDING and not self._reading_paused:
             self._reading_paused = True
             self._channel.pauseProducing()
-        elif len(self._buffer) <= self.MAX_PENDING and self._reading_paused:
+        elif pending <= self.MAX_PENDING and self._reading_paused:
             self._reading_paused = False
             self._channel.resumeProducing()
 
@@ -450,7 +473,7 @@ class POP3Server(Protocol):
         return Deferred.fromCoroutine(self._login(user, args))
 
     async def _login(self, user: bytes, password: bytes) -> None:
-        shown = user.decode("utf-8", "backslashreplace")
+        shown = _printable(user)
         try:
             _interface, avatar, logout = await self._portal.login(
                 UsernamePassword(user, password), None, IAccount
