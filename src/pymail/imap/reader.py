@@ -155,14 +155,14 @@ class LiteralReader(Protocol):
                 end = self._buffer.find(b"\n", self._pos)
                 if end < 0:
                     if len(self._buffer) - self._pos > self.max_line_length + 1:
-                        self._too_long()
+                        self._too_long(self._buffer[self._pos : self._pos + 200])
                     break
                 line = self._buffer[self._pos : end]
                 self._pos = end + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > self.max_line_length:
-                    self._too_long()
+                    self._too_long(line)
                     break
                 self._line(line)
         finally:
@@ -171,8 +171,8 @@ class LiteralReader(Protocol):
                 self._buffer = b""
                 self._pos = 0
 
-    def _too_long(self) -> None:
-        first = self._parts[0] if self._parts else self._buffer[self._pos : self._pos + 200]
+    def _too_long(self, line: bytes) -> None:
+        first = self._parts[0] if self._parts else line[:200]
         self.stop_reading()
         self.line_too_long(guess_tag(first))
 
