@@ -227,7 +227,8 @@ class POP3Server(Protocol):
 
     def _peer(self) -> str:
         peer: IAddress | None = self.transport.getPeer() if self.transport else None
-        return str(peer)
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
 
     def _end_session(self) -> None:
         if self._lock is not None:
