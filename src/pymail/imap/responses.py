@@ -75,8 +75,13 @@ def decode_mailbox(name: bytes) -> str:
     """
     try:
         text = name.decode("imap4-utf-7")
-    except (UnicodeDecodeError, ValueError) as e:
+        canonical = text.encode("imap4-utf-7") == name
+    except (UnicodeError, ValueError) as e:
         raise ValueError(f"mailbox name is not valid modified UTF-7: {e}") from None
+    if not canonical:
+        # Twisted's codec is lenient; RFC 3501 5.1.3 allows only the one encoding.
+        shown = name.decode("ascii", "backslashreplace")
+        raise ValueError(f"mailbox name {shown!r} is not in canonical modified UTF-7")
     return text
 
 
