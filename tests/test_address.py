@@ -41,7 +41,7 @@ def test_quoted_local_part() -> None:
 
 
 def test_needless_quotes_are_the_same_address() -> None:
-    """"joe"@x and joe@x are equal and print without quotes."""
+    """ "joe"@x and joe@x are equal and print without quotes."""
     assert Address.parse('<"joe"@example.com>') == Address.parse("<joe@example.com>")
     assert str(Address.parse('<"joe"@example.com>')) == "joe@example.com"
 
