@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import attrs
 
-from pymail.imap.envelope import envelope
+from pymail.imap.envelope import envelope, envelope_sexp
 from pymail.imap.message import first_value, header_fields, split_message
-from pymail.imap.responses import Sexp
+from pymail.imap.responses import Run, Sexp
 
 MAX_DEPTH = 40
 
@@ -189,7 +189,7 @@ def _language(part: Part) -> Sexp:
 
 def _structure(part: Part, extended: bool, depth: int = 0) -> Sexp:
     if part.children:
-        out: list[Sexp] = [_structure(c, extended, depth + 1) for c in part.children]
+        out: list[Sexp] = [Run(_structure(c, extended, depth + 1) for c in part.children)]
         out.append(part.subtype)
         if extended:
             out.extend(
@@ -212,7 +212,7 @@ def _structure(part: Part, extended: bool, depth: int = 0) -> Sexp:
         len(part.body),
     ]
     if part.message is not None:
-        out.append(list(envelope(part.body)))  # type: ignore[arg-type]
+        out.append(envelope_sexp(envelope(part.body)))
         out.append(_structure(part.message, extended, depth + 1))
         out.append(_lines(part.body))
     elif part.type == b"text":

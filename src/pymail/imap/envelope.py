@@ -11,6 +11,7 @@ are (they go out as literals), and nothing in a malformed header raises.
 from __future__ import annotations
 
 from pymail.imap.message import first_value, header_fields, split_message
+from pymail.imap.responses import Run, Sexp
 
 Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 Envelope = tuple[
@@ -60,6 +61,17 @@ def envelope(message: bytes) -> Envelope:
         value(b"in-reply-to"),
         value(b"message-id"),
     )
+
+
+def envelope_sexp(env: Envelope) -> Sexp:
+    """The ENVELOPE ready for :func:`~pymail.imap.responses.sexp` (address lists unspaced)."""
+    out: list[Sexp] = []
+    for i, value in enumerate(env):
+        if 2 <= i <= 7 and value is not None:
+            out.append([Run(value)])  # type: ignore[arg-type]
+        else:
+            out.append(value)  # type: ignore[arg-type]
+    return out
 
 
 # A token is (kind, text): kind is b"atom", b"quoted", b"domlit" or a

@@ -17,7 +17,7 @@ from typing import Protocol
 import attrs
 
 from pymail.imap import bodystructure as bs
-from pymail.imap.envelope import envelope
+from pymail.imap.envelope import envelope, envelope_sexp
 from pymail.imap.message import header_subset, split_message
 from pymail.imap.parser import Cursor, ParseError, format_date_time
 from pymail.imap.responses import astring, literal, sexp
@@ -216,7 +216,7 @@ def renderer(item: FetchItem) -> Renderer:
     if name == "RFC822.SIZE":
         return lambda v, i, m: b"RFC822.SIZE %d" % i.size
     if name == "ENVELOPE":
-        return lambda v, i, m: b"ENVELOPE " + sexp(envelope(m or b""))
+        return lambda v, i, m: b"ENVELOPE " + sexp(envelope_sexp(envelope(m or b"")))
     if name == "BODYSTRUCTURE":
         return lambda v, i, m: b"BODYSTRUCTURE " + sexp(bs.bodystructure(m or b"", True))
     if name == "BODY":

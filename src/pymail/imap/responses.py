@@ -18,9 +18,18 @@ _QUOTABLE = re.compile(rb'[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z')
 _NEEDS_QUOTES = re.compile(rb'[\x00-\x20\x7f-\xff(){%*"\\\]]')
 _QUOTE_ESCAPE = re.compile(rb'(["\\])')
 
+class Run(tuple):  # type: ignore[type-arg]
+    """
+    Items written one after the other with no separator and no parentheses:
+    RFC 3501 writes address lists as ``"(" 1*address ")"`` and a multipart
+    body as ``"(" 1*body SP media-subtype ...``.
+    """
+
+
 #: A value ``sexp`` can write: None is NIL, ints are numbers, bytes are
-#: strings (quoted or literal), lists and tuples are parenthesised.
-Sexp = Union[None, int, bytes, "list[Sexp]", "tuple[Sexp, ...]"]
+#: strings (quoted or literal), lists and tuples are parenthesised (with
+#: single spaces), a :class:`Run` is concatenated.
+Sexp = Union[None, int, bytes, "list[Sexp]", "tuple[Sexp, ...]", Run]
 
 #: Flush the batched responses to the transport at about this size.
 CHUNK_SIZE = 64 * 1024
@@ -59,6 +68,8 @@ def sexp(value: Sexp) -> bytes:
         return string(value)
     if isinstance(value, int):
         return b"%d" % value
+    if isinstance(value, Run):
+        return b"".join([sexp(v) for v in value])
     return b"(" + b" ".join([sexp(v) for v in value]) + b")"
 
 
