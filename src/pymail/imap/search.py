@@ -163,14 +163,16 @@ def compile_key(
     """
     A predicate for ``key``.
 
-    :param charset: how search strings are decoded (one of :data:`CHARSETS`).
+    :param charset: the CHARSET given (one of :data:`CHARSETS`).
     :param resolve: turns a sequence set (and whether it is a UID set) into
         the set of 0-based indexes it names in the session's view.
     """
 
     def text(value: object) -> str:
+        # US-ASCII is a subset of UTF-8; clients that send 8-bit without
+        # CHARSET almost always mean UTF-8, so both decode the same way.
         assert isinstance(value, bytes)
-        return value.decode("utf-8" if charset == "UTF-8" else "ascii", "replace").casefold()
+        return value.decode("utf-8", "replace").casefold()
 
     op = key.op
     args = key.args
