@@ -182,7 +182,7 @@ class AuthorizationTests(POP3TestCase):
         """CAPA lists exactly the supported capabilities, before and after login."""
         expected = (
             b"+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n"
-            b"PIPELINING\r\nIMPLEMENTATION pymail\r\n.\r\n"
+            b"AUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION pymail\r\n.\r\n"
         )
         s = self.session()
         self.assertEqual(s.cmd("CAPA"), expected)

@@ -442,8 +442,12 @@ class POP3Server(Protocol):
         return None
 
     def capabilities(self) -> list[bytes]:
-        """The CAPA list (RFC 2449 section 5), the same in every state."""
-        return [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"PIPELINING", b"IMPLEMENTATION pymail"]
+        """
+        The CAPA list (RFC 2449 section 5), the same in every state.
+        AUTH-RESP-CODE (RFC 3206): failed logins answer ``-ERR [AUTH]``.
+        """
+        return [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING",
+                b"IMPLEMENTATION pymail"]
 
     @property
     def _drop(self) -> Maildrop:
