@@ -10,6 +10,8 @@ are (they go out as literals), and nothing in a malformed header raises.
 
 from __future__ import annotations
 
+import re
+
 from pymail.imap.message import first_value, header_fields, split_message
 from pymail.imap.responses import Run, Sexp
 
@@ -27,7 +29,6 @@ Envelope = tuple[
     bytes | None,  # message-id
 ]
 
-_SPECIALS = b'()<>@,;:\\".[]'
 _MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 
@@ -79,57 +80,67 @@ def envelope_sexp(env: Envelope) -> Sexp:
 Token = tuple[bytes, bytes]
 
 
+_TOKEN = re.compile(
+    rb"""
+    [ \t\r\n]*
+    (?:
+      (?P<atom>[^ \t\r\n()<>@,;:\\".\[\]]+)
+    | "(?P<quoted>(?:[^"\\]|\\.)*)(?:"|\Z)
+    | (?P<domlit>\[[^\]]*(?:\]|\Z))
+    | (?P<comment>\()
+    | (?P<special>[<>@,;:.\\\])])
+    )
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.DOTALL)
+
+
+def _skip_comment(value: bytes, i: int) -> int:
+    """The index after the (possibly nested) comment opening at ``i``."""
+    depth = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch == 0x5C:  # backslash
+            i += 2
+            continue
+        if ch == 0x28:
+            depth += 1
+        elif ch == 0x29:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
 def _tokenize(value: bytes) -> list[Token]:
     tokens: list[Token] = []
     i = 0
     n = len(value)
+    match = _TOKEN.match
     while i < n:
-        c = value[i : i + 1]
-        if c in b" \t\r\n":
-            i += 1
-        elif c == b"(":
-            depth = 0
-            while i < n:
-                ch = value[i : i + 1]
-                if ch == b"\\":
-                    i += 2
-                    continue
-                if ch == b"(":
-                    depth += 1
-                elif ch == b")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
-        elif c == b'"':
-            i += 1
-            out = bytearray()
-            while i < n:
-                ch = value[i : i + 1]
-                if ch == b"\\" and i + 1 < n:
-                    out += value[i + 1 : i + 2]
-                    i += 2
-                    continue
-                if ch == b'"':
-                    i += 1
-                    break
-                out += ch
-                i += 1
-            tokens.append((b"quoted", bytes(out)))
-        elif c == b"[":
-            end = value.find(b"]", i)
-            end = n if end < 0 else end + 1
-            tokens.append((b"domlit", value[i:end]))
-            i = end
-        elif c in _SPECIALS:
-            tokens.append((c, c))
-            i += 1
+        m = match(value, i)
+        if m is None:
+            break  # only trailing whitespace is left
+        kind = m.lastgroup
+        if kind == "atom":
+            tokens.append((b"atom", m.group("atom")))
+        elif kind == "quoted":
+            text = m.group("quoted")
+            if b"\\" in text:
+                text = _QUOTED_PAIR.sub(rb"\1", text)
+            tokens.append((b"quoted", text))
+        elif kind == "domlit":
+            tokens.append((b"domlit", m.group("domlit")))
+        elif kind == "comment":
+            i = _skip_comment(value, m.start("comment"))
+            continue
         else:
-            start = i
-            while i < n and value[i : i + 1] not in _SPECIALS and value[i] not in b" \t\r\n":
-                i += 1
-            tokens.append((b"atom", value[start:i]))
+            ch = m.group("special")
+            tokens.append((ch, ch))
+        i = m.end()
     return tokens
 
 

@@ -8,6 +8,7 @@ which the server answers with a tagged BAD and no change of state.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -254,8 +255,12 @@ class Cursor:
             raise ParseError(f"invalid date-time: {e}") from None
 
 
+@functools.lru_cache(maxsize=100_000)
 def format_date_time(when: datetime) -> bytes:
-    """An INTERNALDATE in IMAP form, ``"dd-Mon-yyyy hh:mm:ss +zzzz"`` (quoted)."""
+    """
+    An INTERNALDATE in IMAP form, ``"dd-Mon-yyyy hh:mm:ss +zzzz"`` (quoted).
+    Memoised: every session of the process shares the rendered dates.
+    """
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     offset = when.utcoffset() or timedelta(0)

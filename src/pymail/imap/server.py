@@ -228,6 +228,11 @@ class IMAPServerProtocol(LiteralReader):
             self.writer.tagged(tag, "BAD", f"{name}: {e}")
             self.writer.flush()
             return
+        except Exception:
+            log.failure("parsing IMAP command {name} failed", name=name)
+            self.writer.tagged(tag, "BAD", f"{name}: could not parse the arguments", "SERVERBUG")
+            self.writer.flush()
+            return
         self._running = True
         done = Deferred.fromCoroutine(self._run(spec, Command(tag, name, args)))
         if not done.called:
