@@ -193,3 +193,15 @@ def test_reselect_drops_pending_updates_of_old_mailbox() -> None:
     response = client.cmd("b SELECT Other")
     assert b"* 2 EXISTS" not in response
     assert b"* 0 EXISTS" in response
+
+
+def test_session_view_is_a_mailbox_listener() -> None:
+    """SelectedMailbox provides IMailboxListener."""
+    from zope.interface.verify import verifyObject
+
+    from pymail.imap.session import RecentTracker, SelectedMailbox
+    from pymail.interfaces import IMailboxListener
+
+    view = SelectedMailbox(Server().mailbox(), False, RecentTracker())
+    assert verifyObject(IMailboxListener, view)
+    view.close()
