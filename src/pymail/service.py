@@ -122,10 +122,19 @@ class PymailService(MultiService):
     def listeners(self) -> list[EndpointListener]:
         return [s for s in self if isinstance(s, EndpointListener)]
 
-    def _bind_all(self, method: str) -> None:
+    def bind(self) -> None:
+        """
+        Bind every listener now.  twistd's ``pymail`` does this before
+        logging starts, so a port in use is reported like a config error;
+        an embedder may call it to find out early.  Starting the service
+        binds whatever is not bound yet.
+
+        :raises ListenError: naming the listener and the reason; listeners
+            bound so far are released.
+        """
         try:
             for s in self.listeners():
-                getattr(s, method)()
+                s._listen()
         except ListenError:
             for s in self.listeners():
                 if s.port is not None:
@@ -135,11 +144,11 @@ class PymailService(MultiService):
             raise
 
     def privilegedStartService(self) -> None:
-        self._bind_all("_listen")
+        self.bind()
         super().privilegedStartService()
 
     def startService(self) -> None:
-        self._bind_all("_listen")
+        self.bind()
         super().startService()
         config = self.components.config
         log.info("pymail started: hostname {hostname}, data in {data_dir}, configuration "

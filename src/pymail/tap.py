@@ -8,7 +8,6 @@ not a traceback.
 
 from __future__ import annotations
 
-from twisted.application.service import MultiService
 from twisted.python import usage
 
 from pymail.config import embedded_default, load
@@ -29,29 +28,21 @@ class Options(usage.Options):
     ]
 
 
-class TwistdService(MultiService):
+def makeService(options: Options) -> PymailService:
     """
-    Holds the :class:`PymailService` under twistd and turns a listen
-    failure into a one-line message and exit status 1.
+    Build and bind the service.  Binding here, before twistd starts logging
+    and daemonizes, puts a port-in-use error on the terminal exactly like a
+    configuration error (and, under ``--uid``, binds while still root).
     """
-
-    def __init__(self, pymail: PymailService) -> None:
-        super().__init__()
-        self.pymail = pymail
-        pymail.setServiceParent(self)
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except ListenError as e:
-            raise SystemExit(f"pymail: {self.pymail.components.config.source}: {e}") from None
-
-
-def makeService(options: Options) -> TwistdService:
     from twisted.internet import reactor
 
     try:
         config = load(options["config"]) if options["config"] else embedded_default()
-        return TwistdService(make_service(config, reactor))
+        service = make_service(config, reactor)
+        try:
+            service.bind()
+        except ListenError as e:
+            raise ConfigError(f"{config.source}: {e}") from None
     except ConfigError as e:
         raise SystemExit(f"pymail: {e}") from None
+    return service

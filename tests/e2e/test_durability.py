@@ -1,0 +1,45 @@
+"""Nothing acknowledged is ever lost: SIGKILL right after the 250."""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+
+from harness import PymailProcess
+
+
+def test_message_survives_sigkill_after_250(server: PymailProcess) -> None:
+    """A message acknowledged with 250 is there, with its UID, after kill -9 and restart."""
+    body = b"Subject: durable\r\n\r\n" + b"important line\r\n" * 50
+    smtp = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+    smtp.ehlo("client.test")
+    smtp.mail("s@remote.example")
+    smtp.rcpt("alice@localhost")
+    code, reply = smtp.data(body)
+    assert code == 250, reply
+    server.kill9()  # no chance to flush anything after the 250
+    smtp.close()
+    server.start()
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    imap.login("alice@localhost", "alice-pw")
+    typ, data = imap.select("INBOX")
+    assert data == [b"1"]
+    typ, data = imap.fetch("1", "(UID BODY.PEEK[])")
+    assert data[0][1].endswith(body)
+    assert b"UID 1 " in data[0][0] or b"UID 1)" in data[0][0] or b"(UID 1 " in data[0][0]
+    imap.logout()
+
+
+def test_many_acknowledged_messages_survive_sigkill(server: PymailProcess) -> None:
+    """Fifty messages, each acknowledged, all survive a kill -9 with distinct UIDs."""
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as smtp:
+        for n in range(50):
+            smtp.sendmail("s@remote.example", ["alice@localhost"], b"Subject: %d\r\n\r\nx\r\n" % n)
+    server.kill9()
+    server.start()
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    imap.login("alice@localhost", "alice-pw")
+    imap.select("INBOX")
+    typ, data = imap.uid("SEARCH", None, "ALL")
+    assert data[0].split() == [str(n).encode() for n in range(1, 51)]
+    imap.logout()
