@@ -439,16 +439,17 @@ class SMTPServer(LineReceiver):
             return self._reply(R.BAD_SENDER_SYNTAX.format(why=e))
         except ReplyError as e:
             return self._reply(e.reply)
-        size = params.pop("SIZE", None)
-        body = params.pop("BODY", None)
+        size = params.pop("SIZE", "")
+        body = params.pop("BODY", "")
         if self._account is not None:
             params.pop("AUTH", None)  # RFC 4954 section 5: may be ignored
         if params:
             return self._reply(R.PARAMETER_UNKNOWN.format(name=next(iter(params))))
-        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+        if body != "" and (body or "").upper() not in ("7BIT", "8BITMIME"):
             return self._reply(R.PARAMETER_INVALID.format(name="BODY", why="use 7BIT or 8BITMIME"))
-        if size is not None:
-            if not size.isdigit() or len(size) > 20:
+        if size != "":
+            # RFC 1870: SIZE=<digits>, at most 20 of them.
+            if size is None or not size.isdigit() or len(size) > 20:
                 return self._reply(R.PARAMETER_INVALID.format(name="SIZE", why="not a number"))
             if int(size) > self.factory.max_message_size:
                 reply = R.MESSAGE_TOO_BIG_FOR_SIZE.format(limit=self.factory.max_message_size)
