@@ -60,7 +60,9 @@ class Server:
         assert isinstance(mailbox, MemoryMailbox)
         return mailbox
 
-    def deliver(self, message: bytes = SIMPLE, name: str = "INBOX", flags: tuple[str, ...] = ()) -> int:
+    def deliver(
+        self, message: bytes = SIMPLE, name: str = "INBOX", flags: tuple[str, ...] = ()
+    ) -> int:
         uids: list[int] = []
         self.mailbox(name).append(message, flags).addCallback(uids.append)
         return uids[0]

@@ -30,7 +30,8 @@ def test_comments_are_dropped() -> None:
     assert parse_address_list(b"barry@python.org (Barry A. Warsaw)") == (
         (None, None, b"barry", b"python.org"),
     )
-    assert parse_address_list(b"Pete(A (nested) comment) <pete(his account)@silly.test(his host)>") == (
+    value = b"Pete(A (nested) comment) <pete(his account)@silly.test(his host)>"
+    assert parse_address_list(value) == (
         (b"Pete", None, b"pete", b"silly.test"),
     )
 

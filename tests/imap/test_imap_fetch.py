@@ -141,7 +141,9 @@ def test_body_fetch_sets_seen_but_peek_does_not() -> None:
     assert b"FLAGS" not in client.cmd("a FETCH 1 (BODY.PEEK[] RFC822.HEADER)")
     assert server.mailbox().info(1).flags == frozenset()
     response = client.cmd("b FETCH 1 BODY[TEXT]")
-    assert response.startswith(b"* 1 FETCH (BODY[TEXT] {24}\r\nShall we meet at noon?\r\n FLAGS (\\Seen \\Recent))")
+    assert response.startswith(
+        b"* 1 FETCH (BODY[TEXT] {24}\r\nShall we meet at noon?\r\n FLAGS (\\Seen \\Recent))"
+    )
     assert server.mailbox().info(1).flags == {"\\Seen"}
     # Already seen: no second FLAGS.
     assert b"FLAGS" not in client.cmd("c FETCH 1 BODY[TEXT]")

@@ -148,13 +148,16 @@ def test_append_with_flags_and_date() -> None:
     """APPEND stores the message byte-exact with its flags and INTERNALDATE."""
     server = Server()
     client = server.connect().login()
-    client.send(b'a APPEND INBOX (\\Seen \\Flagged) "05-Mar-2021 10:11:12 +0100" {%d}\r\n' % len(SIMPLE))
+    client.send(
+        b'a APPEND INBOX (\\Seen \\Flagged) "05-Mar-2021 10:11:12 +0100" {%d}\r\n' % len(SIMPLE)
+    )
     assert client.send(SIMPLE + b"\r\n") == b"a OK APPEND completed\r\n"
     mailbox = server.mailbox()
     info = mailbox.info(1)
     assert mailbox.read(1) == SIMPLE
     assert info.flags == {"\\Seen", "\\Flagged"}
-    assert info.internaldate == datetime(2021, 3, 5, 10, 11, 12, tzinfo=timezone(timedelta(hours=1)))
+    one_hour = timezone(timedelta(hours=1))
+    assert info.internaldate == datetime(2021, 3, 5, 10, 11, 12, tzinfo=one_hour)
 
 
 def test_append_to_missing_mailbox_says_trycreate() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 from imap_harness import Client, Server
@@ -16,14 +16,14 @@ MESSAGES = [
      b"\r\nSure.\r\n"),
 ]
 FLAGS = [("\\Seen", "$Work"), ("\\Flagged", "\\Answered"), ("\\Deleted", "\\Draft")]
-DATES = [datetime(2021, 3, d, 12, 0, tzinfo=timezone.utc) for d in (1, 2, 3)]
+DATES = [datetime(2021, 3, d, 12, 0, tzinfo=UTC) for d in (1, 2, 3)]
 
 
 @pytest.fixture
 def client() -> Client:
     server = Server()
     mailbox = server.mailbox()
-    for message, flags, when in zip(MESSAGES, FLAGS, DATES):
+    for message, flags, when in zip(MESSAGES, FLAGS, DATES, strict=True):
         mailbox.append(message, flags, when)
     client = server.connect().login()
     client.select()

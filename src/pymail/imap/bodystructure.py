@@ -126,7 +126,9 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
         start_delim = nxt + 2
 
 
-def parse(message: bytes, default: tuple[bytes, bytes] = (b"text", b"plain"), depth: int = 0) -> Part:
+def parse(
+    message: bytes, default: tuple[bytes, bytes] = (b"text", b"plain"), depth: int = 0
+) -> Part:
     """The MIME tree of an entity (a message or a body part)."""
     header, body = split_message(message)
     if not message.startswith(b"\r\n") and b"\r\n\r\n" not in message and b":" not in header:
@@ -183,7 +185,7 @@ def _language(part: Part) -> Sexp:
     value = first_value(part.fields, b"content-language")
     if not value:
         return None
-    tags = [t.strip() for t in value.split(b",") if t.strip()]
+    tags: list[Sexp] = [t.strip() for t in value.split(b",") if t.strip()]
     return tags or None
 
 
@@ -230,7 +232,7 @@ def _structure(part: Part, extended: bool, depth: int = 0) -> Sexp:
 
 
 def bodystructure(message: bytes, extended: bool = True) -> Sexp:
-    """BODYSTRUCTURE (``extended``) or BODY of a message, for :func:`~pymail.imap.responses.sexp`."""
+    """BODYSTRUCTURE (``extended``) or BODY of a message, for ``responses.sexp``."""
     return _structure(parse(message), extended)
 
 

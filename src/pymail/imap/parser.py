@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 import attrs
 
@@ -29,7 +29,8 @@ _UNESCAPE = re.compile(rb'\\(["\\])')
 _SEQ_SET = re.compile(rb"(?:[0-9]+|\*)(?::(?:[0-9]+|\*))?(?:,(?:[0-9]+|\*)(?::(?:[0-9]+|\*))?)*")
 _DATE = re.compile(rb"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})")
 _DATE_TIME = re.compile(
-    rb'"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"'
+    rb'"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) '
+    rb'([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"'
 )
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_NUMBER = {m.lower().encode(): i + 1 for i, m in enumerate(MONTHS)}
@@ -232,7 +233,7 @@ class Cursor:
         if month is None:
             raise ParseError(f"unknown month {m.group(2).decode('ascii')!r}")
         try:
-            return datetime(int(m.group(3)), month, int(m.group(1)), tzinfo=timezone.utc)
+            return datetime(int(m.group(3)), month, int(m.group(1)), tzinfo=UTC)
         except ValueError as e:
             raise ParseError(f"invalid date: {e}") from None
 
@@ -262,7 +263,7 @@ def format_date_time(when: datetime) -> bytes:
     Memoised: every session of the process shares the rendered dates.
     """
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     offset = when.utcoffset() or timedelta(0)
     minutes = int(offset.total_seconds()) // 60
     sign = "+" if minutes >= 0 else "-"

@@ -104,7 +104,7 @@ class LiteralReader(Protocol):
         self._paused = False
         if self._transport_paused and self.transport is not None:
             self._transport_paused = False
-            self.transport.resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._process()
 
     def stop_reading(self) -> None:
@@ -138,8 +138,9 @@ class LiteralReader(Protocol):
             self._buffer += data
         if self._paused:
             if len(self._buffer) > PAUSED_BUFFER_LIMIT and not self._transport_paused:
+                # Stop reading from the socket until the running command is done.
                 self._transport_paused = True
-                self.transport.pauseProducing()
+                self.transport.pauseProducing()  # type: ignore[union-attr]
             return
         self._process()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from datetime import date, datetime
+from typing import cast
 
 import attrs
 
@@ -209,16 +210,14 @@ def compile_key(
         wanted = resolve(args[0], op == "UID")  # type: ignore[arg-type]
         return lambda c: c.index in wanted
     if op in ("BEFORE", "ON", "SINCE"):
-        day = args[0]
-        assert isinstance(day, date)
+        day = cast(date, args[0])
         if op == "BEFORE":
             return lambda c: c.info.internaldate.date() < day
         if op == "ON":
             return lambda c: c.info.internaldate.date() == day
         return lambda c: c.info.internaldate.date() >= day
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        day = args[0]
-        assert isinstance(day, date)
+        day = cast(date, args[0])
 
         def sent(c: Candidate) -> bool:
             when = _sent_date(c)
@@ -233,7 +232,7 @@ def compile_key(
         return sent
     if op in _HEADER_KEYS or op == "HEADER":
         if op == "HEADER":
-            name = args[0].lower()  # type: ignore[union-attr]
+            name = cast(bytes, args[0]).lower()
             needle = text(args[1])
         else:
             name = _HEADER_KEYS[op]

@@ -134,7 +134,7 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         result = await view.mailbox.set_flags(wanted, args.flags, args.mode)
     except ValueError as e:
         raise bad(f"STORE: {e}") from None
-    view.forget_flag_updates(result.keys())
+    view.forget_flag_updates(set(result))
     if not args.silent:
         for uid in wanted:
             flags = result.get(uid)

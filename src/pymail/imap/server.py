@@ -97,6 +97,7 @@ class IMAPServerProtocol(LiteralReader):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        assert self.transport is not None
         self.writer = ResponseWriter(self.transport)
         self.writer.untagged(
             b"OK [CAPABILITY " + self.capabilities().encode("ascii") + b"] "
@@ -105,7 +106,7 @@ class IMAPServerProtocol(LiteralReader):
         self.writer.flush()
         self._restart_timer()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.stop_reading()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -130,7 +131,8 @@ class IMAPServerProtocol(LiteralReader):
         self.writer.close()
         self.stop_reading()
         self.state = State.LOGOUT
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def capabilities(self) -> str:
         return " ".join(self.table.capabilities)
@@ -312,12 +314,12 @@ async def handle_login(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     conn.account = avatar
     conn._avatar_logout = logout
     conn.state = State.AUTHENTICATED
-    log.info("IMAP login for {user!r}", user=avatar.address)
+    log.info("IMAP login for {user!r}", user=conn.account.address)
     return Reply("LOGIN completed", "CAPABILITY " + conn.capabilities())
 
 
 async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
-    raise no(f"unsupported authentication mechanism; use LOGIN", "CANNOT")
+    raise no("unsupported authentication mechanism; use LOGIN", "CANNOT")
 
 
 def default_table() -> CommandTable:

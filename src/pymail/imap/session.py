@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import attrs
@@ -181,7 +181,7 @@ class SelectedMailbox:
 
     # -- reporting changes -----------------------------------------------------
 
-    def forget_flag_updates(self, uids: set[int] | Sequence[int]) -> None:
+    def forget_flag_updates(self, uids: Iterable[int]) -> None:
         """The client was just told these messages' flags (STORE, FETCH)."""
         self._pending_flags.difference_update(uids)
 
