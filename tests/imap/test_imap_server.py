@@ -287,3 +287,81 @@ def test_authenticate_is_refused() -> None:
     client = Server().connect()
     assert client.cmd("a AUTHENTICATE PLAIN").startswith(b"a NO")
     assert client.cmd(f"b LOGIN {USER} {PASSWORD}").startswith(b"b OK")
+
+
+class SlowMailbox:
+    """Wraps a memory mailbox so every write answers only after one clock tick."""
+
+    def __init__(self, inner: Any, clock: Any) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _later(self, d: Deferred[Any]) -> Deferred[Any]:
+        slow: Deferred[Any] = Deferred()
+        d.addBoth(lambda r: self._clock.callLater(1, slow.callback, r))
+        return slow
+
+    def set_flags(self, *args: Any) -> Deferred[Any]:
+        return self._later(self._inner.set_flags(*args))
+
+    def expunge(self, *args: Any) -> Deferred[Any]:
+        return self._later(self._inner.expunge(*args))
+
+    def refresh(self) -> Deferred[Any]:
+        return self._later(self._inner.refresh())
+
+
+def test_slow_storage_is_awaited_and_pipelined_commands_wait() -> None:
+    """With storage that answers later, each tagged OK waits for it and order is kept."""
+    server = Server()
+    server.deliver()
+    server.deliver()
+    inner = server.mailbox()
+    server.store()._mailboxes["INBOX"] = SlowMailbox(inner, server.clock)  # type: ignore[assignment]
+    client = server.connect().login()
+    client.select()
+    response = client.send(
+        b"a STORE 1 +FLAGS (\\Deleted)\r\nb EXPUNGE\r\nc FETCH 1 UID\r\nd NOOP\r\n"
+    )
+    assert response == b""
+    inner.append(b"Subject: new\r\n\r\n")  # arrives while STORE is still running
+    server.clock.advance(1)
+    assert client.read() == (
+        b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n* 3 EXISTS\r\n* 3 RECENT\r\n"
+        b"a OK STORE completed\r\n"
+    )
+    server.clock.advance(1)
+    assert client.read() == (
+        b"* 1 EXPUNGE\r\nb OK EXPUNGE completed\r\n* 1 FETCH (UID 2)\r\nc OK FETCH completed\r\n"
+    )
+    server.clock.advance(1)
+    assert client.read() == b"d OK NOOP completed\r\n"
+    assert [i.uid for i in inner.messages()] == [2, 3]
+
+
+def test_large_fetch_is_written_in_few_chunks() -> None:
+    """A FETCH of thousands of messages reaches the transport in ~64 KiB chunks."""
+    server = Server()
+    for _ in range(3000):
+        server.deliver()
+    client = server.connect().login()
+    client.select()
+    calls: list[int] = []
+    original_write, original_seq = client.transport.write, client.transport.writeSequence
+
+    def write(data: bytes) -> None:
+        calls.append(len(data))
+        original_write(data)
+
+    def write_sequence(seq: list[bytes]) -> None:
+        calls.append(sum(map(len, seq)))
+        original_seq(seq)
+
+    client.transport.write = write  # type: ignore[method-assign]
+    client.transport.writeSequence = write_sequence  # type: ignore[method-assign]
+    response = client.cmd("a FETCH 1:* (UID FLAGS RFC822.SIZE)")
+    assert response.count(b" FETCH (") == 3000
+    assert len(calls) <= len(response) // (64 * 1024) + 2
