@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorTime,
     ISSLTransport,
+    ITCPTransport,
     ITransport,
 )
 from twisted.internet.protocol import ServerFactory
@@ -201,6 +202,10 @@ class SMTPServer(LineReceiver):
         return self.transport
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self._transport):
+            # Every reply is a complete line the client is waiting for:
+            # never hold one back for Nagle's algorithm.
+            self._transport.setTcpNoDelay(True)
         peer = self._transport.getPeer()
         self._client = getattr(peer, "host", None) or "unknown"
         self._reply(R.GREETING.format(hostname=self.factory.hostname))
