@@ -667,6 +667,10 @@ class POP3Factory(ServerFactory):
         :data:`~pymail.pop3.mailbox.PROCESS_LOCKS`.
     """
 
+    # The listener logs its own start ("[smtp] listening on ..."); the
+    # per-factory "Starting factory" lines add nothing.
+    noisy = False
+
     protocol = POP3Server  # type: ignore[assignment]
 
     def __init__(

@@ -110,6 +110,10 @@ class SMTPFactory(ServerFactory):
     :param max_errors: error replies before ``421 4.7.0`` and a close.
     """
 
+    # The listener logs its own start ("[smtp] listening on ..."); the
+    # per-factory "Starting factory" lines add nothing.
+    noisy = False
+
     def __init__(
         self,
         hostname: str,
