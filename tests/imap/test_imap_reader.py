@@ -106,3 +106,13 @@ def test_literal_with_brace_text_in_quoted_string_is_not_literal() -> None:
     response = client.cmd('a CREATE "x{5}y"')
     assert response == b"a OK CREATE completed\r\n"
     assert "x{5}y" in server.store().list_mailboxes()
+
+
+def test_literals_before_login_are_limited_to_line_length() -> None:
+    """Before login a literal may be no bigger than a line, so strangers cannot fill memory."""
+    client = Server(max_line_length=1000).connect()
+    response = client.send(b"a LOGIN {1001}\r\n")
+    assert response == b"a NO [TOOBIG] literal of 1001 octets is too big (max 1000)\r\n"
+    response = client.send(b"b LOGIN {5000+}\r\n")
+    assert response.startswith(b"* BYE [TOOBIG]")
+    assert client.closed

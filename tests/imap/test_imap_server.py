@@ -8,7 +8,7 @@ import attrs
 from imap_harness import PASSWORD, USER, Server
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.portal import Portal
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -365,3 +365,33 @@ def test_large_fetch_is_written_in_few_chunks() -> None:
     response = client.cmd("a FETCH 1:* (UID FLAGS RFC822.SIZE)")
     assert response.count(b" FETCH (") == 3000
     assert len(calls) <= len(response) // (64 * 1024) + 2
+
+
+@implementer(IRealm)
+@attrs.define
+class RecordingRealm:
+    """Wraps MailRealm and records avatar logouts."""
+
+    inner: MailRealm
+    logouts: list[str] = attrs.Factory(list)
+
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        iface, avatar, _ = self.inner.requestAvatar(avatar_id, mind, *interfaces)
+        return iface, avatar, lambda: self.logouts.append(avatar.address)
+
+
+def test_avatar_logout_called_when_connection_ends() -> None:
+    """The portal's logout callable runs once when the connection closes."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.internet.task import Clock
+
+    directory = MemoryDirectory(domains={"example.org"}, users={USER})
+    realm = RecordingRealm(MailRealm(directory, MemoryStoreFactory(), "/x"))
+    checker = InMemoryUsernamePasswordDatabaseDontUse(**{USER: PASSWORD.encode()})
+    server = Server()
+    server.factory = IMAPFactory(Portal(realm, [checker]), Clock(), "imap.example.org")
+    client = server.connect().login()
+    client.cmd("a LOGOUT")
+    assert realm.logouts == []
+    client.lose()
+    assert realm.logouts == [USER]

@@ -80,9 +80,13 @@ class LiteralReader(Protocol):
         """Write bytes to the client at once (continuation requests)."""
         raise NotImplementedError
 
+    def literal_limit(self) -> int:
+        """The biggest literal accepted right now (the server lowers it before login)."""
+        return self.max_literal_size
+
     def literal_too_big(self, tag: bytes | None, size: int, synchronising: bool) -> None:
         """
-        A literal over :attr:`max_literal_size` was announced; its bytes were
+        A literal over :meth:`literal_limit` was announced; its bytes were
         not read.  For a synchronising literal the command is dropped and
         reading goes on with the next line; for a non-synchronising one the
         client is already sending it, so the subclass must close.
@@ -197,8 +201,9 @@ class LiteralReader(Protocol):
             return
         size = int(m.group(1))
         synchronising = not m.group(2)
+        limit = self.literal_limit()
         total = size + sum(len(p) for p in self._parts)
-        if size > self.max_literal_size or total > self.max_literal_size + self.max_line_length:
+        if size > limit or total > limit + self.max_line_length:
             first = self._parts[0] if self._parts else line
             self._reset_command()
             if not synchronising:

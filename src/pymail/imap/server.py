@@ -178,8 +178,15 @@ class IMAPServerProtocol(LiteralReader):
         self.writer.add(data)
         self.writer.flush()
 
+    def literal_limit(self) -> int:
+        # Before login only LOGIN's small literals make sense: an anonymous
+        # client must not make the server buffer megabytes.
+        if self.state is State.NOT_AUTHENTICATED:
+            return min(self.max_literal_size, self.max_line_length)
+        return self.max_literal_size
+
     def literal_too_big(self, tag: bytes | None, size: int, synchronising: bool) -> None:
-        text = f"literal of {size} octets is too big (max {self.max_literal_size})"
+        text = f"literal of {size} octets is too big (max {self.literal_limit()})"
         if synchronising and tag is not None:
             self.writer.tagged(tag, "NO", text, "TOOBIG")
             self.writer.flush()
