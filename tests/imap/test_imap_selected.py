@@ -205,3 +205,14 @@ def test_session_view_is_a_mailbox_listener() -> None:
     view = SelectedMailbox(Server().mailbox(), False, RecentTracker())
     assert verifyObject(IMailboxListener, view)
     view.close()
+
+
+def test_examine_sees_new_mail_as_recent_without_claiming_it() -> None:
+    """An EXAMINE session sees new mail as \\Recent; a later SELECT still gets it."""
+    server = Server()
+    watcher = server.connect().login()
+    watcher.cmd("a EXAMINE INBOX")
+    server.deliver()
+    assert watcher.lines("b NOOP") == [b"* 1 EXISTS", b"* 1 RECENT", b"b OK NOOP completed"]
+    other = server.connect().login()
+    assert b"* 1 RECENT" in other.select()

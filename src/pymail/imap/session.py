@@ -94,11 +94,12 @@ class SelectedMailbox:
     def mailbox_changed(self, mailbox: IMailbox, change: MailboxChange) -> None:
         if change.kind == "added":
             self._pending_added.extend(change.uids)
-            if not self.readonly:
-                floor = self._tracker.claimed_up_to(mailbox)
-                mine = [uid for uid in change.uids if uid > floor]
-                if mine:
-                    self.recent.update(mine)
+            floor = self._tracker.claimed_up_to(mailbox)
+            mine = [uid for uid in change.uids if uid > floor]
+            if mine:
+                self.recent.update(mine)
+                if not self.readonly:
+                    # EXAMINE sees \Recent but must not take it away (RFC 3501 6.3.2).
                     self._tracker.claim(mailbox, max(mine))
         elif change.kind == "flags":
             self._pending_flags.update(change.uids)
