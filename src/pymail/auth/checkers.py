@@ -38,7 +38,7 @@ class AccountsChecker:
     _directory: FileDirectory
     _reactor: Any = None
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         username = credentials.username
         password = credentials.password
         if isinstance(username, bytes):

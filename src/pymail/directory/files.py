@@ -155,7 +155,7 @@ class FileDirectory:
     # -- reading -----------------------------------------------------------
 
     def _current_stamp(self) -> tuple[object, ...]:
-        stamp = []
+        stamp: list[tuple[int, int, int] | None] = []
         for name in (DOMAINS, PASSWD, ALIASES):
             try:
                 st = os.stat(os.path.join(self.data_dir, name))

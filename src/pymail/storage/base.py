@@ -16,7 +16,7 @@ import attrs
 from twisted.logger import Logger
 
 from pymail.errors import BadMailboxName, NoSuchMessage
-from pymail.interfaces import SYSTEM_FLAGS, IMailboxListener, MailboxChange, MessageInfo
+from pymail.interfaces import SYSTEM_FLAGS, IMailbox, IMailboxListener, MailboxChange, MessageInfo
 
 log = Logger()
 
@@ -87,7 +87,7 @@ def check_mailbox_name(name: str) -> str:
 class MailboxView:
     """The ordered messages of one folder and the listeners told of changes."""
 
-    _mailbox: object
+    _mailbox: IMailbox
     _infos: list[MessageInfo] = attrs.Factory(list)
     _uids: list[int] = attrs.Factory(list)
     _by_uid: dict[int, MessageInfo] = attrs.Factory(dict)

@@ -218,9 +218,11 @@ class MaildirMailbox:
 
     def open(self) -> Deferred[MaildirMailbox]:
         """Load the folder (create its directories if needed); fires with self."""
-        d = self._in_thread(self._load)
-        d.addCallback(lambda infos: (self._view.load(infos), self)[1])
-        return d
+        def loaded(infos: list[MessageInfo]) -> MaildirMailbox:
+            self._view.load(infos)
+            return self
+
+        return self._in_thread(self._load).addCallback(loaded)
 
     def _load(self) -> list[MessageInfo]:
         for sub in ("cur", "new", "tmp"):
