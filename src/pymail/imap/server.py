@@ -21,7 +21,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,6 +98,9 @@ class IMAPServerProtocol(LiteralReader):
     def connectionMade(self) -> None:
         super().connectionMade()
         assert self.transport is not None
+        if ITCPTransport.providedBy(self.transport):
+            # Responses are written whole; never hold one back (Nagle).
+            self.transport.setTcpNoDelay(True)
         self.writer = ResponseWriter(self.transport)
         self.writer.untagged(
             b"OK [CAPABILITY " + self.capabilities().encode("ascii") + b"] "
@@ -362,6 +365,8 @@ class IMAPFactory(ServerFactory):
     :param idle_timeout: seconds without a command after login (RFC 3501
         section 5.4: at least 30 minutes).
     """
+
+    noisy = False  # the listener logs its own start
 
     def __init__(
         self,
