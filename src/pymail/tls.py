@@ -1,0 +1,168 @@
+"""
+TLS for every listener: certificate loading, the server policy (TLS 1.2 at
+least, the OpenSSL defaults Twisted picks for ciphers), reload without
+dropping connections, and self-signed certificates for testing.
+
+Protocols use one object, :class:`ServerTLS`:
+
+- ``server_tls.creator`` is an ``IOpenSSLServerConnectionCreator`` for
+  ``transport.startTLS(...)`` (STARTTLS, STLS);
+- ``server_tls.wrap(factory)`` wraps a protocol factory for implicit TLS
+  (ports 465, 993, 995);
+- ``server_tls.reload()`` re-reads the files; new handshakes use the new
+  certificate, established connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from pymail.errors import ConfigError
+
+log = Logger()
+
+
+def _read(path: str, what: str, source: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: [tls] {what} = {path!r}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: [tls] {what} = {path!r}: cannot read: {e.strerror}") from None
+
+
+def load_options(certificate: str, key: str, source: str = "<tls>") -> ssl.CertificateOptions:
+    """
+    Build the server's TLS options from PEM files.
+
+    :param certificate: the certificate, followed by its chain.
+    :param key: the private key (may be the same file as ``certificate``).
+    :raises ConfigError: a file is missing or unreadable, not PEM, or the
+        key does not match the certificate.
+    """
+    cert_pem = _read(certificate, "certificate", source)
+    key_pem = _read(key, "key", source) if key else cert_pem
+    try:
+        chain = ssl.Certificate.loadPEM(cert_pem)
+    except Exception as e:
+        raise ConfigError(
+            f"{source}: [tls] certificate = {certificate!r} is not a PEM certificate ({e})"
+        ) from None
+    try:
+        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            chain, ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+        )
+    except Exception as e:
+        raise ConfigError(
+            f"{source}: [tls] key = {key!r} is not a PEM private key for that certificate ({e})"
+        ) from None
+    extra = []
+    # Any further certificates in the file are the chain to send.
+    marker = b"-----BEGIN CERTIFICATE-----"
+    parts = cert_pem.split(marker)[2:]
+    for part in parts:
+        try:
+            extra.append(ssl.Certificate.loadPEM(marker + part).original)
+        except Exception:
+            raise ConfigError(
+                f"{source}: [tls] certificate = {certificate!r}: a chain certificate is not "
+                "valid PEM"
+            ) from None
+    try:
+        return ssl.CertificateOptions(
+            privateKey=private.privateKey.original,
+            certificate=private.original,
+            extraCertChain=extra or None,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+    except (SSL.Error, ValueError) as e:
+        raise ConfigError(f"{source}: [tls] the key does not match the certificate ({e})") from None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ReloadableCreator:
+    def __init__(self, owner: ServerTLS) -> None:
+        self._owner = owner
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._owner.options.getContext(), None)
+
+
+class ServerTLS:
+    """The server's certificate and key, reloadable."""
+
+    def __init__(self, certificate: str, key: str, source: str = "<tls>") -> None:
+        self.certificate = certificate
+        self.key = key
+        self.source = source
+        self.options = load_options(certificate, key, source)
+        self.creator: IOpenSSLServerConnectionCreator = _ReloadableCreator(self)
+
+    def reload(self) -> bool:
+        """
+        Re-read the files.  On an error the old certificate stays in use and
+        the error is logged; returns whether the new files were taken.
+        """
+        try:
+            self.options = load_options(self.certificate, self.key, self.source)
+        except ConfigError as e:
+            log.error("TLS reload failed, keeping the current certificate: {error}", error=str(e))
+            return False
+        log.info("TLS certificate reloaded from {path}", path=self.certificate)
+        return True
+
+    def wrap(self, factory: Any) -> TLSMemoryBIOFactory:
+        """A factory for implicit TLS: the handshake first, then ``factory``'s protocol."""
+        return TLSMemoryBIOFactory(self.creator, False, factory)
+
+
+def make_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 365) -> None:
+    """
+    Write a self-signed certificate for ``hostname`` (and loopback
+    addresses) with a new EC P-256 key, for testing.  The key file is
+    created mode 0600.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    for ip in ("127.0.0.1", "::1"):
+        alt.append(x509.IPAddress(ipaddress.ip_address(ip)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
