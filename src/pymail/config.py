@@ -33,6 +33,7 @@ class Key:
     default: Any
     doc: str
     minimum: int | None = None
+    choices: tuple[str, ...] | None = None
 
 
 #: section ("" for top level) -> key -> Key.  The one table of defaults.
@@ -46,6 +47,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "Domains to create at start-up if the account database lacks them "
             "(more with `pymail domain add`).",
         ),
+        "auth": Key(
+            list,
+            [],
+            "twisted.cred strcred checker strings (e.g. 'pymail-passwd:/var/lib/pymail/passwd'); "
+            "[] checks pymail's own accounts file.",
+        ),
     },
     "smtp": {
         "listen": Key(list, ["tcp:25"], "Endpoints of the MX service; [] turns it off."),
@@ -57,9 +64,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "submission": {
         "listen": Key(list, ["tcp:587"], "Endpoints of the submission service; [] turns it off."),
+        "listen_tls": Key(list, [], "Implicit-TLS submission endpoints (port 465); needs [tls]."),
     },
     "imap": {
         "listen": Key(list, ["tcp:143"], "Endpoints of the IMAP4 service; [] turns it off."),
+        "listen_tls": Key(list, [], "Implicit-TLS IMAP endpoints (port 993); needs [tls]."),
         "max_literal_size": Key(
             int, 64 * 1024 * 1024, "Largest literal (APPEND) accepted, in octets.", minimum=1024
         ),
@@ -69,11 +78,50 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "pop3": {
         "listen": Key(list, ["tcp:110"], "Endpoints of the POP3 service; [] turns it off."),
+        "listen_tls": Key(list, [], "Implicit-TLS POP3 endpoints (port 995); needs [tls]."),
         "timeout": Key(int, 600, "Seconds of silence before autologout (RFC 1939: >= 600).",
                        minimum=1),
     },
     "storage": {
         "backend": Key(str, "maildir", "Storage backend: 'maildir', 'memory' or a plugin name."),
+    },
+    "tls": {
+        "certificate": Key(str, "", "PEM certificate (and chain); '' means no TLS."),
+        "key": Key(str, "", "PEM private key; '' means it is in the certificate file."),
+        "sni": Key(dict, {}, "Host name -> {certificate, key} for clients that send SNI."),
+    },
+    "security": {
+        "cleartext_auth": Key(
+            str, "loopback",
+            "Where passwords may be sent without TLS: 'tls' (never), 'loopback', 'always'.",
+            choices=("tls", "loopback", "always"),
+        ),
+        "auth_failure_min_ms": Key(
+            int, 400, "Every failed login is answered no sooner than this (milliseconds).",
+            minimum=0,
+        ),
+        "auth_delay_ms": Key(
+            int, 500, "Delay after a failed login, doubled per further failure (ms).", minimum=0
+        ),
+        "auth_max_delay_ms": Key(int, 8000, "Cap of the growing delay (ms).", minimum=0),
+        "auth_block_after": Key(
+            int, 10, "Failed logins from one client address before it is blocked.", minimum=1
+        ),
+        "auth_account_block_after": Key(
+            int, 50, "Failed logins for one account (any address) before it is blocked.",
+            minimum=1,
+        ),
+        "auth_block_seconds": Key(int, 900, "How long a block lasts.", minimum=1),
+        "auth_window_seconds": Key(
+            int, 900, "Failures older than this are forgotten.", minimum=1
+        ),
+        "max_connections": Key(int, 10000, "Connections open at once, all listeners.", minimum=1),
+        "max_connections_per_ip": Key(
+            int, 100, "Connections open at once from one client address.", minimum=1
+        ),
+        "preauth_timeout": Key(
+            int, 120, "Seconds an IMAP/POP3/submission client has to log in.", minimum=1
+        ),
     },
 }
 
@@ -100,6 +148,7 @@ class SMTPConfig:
 @attrs.frozen
 class SubmissionConfig:
     listen: tuple[str, ...]
+    listen_tls: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -107,17 +156,52 @@ class IMAPConfig:
     listen: tuple[str, ...]
     max_literal_size: int
     idle_timeout: int
+    listen_tls: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class POP3Config:
     listen: tuple[str, ...]
     timeout: int
+    listen_tls: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class StorageConfig:
     backend: str
+
+
+@attrs.frozen
+class TLSConfig:
+    """
+    ``[tls]``: the default certificate and key, and per-host-name pairs
+    (``sni``: host name -> (certificate, key)) for clients that send SNI.
+    """
+
+    certificate: str = ""
+    key: str = ""
+    sni: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certificate)
+
+
+@attrs.frozen
+class SecurityConfig:
+    """``[security]``: clear-text authentication policy, throttling, connection limits."""
+
+    cleartext_auth: str = "loopback"
+    auth_failure_min_ms: int = 400
+    auth_delay_ms: int = 500
+    auth_max_delay_ms: int = 8000
+    auth_block_after: int = 10
+    auth_account_block_after: int = 50
+    auth_block_seconds: int = 900
+    auth_window_seconds: int = 900
+    max_connections: int = 10000
+    max_connections_per_ip: int = 100
+    preauth_timeout: int = 120
 
 
 @attrs.frozen
@@ -133,6 +217,9 @@ class Config:
     pop3: POP3Config
     storage: StorageConfig
     source: str = "<embedded default>"
+    auth: tuple[str, ...] = ()
+    tls: TLSConfig = TLSConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 _SECTIONS = {
@@ -141,11 +228,14 @@ _SECTIONS = {
     "imap": IMAPConfig,
     "pop3": POP3Config,
     "storage": StorageConfig,
+    "tls": TLSConfig,
+    "security": SecurityConfig,
 }
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", list: "a list of strings", bool: "true or false"}
+    names = {str: "a string", int: "an integer", list: "a list of strings", bool: "true or false",
+             dict: "a table"}
     if isinstance(t, tuple):
         return " or ".join(names[x] for x in t)
     return names[t]
@@ -173,6 +263,13 @@ def _check_value(source: str, section: str, key: str, spec: Key, value: Any) -> 
         return tuple(value)
     if spec.type is str and not isinstance(value, str):
         raise ConfigError(f"{where} = {value!r} is not valid: expected {_type_name(spec.type)}")
+    if spec.type is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} = {value!r} is not valid: expected a table")
+        return value
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{where} = {value!r} is not valid: expected one of "
+                          + ", ".join(repr(c) for c in spec.choices))
     if spec.minimum is not None and value < spec.minimum:
         raise ConfigError(f"{where} = {value!r} is too small: the minimum is {spec.minimum}")
     return value
@@ -214,6 +311,17 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> C
             if key not in fields:
                 default = spec.default
                 fields[key] = tuple(default) if isinstance(default, list) else default
+        if section == "tls":
+            # Relative paths are taken from the configuration file's directory.
+            def absolute(path: str) -> str:
+                return os.path.join(base_dir, os.path.expanduser(path)) if path else ""
+
+            fields["certificate"] = absolute(fields["certificate"])
+            fields["key"] = absolute(fields["key"])
+            fields["sni"] = tuple(
+                (host, absolute(cert), absolute(key))
+                for host, cert, key in _sni_pairs(source, fields["sni"])
+            )
         sections[section] = cls(**fields)
     hostname = values.get("hostname", top["hostname"].default)
     if not hostname or any(c.isspace() for c in hostname):
@@ -223,8 +331,38 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> C
         raise ConfigError(f"{source}: data_dir must not be empty")
     data_dir = os.path.abspath(os.path.join(base_dir, os.path.expanduser(data_dir)))
     domains = tuple(d.lower() for d in values.get("domains", ()))
+    auth = tuple(values.get("auth", ()))
+    tls = sections["tls"]
+    if not tls.enabled:
+        for section in ("submission", "imap", "pop3"):
+            if sections[section].listen_tls:
+                raise ConfigError(
+                    f"{source}: [{section}] listen_tls needs a certificate: set [tls] "
+                    "certificate (and key), e.g. from `pymail tls selfsigned HOSTNAME`"
+                )
+        if tls.sni:
+            raise ConfigError(f"{source}: [tls] sni needs a default [tls] certificate too")
     return Config(hostname=hostname, data_dir=data_dir, domains=domains, source=source,
-                  **sections)
+                  auth=auth, **sections)
+
+
+def _sni_pairs(source: str, value: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """``[tls.sni."host"] certificate = ..., key = ...`` as (host, certificate, key)."""
+    pairs = []
+    for host, pair in value.items():
+        where = f"{source}: [tls.sni.{host!r}]"
+        if not isinstance(pair, dict) or not isinstance(pair.get("certificate"), str):
+            raise ConfigError(f"{where} must be a table with certificate = \"PATH\" "
+                              "(and key = \"PATH\")")
+        extra = set(pair) - {"certificate", "key"}
+        if extra:
+            raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}; "
+                              "known keys: certificate, key")
+        key = pair.get("key", "")
+        if not isinstance(key, str):
+            raise ConfigError(f"{where} key = {key!r} is not valid: expected a string")
+        pairs.append((host.lower().rstrip("."), pair["certificate"], key))
+    return tuple(pairs)
 
 
 def load(path: str) -> Config:
@@ -301,7 +439,8 @@ def check_endpoints(config: Config, reactor: Any) -> None:
     from twisted.internet.endpoints import serverFromString
 
     for section in ("smtp", "submission", "imap", "pop3"):
-        for description in getattr(config, section).listen:
+        for description in (*getattr(config, section).listen,
+                            *getattr(getattr(config, section), "listen_tls", ())):
             try:
                 serverFromString(reactor, description)
             except (ValueError, TypeError, KeyError) as e:
