@@ -85,6 +85,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "storage": {
         "backend": Key(str, "maildir", "Storage backend: 'maildir', 'memory' or a plugin name."),
     },
+    "web": {
+        "listen": Key(list, [], "Endpoints of the webmail (HTTP) service; [] turns it off."),
+        "session_lifetime": Key(
+            int, 8 * 3600, "Seconds a webmail session lasts after sign-in.", minimum=60
+        ),
+        "idle_timeout": Key(
+            int, 1800, "Seconds without a request before a webmail session ends.", minimum=60
+        ),
+        "admins": Key(
+            list, [], "Accounts that may manage domains, users and aliases on the web."
+        ),
+    },
     "tls": {
         "certificate": Key(str, "", "PEM certificate (and chain); '' means no TLS."),
         "key": Key(str, "", "PEM private key; '' means it is in the certificate file."),
@@ -134,6 +146,7 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
     "submission": {"listen": ["tcp:2587:interface=127.0.0.1"]},
     "imap": {"listen": ["tcp:1143:interface=127.0.0.1"]},
     "pop3": {"listen": ["tcp:1110:interface=127.0.0.1"]},
+    "web": {"listen": ["tcp:8080:interface=127.0.0.1"]},
 }
 
 
@@ -169,6 +182,14 @@ class POP3Config:
 @attrs.frozen
 class StorageConfig:
     backend: str
+
+
+@attrs.frozen
+class WebConfig:
+    listen: tuple[str, ...]
+    session_lifetime: int
+    idle_timeout: int
+    admins: tuple[str, ...]
 
 
 @attrs.frozen
@@ -216,6 +237,7 @@ class Config:
     imap: IMAPConfig
     pop3: POP3Config
     storage: StorageConfig
+    web: WebConfig = WebConfig((), 8 * 3600, 1800, ())
     source: str = "<embedded default>"
     auth: tuple[str, ...] = ()
     tls: TLSConfig = TLSConfig()
@@ -228,6 +250,7 @@ _SECTIONS = {
     "imap": IMAPConfig,
     "pop3": POP3Config,
     "storage": StorageConfig,
+    "web": WebConfig,
     "tls": TLSConfig,
     "security": SecurityConfig,
 }
@@ -438,7 +461,7 @@ def check_endpoints(config: Config, reactor: Any) -> None:
     """
     from twisted.internet.endpoints import serverFromString
 
-    for section in ("smtp", "submission", "imap", "pop3"):
+    for section in ("smtp", "submission", "imap", "pop3", "web"):
         for description in (*getattr(config, section).listen,
                             *getattr(getattr(config, section), "listen_tls", ())):
             try:
