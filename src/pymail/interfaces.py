@@ -21,9 +21,9 @@ Conventions shared by every interface here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -34,6 +34,21 @@ if TYPE_CHECKING:
 #: The IMAP system flags a backend must store (RFC 3501 section 2.3.2).
 #: ``\\Recent`` is a session property and is never stored.
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+
+#: The special-use roles (RFC 6154) and the folder every new account gets
+#: for each, in the order they are created.
+SPECIAL_USE_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+#: The roles :meth:`IMailStore.special_use` may report.
+SPECIAL_USE_ROLES = frozenset(role for _, role in SPECIAL_USE_FOLDERS) | {"\\All", "\\Flagged"}
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -164,6 +179,32 @@ class IMailbox(Interface):
     def remove_listener(listener: IMailboxListener) -> None:
         """Stop telling ``listener`` about changes; unknown listeners are ignored."""
 
+    def keywords() -> frozenset[str]:
+        """
+        The keywords this folder knows (used by some message or defined
+        earlier), for the IMAP ``FLAGS`` response.
+        """
+
+    def accepts_new_keywords() -> bool:
+        """
+        Whether a keyword not in :meth:`keywords` can be stored permanently
+        (IMAP ``PERMANENTFLAGS`` then includes ``\\*``).  False when the
+        format holds no keywords or its keyword table is full (Maildir
+        holds 26 per folder).
+        """
+
+    def cached(uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
+        """
+        A value derived from the message that never changes (its parsed
+        ENVELOPE or BODYSTRUCTURE), computed once with ``compute(message)``
+        (wire form) and then kept, in the folder's index where the backend
+        has one.  ``name`` identifies the derivation and its version (e.g.
+        ``"envelope.1"``); values are nested tuples and lists of ``bytes``,
+        ``str``, ``int`` and ``None``.
+
+        :raises pymail.errors.NoSuchMessage: no such UID (any more).
+        """
+
 
 class IMailStore(Interface):
     """All the folders of one account."""
@@ -185,6 +226,52 @@ class IMailStore(Interface):
 
         :raises pymail.errors.MailboxExists: it exists already.
         :raises pymail.errors.BadMailboxName: the name is not acceptable.
+        """
+
+    def delete_mailbox(name: str) -> Deferred[None]:
+        """
+        Delete a folder and its messages (RFC 3501 section 6.3.4).  Folders
+        below it in the hierarchy stay.  Open :class:`IMailbox` objects of
+        the folder report every message expunged.
+
+        :raises pymail.errors.NoSuchMailbox: no such folder.
+        :raises pymail.errors.BadMailboxName: the name is not acceptable,
+            or is INBOX (which cannot be deleted).
+        """
+
+    def rename_mailbox(old: str, new: str) -> Deferred[None]:
+        """
+        Rename a folder and every folder below it (``Work`` -> ``Job`` also
+        moves ``Work.Projects`` to ``Job.Projects``), keeping UIDs,
+        UIDVALIDITY, flags and special-use roles.  Renaming INBOX moves its
+        messages into a new folder ``new`` and leaves INBOX empty (RFC 3501
+        section 6.3.5).
+
+        :raises pymail.errors.NoSuchMailbox: ``old`` does not exist.
+        :raises pymail.errors.MailboxExists: ``new`` exists already.
+        :raises pymail.errors.BadMailboxName: either name is not acceptable
+            (or ``new`` is INBOX, or lies below ``old``).
+        """
+
+    def subscriptions() -> list[str]:
+        """The subscribed folder names (they need not exist), sorted."""
+
+    def subscribe(name: str) -> Deferred[None]:
+        """
+        Add ``name`` to the subscriptions (kept across restarts).  The folder
+        need not exist (RFC 3501 section 6.3.6).
+
+        :raises pymail.errors.BadMailboxName: the name is not acceptable.
+        """
+
+    def unsubscribe(name: str) -> Deferred[None]:
+        """Remove ``name`` from the subscriptions; unknown names are ignored."""
+
+    def special_use() -> dict[str, str]:
+        """
+        Folder name -> special-use role (``"\\Sent"``, ``"\\Trash"`` ... from
+        :data:`SPECIAL_USE_ROLES`, RFC 6154) for the folders that have one.
+        A new account gets the folders of :data:`SPECIAL_USE_FOLDERS`.
         """
 
 
@@ -237,3 +324,78 @@ class IDirectory(Interface):
 
     def has_user(address: str) -> bool:
         """Whether ``address`` is an existing, enabled account."""
+
+
+class IMessageDelivery(Interface):
+    """
+    The SMTP server's policy: who may send as whom, which recipients are
+    accepted and where accepted mail goes (pymail's is
+    :class:`pymail.smtp.delivery.LocalDelivery`).  Refusals raise
+    :class:`pymail.smtp.replies.ReplyError` carrying the SMTP reply.
+    """
+
+    def check_sender(sender: object, *, authenticated_as: str | None = None) -> None:
+        """
+        At ``MAIL FROM``: may ``sender`` (a :class:`pymail.address.Address`)
+        be used by this client (``authenticated_as`` is the account, or
+        ``None`` on the MX port)?
+
+        :raises pymail.smtp.replies.ReplyError: no, with the reply to give.
+        """
+
+    def check_recipient(
+        address: object, *, authenticated_as: str | None = None
+    ) -> list[str] | Deferred[list[str]]:
+        """
+        At ``RCPT TO``: the targets mail for ``address`` goes to (canonical
+        local accounts and remote addresses).
+
+        :raises pymail.smtp.replies.ReplyError: refused, with the reply.
+        """
+
+    def deliver(
+        accounts: Iterable[str],
+        message: bytes,
+        *,
+        internaldate: datetime | None = None,
+        envelope: object = None,
+    ) -> Deferred[list[object]]:
+        """
+        After ``DATA``: store or queue ``message`` (wire form) for every
+        target; fires only when every copy is durable.  ``envelope`` is
+        the :class:`pymail.address.Envelope` (sender, recipients, DSN
+        parameters).
+
+        :raises pymail.smtp.replies.ReplyError: refused as a whole (a
+            mail loop), with the reply.
+        """
+
+
+class IResolver(Interface):
+    """
+    DNS as the outbound relay needs it (pymail's is
+    :class:`pymail.relay.mx.DNSPythonResolver`, which asks dnspython in a
+    thread; :class:`pymail.relay.mx.FakeResolver` answers from a dict).
+    Names are absolute ASCII (A-label) domain names without the final dot.
+    """
+
+    def lookup_mx(domain: str) -> Deferred[list[tuple[int, str]]]:
+        """
+        The MX records of ``domain`` as ``(preference, exchange)``; an empty
+        list when the domain exists but has no MX record.  A null MX (RFC
+        7505) is ``[(0, "")]``.
+
+        :raises pymail.relay.mx.DNSPermanentError: the domain does not exist
+            (NXDOMAIN).
+        :raises pymail.relay.mx.DNSTemporaryError: SERVFAIL, a timeout, no
+            answer from any nameserver.
+        """
+
+    def lookup_addresses(host: str) -> Deferred[list[str]]:
+        """
+        The IPv6 and IPv4 addresses of ``host`` (AAAA and A records), IPv6
+        first; an empty list when it has none.
+
+        :raises pymail.relay.mx.DNSPermanentError: NXDOMAIN.
+        :raises pymail.relay.mx.DNSTemporaryError: as for :meth:`lookup_mx`.
+        """

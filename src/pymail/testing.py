@@ -155,8 +155,19 @@ class MailStoreContract:
 
     reactor: ThreadlessReactor
 
+    #: Whether a new account comes with the SPECIAL_USE_FOLDERS.
+    special_use_on_new_accounts = True
+
     def make_store(self) -> Any:
         raise NotImplementedError("define make_store() in the test case")
+
+    def reopen_store(self) -> Any:
+        """
+        The same account as a fresh process would see it (a new factory over
+        the same files).  Backends that keep nothing across processes leave
+        this as it is: the same store.
+        """
+        return self.store
 
     def setUp(self) -> None:
         self.reactor = ThreadlessReactor()
@@ -283,3 +294,187 @@ class MailStoreContract:
         for name in ["../x", "a/b", "..", "a..b", "x\x00y", "tab\there", "", ".hidden", "a\\b"]:
             self.failureResultOf(self.store.create_mailbox(name), BadMailboxName)
             self.failureResultOf(self.store.get_mailbox(name), BadMailboxName)
+
+    def _listener(self) -> tuple[list[Any], Any]:
+        changes: list[Any] = []
+
+        @implementer(IMailboxListener)
+        class L:
+            def mailbox_changed(self, mailbox: Any, change: Any) -> None:
+                changes.append(change)
+
+        return changes, L()
+
+    def test_state_survives_reopen(self) -> None:
+        """UIDs, UIDVALIDITY, UIDNEXT, flags, dates and content survive a new process."""
+        from datetime import datetime
+
+        box = self.inbox()
+        when = datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
+        uids = [self._result(box.append(b"Subject: %d\r\n\r\nx\r\n" % n, (), when))
+                for n in range(3)]
+        self._result(box.set_flags([uids[1]], ["\\Seen", "$Work"], "add"))
+        self._result(box.set_flags([uids[0]], ["\\Deleted"], "add"))
+        self._result(box.expunge())
+        again = self._result(self.reopen_store().get_mailbox("INBOX"))
+        assert [i.uid for i in again.messages()] == uids[1:]
+        assert again.uidvalidity() == box.uidvalidity()
+        assert again.uidnext() == uids[-1] + 1
+        assert again.info(uids[1]).flags == {"\\Seen", "$Work"}
+        assert again.info(uids[2]).internaldate == when
+        assert again.read(uids[2]) == b"Subject: 2\r\n\r\nx\r\n"
+
+    def test_delete_mailbox(self) -> None:
+        """DELETE removes the folder and its mail, keeps folders below it, and tells listeners."""
+        from pymail.errors import BadMailboxName, NoSuchMailbox
+
+        self._result(self.store.create_mailbox("Old"))
+        self._result(self.store.create_mailbox("Old.Child"))
+        box = self._result(self.store.get_mailbox("Old"))
+        uid = self._result(box.append(b"\r\nx\r\n"))
+        changes, listener = self._listener()
+        box.add_listener(listener)
+        self._result(self.store.delete_mailbox("Old"))
+        names = self.store.list_mailboxes()
+        assert "Old" not in names and "Old.Child" in names
+        assert [(c.kind, c.uids) for c in changes] == [("expunged", (uid,))]
+        self.failureResultOf(self.store.get_mailbox("Old"), NoSuchMailbox)
+        self.failureResultOf(self.store.delete_mailbox("Old"), NoSuchMailbox)
+        self.failureResultOf(self.store.delete_mailbox("inbox"), BadMailboxName)
+        self.failureResultOf(self.store.delete_mailbox("../x"), BadMailboxName)
+        self._result(self.store.create_mailbox("Old"))
+        again = self._result(self.store.get_mailbox("Old"))
+        assert list(again.messages()) == []
+        assert again.uidvalidity() != box.uidvalidity() or again.uidnext() > uid
+
+    def test_rename_moves_hierarchy(self) -> None:
+        """RENAME moves the folder and those below it, keeping UIDs, flags and content."""
+        self._result(self.store.create_mailbox("Work"))
+        self._result(self.store.create_mailbox("Work.Projects"))
+        self._result(self.store.create_mailbox("Workshop"))
+        box = self._result(self.store.get_mailbox("Work"))
+        uid = self._result(box.append(b"Subject: w\r\n\r\nx\r\n", ["\\Flagged"]))
+        validity = box.uidvalidity()
+        child = self._result(self.store.get_mailbox("Work.Projects"))
+        cuid = self._result(child.append(b"Subject: c\r\n\r\ny\r\n"))
+        self._result(self.store.rename_mailbox("Work", "Job"))
+        names = self.store.list_mailboxes()
+        assert {"Job", "Job.Projects", "Workshop"} <= set(names)
+        assert "Work" not in names and "Work.Projects" not in names
+        moved = self._result(self.store.get_mailbox("Job"))
+        assert moved.name == "Job"
+        assert moved.uidvalidity() == validity
+        assert [i.uid for i in moved.messages()] == [uid]
+        assert moved.info(uid).flags == {"\\Flagged"}
+        assert moved.read(uid) == b"Subject: w\r\n\r\nx\r\n"
+        moved_child = self._result(self.store.get_mailbox("Job.Projects"))
+        assert moved_child.read(cuid) == b"Subject: c\r\n\r\ny\r\n"
+        reopened = self.reopen_store()
+        assert "Job.Projects" in reopened.list_mailboxes()
+
+    def test_rename_inbox_moves_messages(self) -> None:
+        """RENAME INBOX moves its messages to the new folder and leaves INBOX empty."""
+        inbox = self.inbox()
+        a = self._result(inbox.append(b"Subject: a\r\n\r\n1\r\n", ["\\Seen"]))
+        b = self._result(inbox.append(b"Subject: b\r\n\r\n2\r\n"))
+        changes, listener = self._listener()
+        inbox.add_listener(listener)
+        self._result(self.store.rename_mailbox("INBOX", "Old Mail"))
+        assert list(inbox.messages()) == []
+        assert [(c.kind, c.uids) for c in changes] == [("expunged", (a, b))]
+        old = self._result(self.store.get_mailbox("Old Mail"))
+        infos = old.messages()
+        assert len(infos) == 2
+        assert old.read(infos[0].uid) == b"Subject: a\r\n\r\n1\r\n"
+        assert old.info(infos[0].uid).flags == {"\\Seen"}
+        assert old.read(infos[1].uid) == b"Subject: b\r\n\r\n2\r\n"
+        c = self._result(inbox.append(b"Subject: c\r\n\r\n3\r\n"))
+        assert [i.uid for i in self.inbox().messages()] == [c]
+        again = self._result(self.reopen_store().get_mailbox("INBOX"))
+        assert [i.uid for i in again.messages()] == [c]
+
+    def test_rename_errors(self) -> None:
+        """RENAME of a missing folder, onto an existing one, or below itself is refused."""
+        from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox
+
+        self._result(self.store.create_mailbox("A"))
+        self._result(self.store.create_mailbox("B"))
+        self.failureResultOf(self.store.rename_mailbox("Nope", "C"), NoSuchMailbox)
+        self.failureResultOf(self.store.rename_mailbox("A", "B"), MailboxExists)
+        self.failureResultOf(self.store.rename_mailbox("A", "A.Sub"), BadMailboxName)
+        self.failureResultOf(self.store.rename_mailbox("A", "INBOX"), BadMailboxName)
+        self.failureResultOf(self.store.rename_mailbox("A", "../escape"), BadMailboxName)
+        assert {"A", "B"} <= set(self.store.list_mailboxes())
+
+    def test_subscriptions(self) -> None:
+        """Subscriptions are kept (for folders that need not exist) and survive reopening."""
+        from pymail.errors import BadMailboxName
+
+        self._result(self.store.create_mailbox("Lists.Python"))
+        self._result(self.store.subscribe("Lists.Python"))
+        self._result(self.store.subscribe("Not Yet"))
+        self._result(self.store.subscribe("Lists.Python"))
+        subs = self.store.subscriptions()
+        assert "Lists.Python" in subs and "Not Yet" in subs
+        assert subs.count("Lists.Python") == 1
+        self._result(self.store.unsubscribe("Not Yet"))
+        self._result(self.store.unsubscribe("Never Subscribed"))
+        again = self.reopen_store().subscriptions()
+        assert "Lists.Python" in again and "Not Yet" not in again
+        self.failureResultOf(self.store.subscribe("a/../b"), BadMailboxName)
+
+    def test_special_use_roles(self) -> None:
+        """A new account has the special-use folders; roles follow RENAME and leave with DELETE."""
+        from pymail.interfaces import SPECIAL_USE_FOLDERS, SPECIAL_USE_ROLES
+
+        roles = self.store.special_use()
+        assert set(roles.values()) <= SPECIAL_USE_ROLES
+        assert set(roles) <= set(self.store.list_mailboxes())
+        if not self.special_use_on_new_accounts:
+            return
+        assert roles == dict(SPECIAL_USE_FOLDERS)
+        self._result(self.store.rename_mailbox("Sent", "Sent Items"))
+        self._result(self.store.delete_mailbox("Junk"))
+        expected = dict(SPECIAL_USE_FOLDERS)
+        expected["Sent Items"] = expected.pop("Sent")
+        del expected["Junk"]
+        assert self.store.special_use() == expected
+        assert self.reopen_store().special_use() == expected
+
+    def test_keywords_reported(self) -> None:
+        """Keywords in use are listed, and a fresh folder accepts new ones."""
+        box = self.inbox()
+        assert box.accepts_new_keywords()
+        uid = self._result(box.append(b"\r\nx\r\n", ["$Work", "\\Seen"]))
+        assert "$Work" in box.keywords()
+        assert "\\Seen" not in box.keywords()
+        self._result(box.set_flags([uid], ["Later"], "add"))
+        assert {"$Work", "Later"} <= box.keywords()
+
+    def test_cached_values(self) -> None:
+        """cached() computes once per message and name, from the wire-form message."""
+        from pymail.errors import NoSuchMessage
+
+        box = self.inbox()
+        msg = b"Subject: c\r\n\r\nbody\r\n"
+        uid = self._result(box.append(msg))
+        calls: list[bytes] = []
+
+        def compute(data: bytes) -> Any:
+            calls.append(data)
+            return (b"len", len(data), [None, "x", (b"y",)])
+
+        first = box.cached(uid, "test.1", compute)
+        second = box.cached(uid, "test.1", compute)
+        assert calls == [msg]
+        assert first == second
+        assert first[0] == b"len" and first[1] == len(msg)
+        assert list(first[2][:2]) == [None, "x"] and tuple(first[2][2]) == (b"y",)
+        box.cached(uid, "other.1", compute)
+        assert len(calls) == 2
+        try:
+            box.cached(uid + 100, "test.1", compute)
+        except NoSuchMessage:
+            pass
+        else:
+            raise AssertionError("cached() of an unknown UID must raise NoSuchMessage")

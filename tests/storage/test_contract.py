@@ -13,9 +13,14 @@ from pymail.testing import MailStoreContract
 
 class MemoryContractTests(MailStoreContract, SynchronousTestCase):
     def make_store(self) -> Any:
-        return MemoryStoreFactory().open_store("alice@example.org", "/nonexistent")
+        return MemoryStoreFactory(special_use_folders=True).open_store(
+            "alice@example.org", "/nonexistent")
 
 
 class MaildirContractTests(MailStoreContract, SynchronousTestCase):
     def make_store(self) -> Any:
-        return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.mktemp())
+        self.data_dir = self.mktemp()
+        return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
+
+    def reopen_store(self) -> Any:
+        return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)

@@ -13,6 +13,10 @@ import bisect
 from collections.abc import Iterable, Sequence
 
 import attrs
+
+# Registers the 'imap4-utf-7' codec (RFC 3501 section 5.1.3) used for
+# folder names on disk by Maildir++ and version-1 subscription files.
+import twisted.mail.imap4  # noqa: F401
 from twisted.logger import Logger
 
 from pymail.errors import BadMailboxName, NoSuchMessage
@@ -184,3 +188,120 @@ class MailboxView:
         self.next_modseq()
         self._tell(MailboxChange("expunged", tuple(gone)))
         return gone
+
+
+def canonical_name(name: str) -> str:
+    """``INBOX`` in any case is ``INBOX``; other names are case-sensitive."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def is_below(name: str, parent: str) -> bool:
+    """Whether ``name`` lies below ``parent`` in the ``.`` hierarchy."""
+    return name.startswith(parent + ".")
+
+
+def rename_plan(existing: Iterable[str], old: str, new: str) -> list[tuple[str, str]]:
+    """
+    The (from, to) pairs a RENAME of ``old`` to ``new`` moves: the folder
+    itself and every folder below it, parents first.  Names are checked;
+    INBOX moves alone (its "children" are ordinary folders).
+
+    :raises BadMailboxName: a name is not acceptable, ``new`` is INBOX, or
+        ``new`` lies below ``old``.
+    """
+    old, new = canonical_name(old), canonical_name(new)
+    check_mailbox_name(old)
+    check_mailbox_name(new)
+    if new == "INBOX":
+        raise BadMailboxName("cannot rename a folder to INBOX")
+    if new == old or is_below(new, old):
+        raise BadMailboxName(f"cannot rename {old!r} to {new!r}, a name below itself")
+    if old == "INBOX":
+        return [("INBOX", new)]
+    pairs = [(old, new)]
+    for name in sorted(existing):
+        if is_below(name, old):
+            pairs.append((name, new + name[len(old):]))
+    for _, target in pairs:
+        check_mailbox_name(target)
+    return pairs
+
+
+def check_role(role: str) -> str:
+    """:raises ValueError: ``role`` is not an RFC 6154 special-use role."""
+    from pymail.interfaces import SPECIAL_USE_ROLES
+
+    if role not in SPECIAL_USE_ROLES:
+        raise ValueError(f"unknown special-use role {role!r}")
+    return role
+
+
+# -- Dovecot's ``subscriptions`` file -------------------------------------
+#
+# Version 2 (Dovecot 2.2+): a header line ``V<TAB>2``, an empty line, then
+# one folder per line with the hierarchy levels separated by TAB, in UTF-8.
+# Dovecot escapes control characters inside a level; pymail's names never
+# hold any (check_mailbox_name refuses them), so nothing needs escaping and
+# a line with an escape is read as-is.  Version 1
+# (older Dovecot, Courier): one folder per line with the namespace
+# separator ('.'), names in modified UTF-7.
+
+SUBSCRIPTIONS_HEADER = b"V\t2\n\n"
+
+
+def encode_subscriptions(names: Iterable[str]) -> bytes:
+    """The bytes of a version-2 subscriptions file."""
+    body = b"".join(name.replace(".", "\t").encode("utf-8") + b"\n" for name in sorted(set(names)))
+    return SUBSCRIPTIONS_HEADER + body
+
+
+def decode_subscriptions(data: bytes) -> list[str]:
+    """Folder names from a subscriptions file of version 1 or 2."""
+    names: list[str] = []
+    if data.startswith(b"V\t"):
+        _, _, rest = data.partition(b"\n\n")
+        for line in rest.split(b"\n"):
+            if line:
+                name = line.decode("utf-8", "replace").replace("\t", ".")
+                names.append(canonical_name(name))
+        return sorted(set(names))
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            name = line.decode("ascii").encode("ascii").decode("imap4-utf-7")
+        except (UnicodeError, ValueError):
+            name = line.decode("utf-8", "replace")
+        names.append(canonical_name(name))
+    return sorted(set(names))
+
+
+def encode_roles(roles: dict[str, str]) -> bytes:
+    """pymail's special-use file: ``<role> TAB <folder>`` per line."""
+    return b"".join(
+        f"{role}\t{name}\n".encode() for name, role in sorted(roles.items(), key=lambda x: x[1])
+    )
+
+
+def decode_roles(data: bytes) -> dict[str, str]:
+    """Folder -> role from :func:`encode_roles` output; bad lines are skipped."""
+    roles = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        role, tab, name = line.partition("\t")
+        if tab and name:
+            try:
+                roles[name] = check_role(role)
+            except ValueError:
+                continue
+    return roles
+
+
+def keywords_of(infos: Iterable[MessageInfo]) -> frozenset[str]:
+    """The keywords used by any of these messages."""
+    out: set[str] = set()
+    for info in infos:
+        for flag in info.flags:
+            if not flag.startswith("\\"):
+                out.add(flag)
+    return frozenset(out)

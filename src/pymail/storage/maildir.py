@@ -31,12 +31,13 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, UTC
-from typing import Any
+from typing import Any, TypeVar
 from collections.abc import Callable
 
 import attrs
@@ -51,15 +52,34 @@ from zope.interface import implementer
 # that Dovecot uses for Maildir++ folder names.
 import twisted.mail.imap4  # noqa: F401, E402
 
-from pymail.errors import MailboxExists, NoSuchMailbox, NoSuchMessage, StorageError
+from pymail.errors import (
+    BadMailboxName,
+    MailboxExists,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StorageError,
+)
 from pymail.interfaces import (
+    SPECIAL_USE_FOLDERS,
     IMailbox,
     IMailboxListener,
     IMailStore,
     IMailStoreFactory,
     MessageInfo,
 )
-from pymail.storage.base import MailboxView, apply_flag_mode, check_mailbox_name, normalise_flags
+from pymail.storage.base import (
+    MailboxView,
+    apply_flag_mode,
+    canonical_name,
+    check_mailbox_name,
+    decode_roles,
+    decode_subscriptions,
+    encode_roles,
+    encode_subscriptions,
+    keywords_of,
+    normalise_flags,
+    rename_plan,
+)
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 
 log = Logger()
@@ -67,6 +87,13 @@ log = Logger()
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
 LOCKFILE = "pymail-uidlist.lock"
+SUBSCRIPTIONS = "subscriptions"
+ROLES = "pymail-special-use"
+#: Prefix of a folder directory being deleted: two dots make an empty
+#: hierarchy level, which neither Dovecot nor pymail lists as a folder.
+TRASHED_PREFIX = "..pymail-deleted."
+
+_T = TypeVar("_T")
 
 # Maildir info letters for the IMAP system flags, in the ASCII order the
 # Maildir specification asks for.
@@ -81,6 +108,20 @@ _LETTER_FLAGS = {v: k for k, v in _FLAG_LETTERS.items()}
 _MAX_KEYWORDS = 26
 
 _counter = itertools.count()
+_last_uidvalidity = [0]
+_uidvalidity_lock = threading.Lock()
+
+
+def new_uidvalidity() -> int:
+    """
+    A UIDVALIDITY for a new folder: the current time, but never the same
+    value twice in one process (a folder deleted and re-created within a
+    second must not get its old UIDVALIDITY back).
+    """
+    with _uidvalidity_lock:
+        value = max(int(time.time()), _last_uidvalidity[0] + 1)
+        _last_uidvalidity[0] = value
+        return value
 
 
 def _hostname_for_filenames() -> str:
@@ -142,6 +183,7 @@ class MaildirMailbox:
         self._lock = threading.Lock()
         self._disk = _DiskState()
         self._pending: list[_Pending] = []
+        self._cache: dict[tuple[int, str], Any] = {}
         self._view = MailboxView(self)
 
     # -- the view (reactor thread) ---------------------------------------
@@ -166,6 +208,20 @@ class MaildirMailbox:
 
     def remove_listener(self, listener: IMailboxListener) -> None:
         self._view.remove_listener(listener)
+
+    def keywords(self) -> frozenset[str]:
+        return frozenset(k for k in self._disk.keywords if k) | keywords_of(self._view.messages())
+
+    def accepts_new_keywords(self) -> bool:
+        return len([k for k in self._disk.keywords if k]) < _MAX_KEYWORDS
+
+    def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
+        key = (uid, name)
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._cache[key] = compute(self.read(uid))
+            return value
 
     def read(self, uid: int) -> bytes:
         if uid not in self._view:
@@ -247,7 +303,7 @@ class MaildirMailbox:
             st = os.stat(path)
         except FileNotFoundError:
             if not self._disk.uidvalidity:
-                self._disk.uidvalidity = int(time.time())
+                self._disk.uidvalidity = new_uidvalidity()
                 self._disk.guid = os.urandom(16).hex()
                 self._write_uidlist_locked()
             return False
@@ -272,7 +328,7 @@ class MaildirMailbox:
                 path=self.path,
             )
             self._disk = attrs.evolve(
-                self._disk, uidvalidity=int(time.time()), files={}, uid_by_base={}
+                self._disk, uidvalidity=new_uidvalidity(), files={}, uid_by_base={}
             )
             self._write_uidlist_locked()
             return True
@@ -574,6 +630,51 @@ class MaildirMailbox:
         infos = [attrs.evolve(p.info, uid=p.uid) for p in batch]
         self._to_reactor(self._view.apply_added, infos)
 
+    def _move_all_to(self, target: str) -> None:
+        """
+        RENAME INBOX: move every message into the new folder directory
+        ``target`` with the same UIDs (under a new UIDVALIDITY there), and
+        leave this folder empty.
+        """
+        with self._lock:
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked()
+                self._scan_locked()
+                os.mkdir(target, 0o700)
+                for sub in ("cur", "new", "tmp"):
+                    os.mkdir(os.path.join(target, sub), 0o700)
+                open(os.path.join(target, "maildirfolder"), "wb").close()
+                if self._disk.keywords:
+                    write_file_durably(
+                        os.path.join(target, KEYWORDS),
+                        "".join(f"{i} {k}\n" for i, k in enumerate(self._disk.keywords)
+                                if k).encode(),
+                    )
+                moved = sorted(self._disk.files)
+                lines = [f"3 V{new_uidvalidity()} N{self._disk.next_uid} "
+                         f"G{os.urandom(16).hex()}\n".encode()]
+                for uid in moved:
+                    rel = self._disk.files[uid]
+                    base = split_name(rel.split("/", 1)[1])[0]
+                    lines.append(f"{uid} :{base}\n".encode("utf-8", "surrogateescape"))
+                write_file_durably(os.path.join(target, UIDLIST), b"".join(lines))
+                for uid in moved:
+                    rel = self._disk.files[uid]
+                    os.rename(os.path.join(self.path, rel), os.path.join(target, rel))
+                for sub in ("cur", "new"):
+                    fsync_dir(os.path.join(target, sub))
+                    fsync_dir(os.path.join(self.path, sub))
+                fsync_dir(target)
+                fsync_dir(os.path.dirname(target))
+                self._disk.files.clear()
+                self._write_uidlist_locked()
+            finally:
+                self._unflock(fd)
+            self._cache.clear()
+            if moved:
+                self._to_reactor(self._view.apply_expunged, moved)
+
     # -- flags and expunge -------------------------------------------------
 
     def set_flags(
@@ -681,6 +782,10 @@ class MaildirStore:
         check_mailbox_name(name)
         return os.path.join(self.root, "." + _encode_folder(name))
 
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        reactor = self._factory.reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
     def list_mailboxes(self) -> list[str]:
         names = ["INBOX"]
         try:
@@ -692,9 +797,9 @@ class MaildirStore:
                 os.path.join(self.root, entry, "cur")
             ):
                 try:
-                    names.append(_decode_folder(entry[1:]))
-                except (UnicodeError, ValueError):
-                    log.warn("Maildir {root}: skipping folder with an undecodable name {entry!r}",
+                    names.append(check_mailbox_name(_decode_folder(entry[1:])))
+                except (UnicodeError, ValueError, StorageError):
+                    log.warn("Maildir {root}: skipping folder with an unusable name {entry!r}",
                              root=self.root, entry=entry)
         return names
 
@@ -703,7 +808,7 @@ class MaildirStore:
             path = self._folder_path(name)
         except StorageError as e:
             return fail(e)
-        canonical = "INBOX" if name.upper() == "INBOX" else name
+        canonical = canonical_name(name)
         if canonical != "INBOX" and not os.path.isdir(os.path.join(path, "cur")):
             return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
         return self._factory.mailbox_at(path, canonical)
@@ -721,17 +826,159 @@ class MaildirStore:
         def create() -> None:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             try:
-                os.mkdir(path, 0o700)
+                self._make_folder_dirs(path)
             except FileExistsError:
                 raise MailboxExists(f"mailbox {name!r} exists already") from None
-            for sub in ("cur", "new", "tmp"):
-                os.mkdir(os.path.join(path, sub), 0o700)
-            open(os.path.join(path, "maildirfolder"), "wb").close()
-            fsync_dir(path)
             fsync_dir(self.root)
 
-        reactor = self._factory.reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), create)
+        return self._in_thread(create)
+
+    @staticmethod
+    def _make_folder_dirs(path: str) -> None:
+        os.mkdir(path, 0o700)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(path, sub), 0o700)
+        open(os.path.join(path, "maildirfolder"), "wb").close()
+        fsync_dir(path)
+
+    def delete_mailbox(self, name: str) -> Deferred[None]:
+        try:
+            if name.upper() == "INBOX":
+                raise BadMailboxName("INBOX cannot be deleted")
+            path = self._folder_path(name)
+        except StorageError as e:
+            return fail(e)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
+        live = self._factory.forget(path)
+
+        def delete() -> None:
+            # Rename first (atomic: the folder is gone for every reader at
+            # once), then remove the files at leisure.
+            doomed = os.path.join(self.root, TRASHED_PREFIX + os.urandom(6).hex())
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                raise NoSuchMailbox(f"no mailbox named {name!r}") from None
+            fsync_dir(self.root)
+            shutil.rmtree(doomed, ignore_errors=True)
+            roles = self._read_roles()
+            if roles.pop(name, None) is not None:
+                self._write_roles(roles)
+
+        def tell(_: None) -> None:
+            if live is not None:
+                live._view.apply_expunged([i.uid for i in live.messages()])
+
+        return self._in_thread(delete).addCallback(tell)
+
+    def rename_mailbox(self, old: str, new: str) -> Deferred[None]:
+        try:
+            plan = rename_plan(self.list_mailboxes(), old, new)
+            paths = [(self._folder_path(a), self._folder_path(b)) for a, b in plan]
+        except StorageError as e:
+            return fail(e)
+        if plan[0][0] != "INBOX" and not os.path.isdir(os.path.join(paths[0][0], "cur")):
+            return fail(NoSuchMailbox(f"no mailbox named {old!r}"))
+        for (_, target), (_, target_path) in zip(plan, paths):
+            if os.path.exists(target_path):
+                return fail(MailboxExists(f"mailbox {target!r} exists already"))
+        if plan[0][0] == "INBOX":
+            d = self._factory.mailbox_at(self.root, "INBOX")
+            return d.addCallback(
+                lambda inbox: self._in_thread(inbox._move_all_to, paths[0][1])
+            )
+
+        def rename() -> None:
+            for source, target in paths:
+                os.rename(source, target)
+            fsync_dir(self.root)
+            roles = self._read_roles()
+            if any(a in roles for a, _ in plan):
+                for a, b in plan:
+                    if a in roles:
+                        roles[b] = roles.pop(a)
+                self._write_roles(roles)
+
+        def moved(_: None) -> None:
+            for (_, target), (source_path, target_path) in zip(plan, paths):
+                self._factory.moved(source_path, target_path, target)
+
+        return self._in_thread(rename).addCallback(moved)
+
+    # -- subscriptions and special use -------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        try:
+            with open(os.path.join(self.root, SUBSCRIPTIONS), "rb") as f:
+                return decode_subscriptions(f.read())
+        except FileNotFoundError:
+            return []
+
+    def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
+        try:
+            name = check_mailbox_name(canonical_name(name))
+        except StorageError as e:
+            return fail(e)
+
+        def change() -> None:
+            with self._factory.account_lock(self.root):
+                names = set(self.subscriptions())
+                if (name in names) == add:
+                    return
+                if add:
+                    names.add(name)
+                else:
+                    names.discard(name)
+                os.makedirs(self.root, mode=0o700, exist_ok=True)
+                write_file_durably(os.path.join(self.root, SUBSCRIPTIONS),
+                                   encode_subscriptions(names))
+
+        return self._in_thread(change)
+
+    def subscribe(self, name: str) -> Deferred[None]:
+        return self._change_subscriptions(name, True)
+
+    def unsubscribe(self, name: str) -> Deferred[None]:
+        return self._change_subscriptions(name, False)
+
+    def _read_roles(self) -> dict[str, str]:
+        try:
+            with open(os.path.join(self.root, ROLES), "rb") as f:
+                return decode_roles(f.read())
+        except FileNotFoundError:
+            return {}
+
+    def _write_roles(self, roles: dict[str, str]) -> None:
+        write_file_durably(os.path.join(self.root, ROLES), encode_roles(roles))
+
+    def special_use(self) -> dict[str, str]:
+        existing = set(self.list_mailboxes())
+        return {name: role for name, role in self._read_roles().items() if name in existing}
+
+    def ensure_account(self) -> None:
+        """
+        Give a new account its INBOX and special-use folders (subscribed).
+        Done once: the special-use file marks an account as set up; folders
+        that exist already (a Maildir from another server) keep their mail.
+        """
+        if os.path.exists(os.path.join(self.root, ROLES)):
+            return
+        with self._factory.account_lock(self.root):
+            if os.path.exists(os.path.join(self.root, ROLES)):
+                return
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+            roles = {}
+            for name, role in SPECIAL_USE_FOLDERS:
+                path = self._folder_path(name)
+                if not os.path.isdir(os.path.join(path, "cur")):
+                    self._make_folder_dirs(path)
+                roles[name] = role
+            subscribed = set(self.subscriptions()) | {"INBOX"} | set(roles)
+            write_file_durably(os.path.join(self.root, SUBSCRIPTIONS),
+                               encode_subscriptions(subscribed))
+            self._write_roles(roles)
 
 
 @implementer(IMailStoreFactory)
@@ -754,6 +1001,9 @@ class MaildirStoreFactory:
         self.reactor: Any = reactor
         self._open: dict[str, MaildirMailbox] = {}
         self._opening: dict[str, list[Deferred[IMailbox]]] = {}
+        self._ready: set[str] = set()
+        self._account_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     @staticmethod
     def account_root(address: str, data_dir: str) -> str:
@@ -763,7 +1013,33 @@ class MaildirStoreFactory:
         return os.path.join(data_dir, "mail", domain, local)
 
     def open_store(self, address: str, data_dir: str) -> IMailStore:
-        return MaildirStore(self.account_root(address, data_dir), self)
+        store = MaildirStore(self.account_root(address, data_dir), self)
+        if store.root not in self._ready:
+            # Once per account and process: a stat, and for a new account a
+            # few mkdirs and two small files.
+            try:
+                store.ensure_account()
+            except OSError as e:
+                raise StorageError(f"cannot set up the mail folders of {address}: {e}") from e
+            self._ready.add(store.root)
+        return store
+
+    def account_lock(self, root: str) -> threading.Lock:
+        """The lock serialising changes to one account's small files."""
+        with self._locks_lock:
+            return self._account_locks.setdefault(root, threading.Lock())
+
+    def forget(self, path: str) -> MaildirMailbox | None:
+        """Drop a deleted folder from the registry; returns its live object."""
+        return self._open.pop(path, None)
+
+    def moved(self, old_path: str, new_path: str, new_name: str) -> None:
+        """A folder directory was renamed: its live object follows."""
+        box = self._open.pop(old_path, None)
+        if box is not None:
+            box.path = new_path
+            box.name = new_name
+            self._open[new_path] = box
 
     def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:
         """The live mailbox for a folder directory, opened once per process."""
