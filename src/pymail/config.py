@@ -61,6 +61,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "max_recipients": Key(int, 100, "Recipients accepted per message.", minimum=1),
         "timeout": Key(int, 300, "Seconds a client may stay silent.", minimum=1),
+        "max_received": Key(
+            int, 50, "Received headers beyond which a message is a loop (554 5.4.6).", minimum=1
+        ),
     },
     "submission": {
         "listen": Key(list, ["tcp:587"], "Endpoints of the submission service; [] turns it off."),
@@ -84,6 +87,42 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "storage": {
         "backend": Key(str, "maildir", "Storage backend: 'maildir', 'memory' or a plugin name."),
+    },
+    "relay": {
+        "enabled": Key(
+            bool, True, "Queue mail from authenticated users to other domains and deliver it."
+        ),
+        "retry_schedule": Key(
+            list,
+            ["1m", "5m", "15m", "30m", "1h", "2h", "4h", "8h"],
+            "Waits between delivery attempts (s, m, h, d); the last one repeats.",
+        ),
+        "max_queue_lifetime": Key(
+            int, 5 * 86400, "Seconds a message is retried before it bounces.", minimum=60
+        ),
+        "delay_warning": Key(
+            int, 0, "Seconds in the queue before the sender is warned (DELAY DSN); 0: never.",
+            minimum=0,
+        ),
+        "concurrency_per_domain": Key(
+            int, 10, "Connections at once to one destination domain.", minimum=1
+        ),
+        "nameservers": Key(
+            list, [], "DNS servers ('192.0.2.53', '[2001:db8::53]:5353'); [] uses resolv.conf."
+        ),
+        "dns_timeout": Key(int, 10, "Seconds a DNS lookup may take before it is retried later.",
+                           minimum=1),
+        "port": Key(int, 25, "TCP port of remote MX hosts (tests use another).", minimum=1),
+        "bind_address": Key(str, "", "Local IP address outgoing connections come from."),
+        "smarthost": Key(
+            str, "", "Send everything through this host ('host' or 'host:port'); '' uses MX."
+        ),
+        "smarthost_username": Key(str, "", "AUTH user name for the smarthost; '' for none."),
+        "smarthost_password": Key(str, "", "AUTH password for the smarthost."),
+        "scan_interval": Key(
+            int, 60, "Seconds between re-reads of the queue directory (pymail queue ...).",
+            minimum=1,
+        ),
     },
     "web": {
         "listen": Key(list, [], "Endpoints of the webmail (HTTP) service; [] turns it off."),
@@ -156,6 +195,7 @@ class SMTPConfig:
     max_message_size: int
     max_recipients: int
     timeout: int
+    max_received: int = 50
 
 
 @attrs.frozen
@@ -182,6 +222,25 @@ class POP3Config:
 @attrs.frozen
 class StorageConfig:
     backend: str
+
+
+@attrs.frozen
+class RelayConfig:
+    """``[relay]``: the outbound queue, its retries, DNS and the smarthost."""
+
+    enabled: bool = True
+    retry_schedule: tuple[str, ...] = ("1m", "5m", "15m", "30m", "1h", "2h", "4h", "8h")
+    max_queue_lifetime: int = 5 * 86400
+    delay_warning: int = 0
+    concurrency_per_domain: int = 10
+    nameservers: tuple[str, ...] = ()
+    dns_timeout: int = 10
+    port: int = 25
+    bind_address: str = ""
+    smarthost: str = ""
+    smarthost_username: str = ""
+    smarthost_password: str = attrs.field(default="", repr=False)
+    scan_interval: int = 60
 
 
 @attrs.frozen
@@ -242,6 +301,7 @@ class Config:
     auth: tuple[str, ...] = ()
     tls: TLSConfig = TLSConfig()
     security: SecurityConfig = SecurityConfig()
+    relay: RelayConfig = RelayConfig()
 
 
 _SECTIONS = {
@@ -253,6 +313,7 @@ _SECTIONS = {
     "web": WebConfig,
     "tls": TLSConfig,
     "security": SecurityConfig,
+    "relay": RelayConfig,
 }
 
 
@@ -285,6 +346,8 @@ def _check_value(source: str, section: str, key: str, spec: Key, value: Any) -> 
                               'e.g. ["tcp:25"]')
         return tuple(value)
     if spec.type is str and not isinstance(value, str):
+        raise ConfigError(f"{where} = {value!r} is not valid: expected {_type_name(spec.type)}")
+    if spec.type is bool and not isinstance(value, bool):
         raise ConfigError(f"{where} = {value!r} is not valid: expected {_type_name(spec.type)}")
     if spec.type is dict:
         if not isinstance(value, dict):
