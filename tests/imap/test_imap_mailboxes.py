@@ -18,7 +18,7 @@ def test_select_reports_mailbox_state() -> None:
     validity = server.mailbox().uidvalidity()
     assert client.lines("a SELECT INBOX") == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
-        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] flags allowed",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] flags allowed",
         b"* 2 EXISTS",
         b"* 2 RECENT",
         b"* OK [UNSEEN 2] first unseen message",
@@ -70,12 +70,12 @@ def test_create_and_list_with_hierarchy() -> None:
     assert client.cmd("a CREATE Work.Projects.") == b"a OK CREATE completed\r\n"
     assert set(server.store().list_mailboxes()) == {"INBOX", "Work", "Work.Projects"}
     assert client.lines('b LIST "" %') == [
-        b'* LIST () "." INBOX',
-        b'* LIST () "." Work',
+        b'* LIST (\\HasNoChildren) "." INBOX',
+        b'* LIST (\\HasChildren) "." Work',
         b"b OK LIST completed",
     ]
     assert client.lines('c LIST "Work." *') == [
-        b'* LIST () "." Work.Projects',
+        b'* LIST (\\HasNoChildren) "." Work.Projects',
         b"c OK LIST completed",
     ]
     assert client.lines('d LIST "" ""') == [b'* LIST (\\Noselect) "." ""', b"d OK LIST completed"]
@@ -87,12 +87,18 @@ def test_list_shows_missing_parent_as_noselect() -> None:
     assert list_matches(["INBOX", "a.b"], "", "inbox") == [("INBOX", True)]
 
 
-def test_lsub_lists_every_folder_and_subscribe_is_ok() -> None:
-    """SUBSCRIBE/UNSUBSCRIBE answer OK and LSUB lists all folders."""
-    client = Server().connect().login()
+def test_lsub_lists_the_subscriptions() -> None:
+    """SUBSCRIBE and UNSUBSCRIBE are stored; LSUB lists what is subscribed, existing or not."""
+    server = Server()
+    client = server.connect().login()
     assert client.cmd("a SUBSCRIBE INBOX") == b"a OK SUBSCRIBE completed\r\n"
-    assert client.cmd("a UNSUBSCRIBE INBOX") == b"a OK UNSUBSCRIBE completed\r\n"
-    assert client.lines('b LSUB "" *') == [b'* LSUB () "." INBOX', b"b OK LSUB completed"]
+    assert client.cmd("a SUBSCRIBE Gone") == b"a OK SUBSCRIBE completed\r\n"
+    assert client.lines('b LSUB "" *') == [
+        b'* LSUB () "." INBOX', b'* LSUB (\\Noselect) "." Gone', b"b OK LSUB completed"
+    ]
+    assert client.cmd("c UNSUBSCRIBE INBOX") == b"c OK UNSUBSCRIBE completed\r\n"
+    assert server.store().subscriptions() == ["Gone"]
+    assert client.lines('d LSUB "" *') == [b'* LSUB (\\Noselect) "." Gone', b"d OK LSUB completed"]
 
 
 def test_create_existing_is_no_alreadyexists() -> None:
@@ -116,7 +122,7 @@ def test_mailbox_names_round_trip_in_modified_utf7() -> None:
     client = server.connect().login()
     assert client.cmd("a CREATE Entw&APw-rfe") == b"a OK CREATE completed\r\n"
     assert "Entwürfe" in server.store().list_mailboxes()
-    assert b'* LIST () "." Entw&APw-rfe\r\n' in client.cmd('b LIST "" *')
+    assert b'* LIST (\\HasNoChildren) "." Entw&APw-rfe\r\n' in client.cmd('b LIST "" *')
     assert client.cmd("c SELECT Entw&APw-rfe").endswith(b"c OK [READ-WRITE] SELECT completed\r\n")
     assert client.cmd('d STATUS "Entw&APw-rfe" (MESSAGES)').startswith(
         b"* STATUS Entw&APw-rfe (MESSAGES 0)"
@@ -151,8 +157,10 @@ def test_append_with_flags_and_date() -> None:
     client.send(
         b'a APPEND INBOX (\\Seen \\Flagged) "05-Mar-2021 10:11:12 +0100" {%d}\r\n' % len(SIMPLE)
     )
-    assert client.send(SIMPLE + b"\r\n") == b"a OK APPEND completed\r\n"
     mailbox = server.mailbox()
+    assert client.send(SIMPLE + b"\r\n") == (
+        b"a OK [APPENDUID %d 1] APPEND completed\r\n" % mailbox.uidvalidity()
+    )
     info = mailbox.info(1)
     assert mailbox.read(1) == SIMPLE
     assert info.flags == {"\\Seen", "\\Flagged"}
@@ -178,11 +186,21 @@ def test_append_to_selected_mailbox_reports_exists() -> None:
     client = server.connect().login()
     client.select()
     response = client.send(b"a APPEND INBOX {%d+}\r\n" % len(SIMPLE) + SIMPLE + b"\r\n")
-    assert response == b"* 1 EXISTS\r\n* 1 RECENT\r\na OK APPEND completed\r\n"
+    assert response == (
+        b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 1] APPEND completed\r\n"
+        % server.mailbox().uidvalidity()
+    )
 
 
-def test_delete_and_rename_are_refused_honestly() -> None:
-    """DELETE and RENAME answer NO [CANNOT]: the storage interface cannot do them yet."""
-    client = Server().connect().login()
-    assert client.cmd("a DELETE x").startswith(b"a NO [CANNOT]")
-    assert client.cmd("b RENAME x y").startswith(b"b NO [CANNOT]")
+def test_delete_and_rename() -> None:
+    """DELETE and RENAME change the store; missing folders and INBOX get NO with a code."""
+    server = Server()
+    client = server.connect().login()
+    assert client.cmd("a DELETE x").startswith(b"a NO [NONEXISTENT]")
+    assert client.cmd("b RENAME x y").startswith(b"b NO [NONEXISTENT]")
+    assert client.cmd("c DELETE INBOX").startswith(b"c NO [CANNOT]")
+    client.cmd("d CREATE Work.Old")
+    assert client.cmd("e RENAME Work Job") == b"e OK RENAME completed\r\n"
+    assert set(server.store().list_mailboxes()) == {"INBOX", "Job", "Job.Old"}
+    assert client.cmd("f DELETE Job.Old") == b"f OK DELETE completed\r\n"
+    assert set(server.store().list_mailboxes()) == {"INBOX", "Job"}

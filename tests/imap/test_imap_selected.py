@@ -92,13 +92,16 @@ def test_copy_keeps_flags_and_date() -> None:
     server, client = selected(2)
     client.cmd("a CREATE Archive")
     client.cmd("b STORE 2 +FLAGS.SILENT (\\Flagged)")
-    assert client.lines("c COPY 2 Archive") == [b"c OK COPY completed"]
     archive = server.mailbox("Archive")
+    validity = archive.uidvalidity()
+    assert client.lines("c COPY 2 Archive") == [b"c OK [COPYUID %d 2 1] COPY completed" % validity]
     [info] = archive.messages()
     assert info.flags == {"\\Flagged"}
     assert info.internaldate == server.mailbox().info(2).internaldate
     assert archive.read(info.uid) == SIMPLE
-    assert client.lines("d UID COPY 1:* Archive") == [b"d OK UID COPY completed"]
+    assert client.lines("d UID COPY 1:* Archive") == [
+        b"d OK [COPYUID %d 1:2 2:3] UID COPY completed" % validity
+    ]
     assert len(archive.messages()) == 3
 
 

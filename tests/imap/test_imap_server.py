@@ -19,28 +19,42 @@ from pymail.storage.memory import MemoryMailStore, MemoryStoreFactory
 from pymail.testing import MemoryDirectory
 
 
+#: Everything the server offers after login (without CONDSTORE: off by default).
+CAPABILITIES = (
+    b"IMAP4rev1 LITERAL+ SASL-IR IDLE UNSELECT NAMESPACE ID ENABLE CHILDREN SPECIAL-USE "
+    b"LIST-EXTENDED LIST-STATUS UIDPLUS MOVE ESEARCH APPENDLIMIT=67108864"
+)
+
+
 def test_greeting_names_host_and_capabilities() -> None:
     """The greeting is an untagged OK with CAPABILITY and the host name."""
     client = Server().connect()
     assert client.greeting == (
-        b"* OK [CAPABILITY IMAP4rev1 LITERAL+] imap.example.org pymail ready\r\n"
+        b"* OK [CAPABILITY " + CAPABILITIES + b" AUTH=PLAIN] imap.example.org pymail ready\r\n"
     )
 
 
 def test_capability_lists_only_what_is_implemented() -> None:
-    """CAPABILITY answers IMAP4rev1 and LITERAL+ only."""
+    """CAPABILITY lists the extensions; AUTH=PLAIN only before login; CONDSTORE when asked."""
     client = Server().connect()
     assert client.lines("a CAPABILITY") == [
-        b"* CAPABILITY IMAP4rev1 LITERAL+",
+        b"* CAPABILITY " + CAPABILITIES + b" AUTH=PLAIN",
         b"a OK CAPABILITY completed",
     ]
+    client.login()
+    assert client.lines("b CAPABILITY") == [
+        b"* CAPABILITY " + CAPABILITIES,
+        b"b OK CAPABILITY completed",
+    ]
+    client = Server(condstore=True).connect()
+    assert b" ESEARCH CONDSTORE QRESYNC " in client.lines("c CAPABILITY")[0]
 
 
 def test_login_succeeds_with_right_password() -> None:
     """LOGIN with the right password answers OK and enters the authenticated state."""
     client = Server().connect()
     response = client.cmd(f"a LOGIN {USER} {PASSWORD}")
-    assert response.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+]")
+    assert response.startswith(b"a OK [CAPABILITY " + CAPABILITIES + b"]")
     assert client.proto.account.address == USER
 
 
@@ -282,10 +296,10 @@ def test_password_is_never_logged() -> None:
     assert f"'{PASSWORD}'" not in text
 
 
-def test_authenticate_is_refused() -> None:
-    """AUTHENTICATE answers NO: no SASL mechanism is offered yet."""
+def test_authenticate_unknown_mechanism_is_refused() -> None:
+    """AUTHENTICATE with a mechanism not offered answers NO [CANNOT]; LOGIN still works."""
     client = Server().connect()
-    assert client.cmd("a AUTHENTICATE PLAIN").startswith(b"a NO")
+    assert client.cmd("a AUTHENTICATE CRAM-MD5").startswith(b"a NO [CANNOT]")
     assert client.cmd(f"b LOGIN {USER} {PASSWORD}").startswith(b"b OK")
 
 

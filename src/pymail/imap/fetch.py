@@ -27,7 +27,7 @@ _ITEM_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _PART = re.compile(rb"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
 
 #: Items whose value comes from MessageInfo alone.
-_META_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_META_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 _SIMPLE_ITEMS = _META_ITEMS | {
     "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY",
 }
@@ -215,6 +215,9 @@ def renderer(item: FetchItem) -> Renderer:
         return lambda v, i, m: b"INTERNALDATE " + internaldate(v, i.internaldate)
     if name == "RFC822.SIZE":
         return lambda v, i, m: b"RFC822.SIZE %d" % i.size
+    if name == "MODSEQ":
+        # RFC 7162 3.1.4.1; asking for it turns CONDSTORE on (the caller does).
+        return lambda v, i, m: b"MODSEQ (%d)" % i.modseq
     if name == "ENVELOPE":
         return lambda v, i, m: b"ENVELOPE " + sexp(envelope_sexp(envelope(m or b"")))
     if name == "BODYSTRUCTURE":

@@ -23,6 +23,7 @@ _LIST_ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){\"\\]+")
 #: a tag is an ASTRING-CHAR run without "+".
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
 _NUMBER = re.compile(rb"[0-9]+")
+_NUMBER64 = re.compile(rb"[0-9]{1,20}")
 _LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n")
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n\x00]|\\["\\])*)"')
 _UNESCAPE = re.compile(rb'\\(["\\])')
@@ -130,6 +131,13 @@ class Cursor:
         value = int(self._match(_NUMBER, "a number").group())
         if value > MAX_NUMBER:
             raise ParseError(f"number {value} is too large (max {MAX_NUMBER})")
+        return value
+
+    def number64(self) -> int:
+        """A mod-sequence value (RFC 7162: up to 2^63 - 1)."""
+        value = int(self._match(_NUMBER64, "a number").group())
+        if value >= 2**63:
+            raise ParseError(f"number {value} is too large (max {2**63 - 1})")
         return value
 
     def nz_number(self) -> int:

@@ -104,6 +104,17 @@ def _key(cur: Cursor, depth: int) -> Key:
     if name == "UID":
         cur.sp()
         return Key(name, (cur.sequence_set(),))
+    if name == "MODSEQ":
+        # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence.
+        cur.sp()
+        if cur.peek() == b'"':
+            cur.quoted()
+            cur.sp()
+            entry_type = cur.atom().lower()
+            if entry_type not in (b"priv", b"shared", b"all"):
+                raise ParseError(f"unknown MODSEQ entry type {entry_type.decode('ascii')!r}")
+            cur.sp()
+        return Key(name, (cur.number64(),))
     if name == "NOT":
         cur.sp()
         return Key(name, (_key(cur, depth + 1),))
@@ -113,6 +124,13 @@ def _key(cur: Cursor, depth: int) -> Key:
         cur.sp()
         return Key(name, (a, _key(cur, depth + 1)))
     raise ParseError(f"unknown search key {name!r}")
+
+
+def uses_modseq(key: Key) -> bool:
+    """Whether a search key has a MODSEQ criterion anywhere (RFC 7162 3.1.5)."""
+    if key.op == "MODSEQ":
+        return True
+    return any(isinstance(a, Key) and uses_modseq(a) for a in key.args)
 
 
 class Candidate:
@@ -202,6 +220,8 @@ def compile_key(
         return lambda c: not c.recent
     if op == "NEW":
         return lambda c: c.recent and "\\Seen" not in c.info.flags
+    if op == "MODSEQ":
+        return lambda c: c.info.modseq >= args[0]  # type: ignore[operator]
     if op == "LARGER":
         return lambda c: c.info.size > args[0]  # type: ignore[operator]
     if op == "SMALLER":

@@ -16,6 +16,7 @@ from pymail.errors import NoSuchMessage, StorageError
 from pymail.imap.commands import (
     Command,
     Copy,
+    Expunge,
     Fetch,
     Search,
     Store,
@@ -24,13 +25,16 @@ from pymail.imap.commands import (
     parse_fetch,
     parse_search,
     parse_store,
+    parse_uid_expunge,
 )
+from pymail.imap.condstore import changed_since, need_condstore, vanished_earlier
 from pymail.imap.dispatch import SELECTED, CommandSpec, Reply
 from pymail.imap.errors import bad, no, reply_for_storage_error
 from pymail.imap.fetch import FetchItem, renderer
 from pymail.imap.parser import SequenceSet
-from pymail.imap.search import CHARSETS, Candidate, compile_key
-from pymail.imap.session import SelectedMailbox
+from pymail.imap.search import CHARSETS, Candidate, compile_key, uses_modseq
+from pymail.imap.responses import string
+from pymail.imap.session import SelectedMailbox, uid_set_bytes
 from pymail.interfaces import IMailbox
 
 if TYPE_CHECKING:
@@ -67,7 +71,12 @@ async def handle_close(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
 async def handle_expunge(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     view = _view(conn)
     _require_writable(view, "EXPUNGE")
-    await view.mailbox.expunge()
+    if isinstance(cmd.args, Expunge):
+        # UID EXPUNGE (RFC 4315 2.1): only the named messages, if \Deleted.
+        indexes = view.resolve(cmd.args.sequence, True)
+        await view.mailbox.expunge([view.uids[i] for i in indexes])
+    else:
+        await view.mailbox.expunge()
     return None
 
 
@@ -79,8 +88,27 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     items = list(args.items)
     if uid_mode and not any(item.name == "UID" for item in items):
         items.insert(0, FetchItem("UID"))
+    if args.changedsince is not None or any(item.name == "MODSEQ" for item in items):
+        need_condstore(conn, "MODSEQ")
+        if not any(item.name == "MODSEQ" for item in items):
+            items.append(FetchItem("MODSEQ"))
+    if args.vanished:
+        if not uid_mode or not view.qresync:
+            raise bad("the VANISHED modifier needs UID FETCH and ENABLE QRESYNC (RFC 7162 3.2.6)")
+        for line in vanished_earlier(view, args.sequence):
+            conn.writer.add(line)
     indexes = view.resolve(args.sequence, uid_mode)
     mailbox = view.mailbox
+    if args.changedsince is not None:
+        since = args.changedsince
+
+        def changed(index: int) -> bool:
+            try:
+                return mailbox.info(view.uids[index]).modseq > since
+            except NoSuchMessage:
+                return False
+
+        indexes = [i for i in indexes if changed(i)]
     uids = view.uids
     marked: set[int] = set()
     if not view.readonly and any(item.sets_seen for item in items):
@@ -128,24 +156,54 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     uid_mode = cmd.name == "UID STORE"
     indexes = view.resolve(args.sequence, uid_mode)
     wanted = [view.uids[i] for i in indexes]
+    modified: list[int] = []
+    if args.unchangedsince is not None:
+        # RFC 7162 3.1.3: leave alone what changed after the client's MODSEQ.
+        need_condstore(conn, "UNCHANGEDSINCE")
+        mailbox = view.mailbox
+        keep = []
+        for uid in wanted:
+            try:
+                if mailbox.info(uid).modseq > args.unchangedsince:
+                    modified.append(uid)
+                    continue
+            except NoSuchMessage:
+                pass
+            keep.append(uid)
+        wanted = keep
     if not wanted:
-        return None
+        return _modified_reply(view, modified, uid_mode)
     try:
         result = await view.mailbox.set_flags(wanted, args.flags, args.mode)
     except ValueError as e:
         raise bad(f"STORE: {e}") from None
     view.forget_flag_updates(set(result))
-    if not args.silent:
+    if not args.silent or view.condstore:
+        mailbox = view.mailbox
         for uid in wanted:
             flags = result.get(uid)
             seq = view.seq_of(uid)
             if flags is None or seq is None:
+                continue
+            if view.condstore:
+                try:
+                    info = mailbox.info(uid)
+                except NoSuchMessage:
+                    continue
+                if args.silent:
+                    # RFC 7162 3.1.3: .SILENT still reports the new MODSEQ.
+                    conn.writer.add(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (
+                        seq, b"UID %d " % uid if uid_mode else b"", info.modseq))
+                else:
+                    conn.writer.add(view.flag_update(seq, info, uid_mode))
                 continue
             rendered = view.render_flags(flags, uid)
             if uid_mode:
                 conn.writer.add(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, rendered))
             else:
                 conn.writer.add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, rendered))
+    if modified:
+        return _modified_reply(view, modified, uid_mode)
     if len(result) < len(wanted):
         raise no(
             f"{len(wanted) - len(result)} of the messages were expunged; "
@@ -154,13 +212,24 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     return None
 
 
-async def handle_copy(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
-    args = cmd.args
-    assert isinstance(args, Copy)
-    view = _view(conn)
-    indexes = view.resolve(args.sequence, cmd.name == "UID COPY")
+def _modified_reply(view: SelectedMailbox, modified: list[int], uid_mode: bool) -> Reply | None:
+    if not modified:
+        return None
+    if uid_mode:
+        which = uid_set_bytes(modified)
+    else:
+        which = uid_set_bytes(s for s in (view.seq_of(u) for u in modified) if s is not None)
+    return Reply("conditional STORE failed for some messages", "MODIFIED " + which.decode())
+
+
+async def _copy(
+    conn: IMAPServerProtocol, view: SelectedMailbox, sequence: SequenceSet, uid_mode: bool,
+    mailbox_name: str,
+) -> tuple[IMailbox, list[int], list[int]]:
+    """Copy messages; returns the target and the source and new UIDs, in order."""
+    indexes = view.resolve(sequence, uid_mode)
     try:
-        target: IMailbox = await conn.store.get_mailbox(args.mailbox)
+        target: IMailbox = await conn.store.get_mailbox(mailbox_name)
     except StorageError as e:
         raise reply_for_storage_error(e, trycreate=True) from None
     source = view.mailbox
@@ -171,16 +240,59 @@ async def handle_copy(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         except NoSuchMessage:
             # RFC 2180 4.4.1: copy nothing if any message is gone.
             raise no("some of the messages were expunged; nothing copied", _EXPUNGED) from None
-    lost = 0
+    copied: list[int] = []
+    new: list[int] = []
     for info in infos:
         try:
             message = source.read(info.uid)
         except NoSuchMessage:
-            lost += 1
-            continue
-        await target.append(message, info.flags, info.internaldate)
-    if lost:
-        raise no(f"{lost} of the messages were expunged while copying", _EXPUNGED)
+            raise no(
+                f"{len(infos) - len(copied)} of the messages were expunged while copying",
+                _EXPUNGED,
+            ) from None
+        new.append(await target.append(message, info.flags, info.internaldate))
+        copied.append(info.uid)
+    return target, copied, new
+
+
+def copyuid(target: IMailbox, copied: list[int], new: list[int]) -> str | None:
+    """The COPYUID response code (RFC 4315 section 3)."""
+    if not copied:
+        return None
+    return "COPYUID %d %s %s" % (
+        target.uidvalidity(), _uid_list(copied), _uid_list(new),
+    )
+
+
+def _uid_list(uids: list[int]) -> str:
+    # The two sets must pair up in order, so ranges only where both ascend.
+    return uid_set_bytes(uids).decode() if uids == sorted(uids) else ",".join(map(str, uids))
+
+
+async def handle_copy(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
+    args = cmd.args
+    assert isinstance(args, Copy)
+    view = _view(conn)
+    target, copied, new = await _copy(conn, view, args.sequence, cmd.name == "UID COPY", args.mailbox)
+    return Reply(f"{cmd.name} completed", copyuid(target, copied, new))
+
+
+async def handle_move(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
+    args = cmd.args
+    assert isinstance(args, Copy)
+    view = _view(conn)
+    _require_writable(view, "MOVE")
+    target, copied, new = await _copy(conn, view, args.sequence, cmd.name == "UID MOVE", args.mailbox)
+    if not copied:
+        return None
+    code = copyuid(target, copied, new)
+    if code:
+        # RFC 6851 4.3: COPYUID in an untagged OK before the expunges.
+        conn.writer.untagged(b"OK [" + code.encode() + b"] moved")
+    source = view.mailbox
+    if target is not source:
+        await source.set_flags(copied, ["\\Deleted"], "add")
+        await source.expunge(copied)
     return None
 
 
@@ -196,18 +308,54 @@ async def handle_search(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     def resolve(sequence: SequenceSet, uid_set: bool) -> set[int]:
         return set(view.resolve(sequence, uid_set))
 
+    with_modseq = uses_modseq(args.key)
+    if with_modseq:
+        need_condstore(conn, "SEARCH MODSEQ")
     predicate = compile_key(args.key, charset, resolve)
     mailbox = view.mailbox
-    found: list[bytes] = []
+    found: list[int] = []
+    top_modseq = 0
     for index, uid in enumerate(view.uids):
         try:
-            candidate = Candidate(mailbox, mailbox.info(uid), index, uid in view.recent)
-            if predicate(candidate):
-                found.append(b"%d" % (uid if uid_mode else index + 1))
+            info = mailbox.info(uid)
+            if predicate(Candidate(mailbox, info, index, uid in view.recent)):
+                found.append(uid if uid_mode else index + 1)
+                if info.modseq > top_modseq:
+                    top_modseq = info.modseq
         except NoSuchMessage:
             continue
-    conn.writer.untagged(b" ".join([b"SEARCH"] + found))
+    if args.returns is not None:
+        conn.writer.untagged(esearch(cmd.tag, uid_mode, args.returns, found, top_modseq if with_modseq else None))
+        return None
+    line = b" ".join([b"SEARCH"] + [b"%d" % n for n in found])
+    if with_modseq and found:
+        # RFC 7162 3.1.5: the highest MODSEQ of the messages found.
+        line += b" (MODSEQ %d)" % top_modseq
+    conn.writer.untagged(line)
     return None
+
+
+def esearch(
+    tag: bytes, uid_mode: bool, returns: tuple[str, ...], found: list[int],
+    modseq: int | None,
+) -> bytes:
+    """An ESEARCH response (RFC 4731 section 3.1); ``RETURN ()`` means ALL."""
+    out = [b"ESEARCH (TAG " + string(tag) + b")"]
+    if uid_mode:
+        out.append(b"UID")
+    options = returns or ("ALL",)
+    if found:
+        if "MIN" in options:
+            out.append(b"MIN %d" % found[0])
+        if "MAX" in options:
+            out.append(b"MAX %d" % found[-1])
+        if "ALL" in options:
+            out.append(b"ALL " + uid_set_bytes(found))
+    if "COUNT" in options:
+        out.append(b"COUNT %d" % len(found))
+    if modseq is not None and found:
+        out.append(b"MODSEQ %d" % modseq)
+    return b" ".join(out)
 
 
 COMMANDS = {
@@ -218,8 +366,12 @@ COMMANDS = {
     "FETCH": CommandSpec(parse_fetch, handle_fetch, SELECTED, expunge_ok=False),
     "STORE": CommandSpec(parse_store, handle_store, SELECTED, expunge_ok=False),
     "COPY": CommandSpec(parse_copy, handle_copy, SELECTED),
+    "MOVE": CommandSpec(parse_copy, handle_move, SELECTED),
+    "UID MOVE": CommandSpec(parse_copy, handle_move, SELECTED),
+    "UID EXPUNGE": CommandSpec(parse_uid_expunge, handle_expunge, SELECTED),
     "UID SEARCH": CommandSpec(parse_search, handle_search, SELECTED, expunge_ok=False),
     "UID FETCH": CommandSpec(parse_fetch, handle_fetch, SELECTED, expunge_ok=False),
     "UID STORE": CommandSpec(parse_store, handle_store, SELECTED, expunge_ok=False),
     "UID COPY": CommandSpec(parse_copy, handle_copy, SELECTED),
 }
+CAPABILITIES = ("UIDPLUS", "MOVE", "ESEARCH")

@@ -15,10 +15,9 @@ in any state and before login are here.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
@@ -27,28 +26,33 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pymail.errors import StorageError
-from pymail.imap import mailboxes, selected
+from pymail.imap import access, extensions, idle, mailboxes, selected
+from pymail.imap import condstore as condstore_mod
 from pymail.imap.commands import (
     Command,
-    Login,
     no_args,
     parse_authenticate,
     parse_login,
 )
 from pymail.imap.dispatch import (
     ANY_STATE,
+    AUTHENTICATED,
     NOT_AUTHENTICATED,
     CommandSpec,
     CommandTable,
     Reply,
     State,
 )
-from pymail.imap.errors import CommandFailed, no, reply_for_storage_error
+from pymail.imap.errors import CommandFailed, reply_for_storage_error
+from pymail.imap.idle import RefreshPoller
 from pymail.imap.parser import Cursor, ParseError
 from pymail.imap.reader import LiteralReader
 from pymail.imap.responses import ResponseWriter
 from pymail.imap.session import RecentTracker, SelectedMailbox
-from pymail.interfaces import IAccount, IMailStore
+from pymail.interfaces import IMailStore
+
+if TYPE_CHECKING:
+    from pymail.tls import ServerTLS
 
 log = Logger()
 
@@ -61,6 +65,13 @@ class IMAPServerProtocol(LiteralReader):
     :ivar account: the logged-in account (an :class:`IAccount`), or None.
     :ivar selected: the selected mailbox's session view, or None.
     :ivar writer: where responses go.
+    :ivar enabled: extensions the client turned on with ENABLE (or by
+        using them: CONDSTORE).
+    :ivar idling: an IDLE command is waiting for DONE.
+    :ivar tls: what STARTTLS offers, or None.
+    :ivar tls_active: STARTTLS succeeded.
+    :ivar after_reply: run once, right after the current command's tagged
+        reply is written (STARTTLS starts the handshake there).
     """
 
     def __init__(
@@ -75,6 +86,9 @@ class IMAPServerProtocol(LiteralReader):
         max_line_length: int,
         preauth_timeout: float,
         idle_timeout: float,
+        poller: RefreshPoller | None = None,
+        tls: ServerTLS | None = None,
+        allow_plaintext_on_loopback: bool = True,
     ) -> None:
         self.portal = portal
         self.reactor = reactor
@@ -92,6 +106,14 @@ class IMAPServerProtocol(LiteralReader):
         self._timer: IDelayedCall | None = None
         self._running = False
         self.writer: ResponseWriter
+        self.poller = poller if poller is not None else RefreshPoller(reactor)
+        self.tls = tls
+        self.tls_active = False
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.enabled: frozenset[str] = frozenset()
+        self.idling = False
+        self.after_reply: Callable[[], None] | None = None
+        self._line_waiter: Deferred[bytes] | None = None
 
     # -- connection life -------------------------------------------------------
 
@@ -114,6 +136,10 @@ class IMAPServerProtocol(LiteralReader):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        waiter, self._line_waiter = self._line_waiter, None
+        if waiter is not None:
+            self.take_lines(None)
+            waiter.callback(b"")
         self.deselect()
         if hasattr(self, "writer"):
             self.writer.close()
@@ -138,7 +164,66 @@ class IMAPServerProtocol(LiteralReader):
             self.transport.loseConnection()
 
     def capabilities(self) -> str:
-        return " ".join(self.table.capabilities)
+        caps = self.table.capabilities
+        extra = access.access_capabilities(self)
+        return " ".join(caps + extra if extra else caps)
+
+    def logged_in(self, avatar: Any, logout: Callable[[], None]) -> None:
+        """Enter the authenticated state as ``avatar``'s account."""
+        self.account = avatar
+        self._avatar_logout = logout
+        self.state = State.AUTHENTICATED
+        self._restart_timer()
+
+    def enable(self, names: Iterable[str]) -> list[str]:
+        """
+        Turn on extensions (RFC 5161); QRESYNC implies CONDSTORE.  Returns
+        those newly enabled, in the order asked; unknown names are ignored.
+        """
+        newly = []
+        for name in names:
+            name = name.upper()
+            if name not in extensions.ENABLEABLE or name not in self.table.capabilities:
+                continue
+            wanted = ["CONDSTORE", "QRESYNC"] if name == "QRESYNC" else [name]
+            for each in wanted:
+                if each not in self.enabled:
+                    self.enabled = self.enabled | {each}
+                    if each == name:
+                        newly.append(name)
+        if self.selected is not None:
+            self.selected.condstore = "CONDSTORE" in self.enabled
+            self.selected.qresync = "QRESYNC" in self.enabled
+        return newly
+
+    def read_line(self) -> Deferred[bytes]:
+        """
+        The next input line (without CRLF), read raw instead of as a
+        command: IDLE's DONE, AUTHENTICATE's responses.  Reading pauses
+        again once the line is taken, until the command finishes.
+        """
+        waiter: Deferred[bytes] = Deferred()
+        self._line_waiter = waiter
+
+        def took(line: bytes) -> None:
+            self.take_lines(None)
+            self._line_waiter = None
+            self.pause_reading()
+            waiter.callback(line)
+
+        self.take_lines(took)
+        self.resume_reading()
+        return waiter
+
+    def push_updates(self) -> None:
+        """Send the selected mailbox's pending changes now (while idling)."""
+        if self.selected is None or self.writer.closed:
+            return
+        lines = self.selected.updates(True)
+        if lines:
+            for line in lines:
+                self.writer.add(line)
+            self.writer.flush()
 
     @property
     def store(self) -> IMailStore:
@@ -157,6 +242,9 @@ class IMAPServerProtocol(LiteralReader):
     # -- timeouts --------------------------------------------------------------
 
     def _restart_timer(self) -> None:
+        if self.state is State.NOT_AUTHENTICATED and self._timer is not None:
+            # The pre-login limit is absolute: commands do not extend it.
+            return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.state is State.LOGOUT:
@@ -168,7 +256,7 @@ class IMAPServerProtocol(LiteralReader):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._running:
+        if self._running and not self.idling and self.state is not State.NOT_AUTHENTICATED:
             # A command is still working (slow storage); check again later.
             self._restart_timer()
             return
@@ -249,7 +337,8 @@ class IMAPServerProtocol(LiteralReader):
         done = Deferred.fromCoroutine(self._run(spec, Command(tag, name, args)))
         if not done.called:
             self.writer.flush()
-            self.pause_reading()
+            if self._line_waiter is None:
+                self.pause_reading()
             done.addBoth(self._resume)
 
     def _resume(self, result: object) -> None:
@@ -283,6 +372,9 @@ class IMAPServerProtocol(LiteralReader):
             return
         self.writer.flush()
         self._restart_timer()
+        after, self.after_reply = self.after_reply, None
+        if after is not None and status == "OK":
+            after()
 
 
 # -- commands valid in any state, and before login ----------------------------
@@ -306,49 +398,31 @@ async def handle_logout(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     return None
 
 
-async def handle_login(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
-    args = cmd.args
-    assert isinstance(args, Login)
-    user = args.user.decode("utf-8", "replace")
-    try:
-        _, avatar, logout = await conn.portal.login(
-            UsernamePassword(args.user, args.password), None, IAccount
-        )
-    except LoginFailed:
-        log.info("IMAP login failed for {user!r}", user=user)
-        raise no("invalid user name or password", "AUTHENTICATIONFAILED") from None
-    if conn.state is not State.NOT_AUTHENTICATED:
-        # The connection went away while the portal was thinking.
-        logout()
-        return None
-    conn.account = avatar
-    conn._avatar_logout = logout
-    conn.state = State.AUTHENTICATED
-    log.info("IMAP login for {user!r}", user=conn.account.address)
-    return Reply("LOGIN completed", "CAPABILITY " + conn.capabilities())
-
-
-async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
-    raise no("unsupported authentication mechanism; use LOGIN", "CANNOT")
-
-
-def default_table() -> CommandTable:
+def default_table(*, condstore: bool = False) -> CommandTable:
     """Every command pymail's IMAP server knows, and its capabilities."""
     table = CommandTable()
-    table.add_capabilities(["LITERAL+"])
+    table.add_capabilities(["LITERAL+", "SASL-IR", "IDLE"])
     table.update(
         {
             "CAPABILITY": CommandSpec(no_args, handle_capability, ANY_STATE),
             "NOOP": CommandSpec(no_args, handle_noop, ANY_STATE),
             "LOGOUT": CommandSpec(no_args, handle_logout, ANY_STATE),
-            "LOGIN": CommandSpec(parse_login, handle_login, NOT_AUTHENTICATED),
+            "LOGIN": CommandSpec(parse_login, access.handle_login, NOT_AUTHENTICATED),
             "AUTHENTICATE": CommandSpec(
-                parse_authenticate, handle_authenticate, NOT_AUTHENTICATED
+                parse_authenticate, access.handle_authenticate, NOT_AUTHENTICATED
             ),
+            "STARTTLS": CommandSpec(no_args, access.handle_starttls, NOT_AUTHENTICATED),
+            "IDLE": CommandSpec(no_args, idle.handle_idle, AUTHENTICATED),
         }
     )
     table.update(mailboxes.COMMANDS)
     table.update(selected.COMMANDS)
+    table.update(extensions.COMMANDS)
+    table.add_capabilities(extensions.CAPABILITIES)
+    table.add_capabilities(mailboxes.CAPABILITIES)
+    table.add_capabilities(selected.CAPABILITIES)
+    if condstore:
+        table.add_capabilities(condstore_mod.CAPABILITIES)
     return table
 
 
@@ -364,6 +438,16 @@ class IMAPFactory(ServerFactory):
     :param preauth_timeout: seconds without a command before login.
     :param idle_timeout: seconds without a command after login (RFC 3501
         section 5.4: at least 30 minutes).
+    :param tls: the certificate STARTTLS offers; with it, passwords are
+        refused in the clear (LOGINDISABLED) until TLS is on.
+    :param allow_plaintext_on_loopback: let loopback clients log in
+        without TLS even when ``tls`` is given.
+    :param idle_poll_interval: seconds between looks for changes made by
+        other programs while a client idles (0: never look).
+    :param condstore: offer CONDSTORE and QRESYNC (RFC 7162).  Only for
+        storage whose MODSEQs survive a restart (or whose UIDVALIDITY
+        changes when they do not): a client resyncing against MODSEQs that
+        went backwards would silently miss changes.
     """
 
     noisy = False  # the listener logs its own start
@@ -378,6 +462,10 @@ class IMAPFactory(ServerFactory):
         max_line_length: int = 64 * 1024,
         preauth_timeout: float = 60.0,
         idle_timeout: float = 1800.0,
+        tls: ServerTLS | None = None,
+        allow_plaintext_on_loopback: bool = True,
+        idle_poll_interval: float = idle.POLL_INTERVAL,
+        condstore: bool = False,
     ) -> None:
         self.portal = portal
         self.reactor = reactor
@@ -386,8 +474,13 @@ class IMAPFactory(ServerFactory):
         self.max_line_length = max_line_length
         self.preauth_timeout = preauth_timeout
         self.idle_timeout = idle_timeout
-        self.table = default_table()
+        self.tls = tls
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.table = default_table(condstore=condstore)
+        # RFC 7889: the biggest APPEND accepted, same for every folder.
+        self.table.add_capabilities([f"APPENDLIMIT={max_literal_size}"])
         self.recent = RecentTracker()
+        self.poller = RefreshPoller(reactor, idle_poll_interval)
 
     def buildProtocol(self, addr: object) -> IMAPServerProtocol:
         proto = IMAPServerProtocol(
@@ -400,6 +493,9 @@ class IMAPFactory(ServerFactory):
             max_line_length=self.max_line_length,
             preauth_timeout=self.preauth_timeout,
             idle_timeout=self.idle_timeout,
+            poller=self.poller,
+            tls=self.tls,
+            allow_plaintext_on_loopback=self.allow_plaintext_on_loopback,
         )
         proto.factory = self
         return proto

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import attrs
@@ -66,6 +66,11 @@ class SelectedMailbox:
     :ivar readonly: selected with EXAMINE (or the store refused writes).
     :ivar uids: the UIDs the client knows, in sequence-number order.
     :ivar recent: UIDs that are ``\\Recent`` in this session.
+    :ivar condstore: CONDSTORE is on (RFC 7162 section 3.1): flag updates
+        carry ``MODSEQ``.
+    :ivar qresync: QRESYNC is on (RFC 7162 section 3.2): expunges are
+        reported as ``VANISHED``.
+    :ivar on_change: called after each change arrives (IDLE pushes then).
     """
 
     def __init__(self, mailbox: IMailbox, readonly: bool, tracker: RecentTracker) -> None:
@@ -81,6 +86,9 @@ class SelectedMailbox:
         self._pending_flags: set[int] = set()
         self._pending_expunged: set[int] = set()
         self._flag_cache: dict[frozenset[str], bytes] = {}
+        self.condstore = False
+        self.qresync = False
+        self.on_change: Callable[[], None] | None = None
         #: INTERNALDATE strings already rendered (see pymail.imap.fetch).
         self.date_cache: dict[datetime, bytes] = {}
         mailbox.add_listener(self)
@@ -107,6 +115,9 @@ class SelectedMailbox:
             self._pending_expunged.update(change.uids)
         else:
             log.warn("ignoring unknown mailbox change {kind!r}", kind=change.kind)
+            return
+        if self.on_change is not None:
+            self.on_change()
 
     # -- sequence numbers ------------------------------------------------------
 
@@ -203,9 +214,15 @@ class SelectedMailbox:
             gone = self._pending_expunged
             self._pending_expunged = set()
             positions = [i for i, uid in enumerate(self.uids) if uid in gone]
-            # Highest first, so every number is still valid when the client reads it.
-            for pos in reversed(positions):
-                lines.append(b"* %d EXPUNGE\r\n" % (pos + 1))
+            if self.qresync:
+                # RFC 7162 3.2.10: VANISHED replaces EXPUNGE once QRESYNC is on.
+                if positions:
+                    known = [self.uids[i] for i in positions]
+                    lines.append(b"* VANISHED " + uid_set_bytes(known) + b"\r\n")
+            else:
+                # Highest first, so every number is still valid when the client reads it.
+                for pos in reversed(positions):
+                    lines.append(b"* %d EXPUNGE\r\n" % (pos + 1))
             if positions:
                 self.uids = [uid for uid in self.uids if uid not in gone]
             self.recent.difference_update(gone)
@@ -241,16 +258,36 @@ class SelectedMailbox:
                     info = self.mailbox.info(uid)
                 except NoSuchMessage:
                     continue
-                if with_uid:
-                    lines.append(
-                        b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, self.flags_of(info))
-                    )
-                else:
-                    lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, self.flags_of(info)))
+                lines.append(self.flag_update(seq, info, with_uid or self.qresync))
         return lines
+
+    def flag_update(self, seq: int, info: MessageInfo, with_uid: bool) -> bytes:
+        """An untagged FETCH telling the client a message's flags (and MODSEQ)."""
+        items = b"UID %d " % info.uid if with_uid else b""
+        items += b"FLAGS " + self.flags_of(info)
+        if self.condstore:
+            items += b" MODSEQ (%d)" % info.modseq
+        return b"* %d FETCH (%s)\r\n" % (seq, items)
 
     def drop_pending(self) -> None:
         """Forget queued changes (the mailbox is being deselected)."""
         self._pending_added = []
         self._pending_flags = set()
         self._pending_expunged = set()
+
+
+def uid_set_bytes(uids: Iterable[int]) -> bytes:
+    """Ascending UIDs as a compact sequence set: ``1:3,7,9:10``."""
+    out: list[bytes] = []
+    start = prev = None
+    for uid in sorted(uids):
+        if start is None:
+            start = prev = uid
+        elif uid == prev + 1:  # type: ignore[operator]
+            prev = uid
+        else:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+            start = prev = uid
+    if start is not None:
+        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)

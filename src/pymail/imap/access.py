@@ -1,0 +1,174 @@
+"""
+Getting in: LOGIN (RFC 3501 section 6.2.3), AUTHENTICATE with the PLAIN
+mechanism (RFC 4616) and an initial response (SASL-IR, RFC 4959), and
+STARTTLS (RFC 3501 section 6.2.1).
+
+Plaintext passwords (LOGIN, PLAIN) are refused with ``LOGINDISABLED`` in
+CAPABILITY until TLS is on, when the server has TLS to offer; a loopback
+connection may be let off (``allow_plaintext_on_loopback``).
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from pymail.imap.commands import Authenticate, Command, Login
+from pymail.imap.dispatch import Reply, State
+from pymail.imap.errors import bad, no
+from pymail.interfaces import IAccount
+
+if TYPE_CHECKING:
+    from pymail.imap.server import IMAPServerProtocol
+
+log = Logger()
+
+#: SASL mechanisms offered (``AUTH=`` capabilities).
+MECHANISMS = ("PLAIN",)
+#: The longest SASL response accepted, base64 (a PLAIN response is small).
+MAX_SASL_RESPONSE = 8 * 1024
+
+
+def is_loopback(transport: Any) -> bool:
+    """Whether the peer of ``transport`` is on 127.0.0.0/8 or ::1."""
+    try:
+        host = transport.getPeer().host
+        return bool(ipaddress.ip_address(host.split("%", 1)[0]).is_loopback)
+    except (AttributeError, ValueError):
+        return False
+
+
+def is_tls(conn: IMAPServerProtocol) -> bool:
+    """Whether the connection is encrypted (implicit TLS or after STARTTLS)."""
+    return conn.tls_active or ISSLTransport.providedBy(conn.transport)
+
+
+def plaintext_allowed(conn: IMAPServerProtocol) -> bool:
+    """
+    Whether a password may be sent in the clear on this connection: always
+    when the server has no TLS to offer, else only under TLS, or on
+    loopback when configured so.
+    """
+    if conn.tls is None or is_tls(conn):
+        return True
+    return conn.allow_plaintext_on_loopback and is_loopback(conn.transport)
+
+
+def access_capabilities(conn: IMAPServerProtocol) -> list[str]:
+    """The capabilities that depend on the connection: STARTTLS, LOGINDISABLED, AUTH=."""
+    if conn.state is not State.NOT_AUTHENTICATED:
+        return []
+    caps = []
+    if conn.tls is not None and not is_tls(conn):
+        caps.append("STARTTLS")
+    if plaintext_allowed(conn):
+        caps.extend("AUTH=" + m for m in MECHANISMS)
+    else:
+        caps.append("LOGINDISABLED")
+    return caps
+
+
+def _refuse_plaintext() -> Exception:
+    return no("plaintext authentication needs TLS first: use STARTTLS", "PRIVACYREQUIRED")
+
+
+async def _log_in(conn: IMAPServerProtocol, user: bytes, password: bytes) -> Reply | None:
+    name = user.decode("utf-8", "replace")
+    try:
+        _, avatar, logout = await conn.portal.login(
+            UsernamePassword(user, password), None, IAccount
+        )
+    except (LoginFailed, UnauthorizedLogin):
+        log.info("IMAP login failed for {user!r}", user=name)
+        raise no("invalid user name or password", "AUTHENTICATIONFAILED") from None
+    if conn.state is not State.NOT_AUTHENTICATED:
+        # The connection went away while the portal was thinking.
+        logout()
+        return None
+    conn.logged_in(avatar, logout)
+    log.info("IMAP login for {user!r}", user=conn.account.address)
+    return Reply("LOGIN completed", "CAPABILITY " + conn.capabilities())
+
+
+async def handle_login(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
+    args = cmd.args
+    assert isinstance(args, Login)
+    if not plaintext_allowed(conn):
+        raise _refuse_plaintext()
+    return await _log_in(conn, args.user, args.password)
+
+
+def decode_plain(response: bytes) -> tuple[bytes, bytes]:
+    """
+    The user and password of a PLAIN response (RFC 4616):
+    ``[authzid] NUL authcid NUL passwd``.
+
+    :raises CommandFailed: malformed, or an authorisation identity other
+        than the user (pymail has no proxy logins).
+    """
+    parts = response.split(b"\x00")
+    if len(parts) != 3 or not parts[1]:
+        raise bad("PLAIN response must be [authzid] NUL user NUL password")
+    authzid, user, password = parts
+    if authzid and authzid != user:
+        raise no("logging in as another user is not supported", "AUTHORIZATIONFAILED")
+    return user, password
+
+
+def _b64(data: bytes) -> bytes:
+    if data == b"=":
+        return b""  # RFC 4959: an empty initial response
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise bad("SASL response is not valid base64") from None
+
+
+async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
+    args = cmd.args
+    assert isinstance(args, Authenticate)
+    if args.mechanism not in MECHANISMS:
+        raise no(
+            f"unsupported mechanism {args.mechanism!r} (offered: {' '.join(MECHANISMS)})",
+            "CANNOT",
+        )
+    if not plaintext_allowed(conn):
+        raise _refuse_plaintext()
+    if args.initial is not None:
+        raw = args.initial
+    else:
+        conn.send_raw(b"+ \r\n")
+        raw = await conn.read_line()
+        if raw == b"*":
+            raise bad("AUTHENTICATE cancelled")
+    if len(raw) > MAX_SASL_RESPONSE:
+        raise bad(f"SASL response too long (max {MAX_SASL_RESPONSE} octets)")
+    user, password = decode_plain(_b64(raw))
+    reply = await _log_in(conn, user, password)
+    if reply is None:
+        return None
+    return Reply("AUTHENTICATE completed", reply.code)
+
+
+async def handle_starttls(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
+    if conn.tls is None:
+        raise bad("STARTTLS is not offered: this server has no certificate configured")
+    if is_tls(conn):
+        raise bad("TLS is already active")
+    tls = conn.tls
+
+    def start() -> None:
+        # RFC 3501 6.2.1 / RFC 2595 3.1: nothing sent before the handshake
+        # counts; a man in the middle could have put it there.
+        conn.discard_buffered_input()
+        conn.tls_active = True
+        conn.transport.startTLS(tls.creator)  # type: ignore[union-attr]
+
+    conn.after_reply = start
+    return Reply("Begin TLS negotiation now")
