@@ -14,6 +14,10 @@ Embedding pymail in another Twisted application::
 
 from __future__ import annotations
 
+import inspect
+import os
+import signal
+import threading
 from typing import Any
 
 import attrs
@@ -26,11 +30,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pymail.auth.checkers import AccountsChecker
+from pymail.auth.limits import REFUSALS, ConnectionLimits, LimitedFactory
 from pymail.auth.realm import MailRealm
+from pymail.auth.throttle import LoginThrottle
 from pymail.config import Config, check_data_dir, check_endpoints, check_storage_backend
 from pymail.directory.files import FileDirectory
 from pymail.errors import ConfigError, ListenError
+from pymail.pop3.mailbox import FileMaildropLocks
 from pymail.interfaces import IMailStoreFactory
+from pymail.tls import ServerTLS
 
 log = Logger(namespace="pymail")
 
@@ -110,6 +118,12 @@ class Components:
     directory: FileDirectory
     stores: IMailStoreFactory
     portal: Portal
+    #: The certificate(s) for STARTTLS/STLS and implicit TLS, or None.
+    tls: ServerTLS | None = None
+    #: Failed-login throttling shared by every protocol that checks passwords.
+    throttle: LoginThrottle | None = None
+    #: Connection limits shared by every listener.
+    limits: ConnectionLimits | None = None
 
 
 class PymailService(MultiService):
@@ -147,8 +161,28 @@ class PymailService(MultiService):
         self.bind()
         super().privilegedStartService()
 
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificates (what SIGHUP does); False if none or failed."""
+        tls = self.components.tls
+        return tls.reload() if tls is not None else False
+
+    def _install_sighup(self) -> None:
+        # SIGHUP re-reads the certificates; new handshakes use them and
+        # established connections keep theirs.  Only the main thread may
+        # set signal handlers (an embedder may run the reactor elsewhere).
+        self._previous_sighup: Any = None
+        if self.components.tls is None or threading.current_thread() is not threading.main_thread():
+            return
+        from twisted.internet import reactor
+
+        def on_hup(signum: int, frame: Any) -> None:
+            reactor.callFromThread(self.reload_tls)  # type: ignore[attr-defined]
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, on_hup)
+
     def startService(self) -> None:
         self.bind()
+        self._install_sighup()
         super().startService()
         config = self.components.config
         log.info("pymail started: hostname {hostname}, data in {data_dir}, configuration "
@@ -162,6 +196,9 @@ class PymailService(MultiService):
 
     def stopService(self) -> Any:
         log.info("pymail stopping")
+        if getattr(self, "_previous_sighup", None) is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         return super().stopService()
 
 
@@ -187,9 +224,12 @@ def make_service(config: Config, reactor: Any) -> PymailService:
     except Exception as e:  # a bad name in `domains`
         raise ConfigError(f"{config.source}: domains: {e}") from None
     stores = backends[config.storage.backend](reactor)
-    checker = AccountsChecker(directory, reactor)
-    portal = Portal(MailRealm(directory, stores, config.data_dir), [checker])
-    components = Components(config, directory, stores, portal)
+    checkers = make_checkers(config, directory, reactor)
+    portal = Portal(MailRealm(directory, stores, config.data_dir), checkers)
+    tls = ServerTLS.from_config(config)
+    throttle = LoginThrottle.from_config(config.security, reactor)
+    limits = ConnectionLimits.from_config(config.security, reactor)
+    components = Components(config, directory, stores, portal, tls, throttle, limits)
 
     from pymail.imap.server import IMAPFactory
     from pymail.pop3.server import POP3Factory
@@ -198,37 +238,95 @@ def make_service(config: Config, reactor: Any) -> PymailService:
 
     delivery = LocalDelivery(directory, stores, config.data_dir)
     factories: dict[str, Factory] = {}
+    security: dict[str, Any] = {
+        "tls": tls, "throttle": throttle, "cleartext_auth": config.security.cleartext_auth
+    }
     if config.smtp.listen:
         factories["[smtp]"] = SMTPFactory(
             config.hostname, delivery, reactor,
             max_message_size=config.smtp.max_message_size,
             max_recipients=config.smtp.max_recipients,
             timeout=float(config.smtp.timeout), mode="mx",
+            **_security_kwargs(SMTPFactory, tls=tls),
         )
-    if config.submission.listen:
+    if config.submission.listen or config.submission.listen_tls:
         factories["[submission]"] = SMTPFactory(
             config.hostname, delivery, reactor,
             max_message_size=config.smtp.max_message_size,
             max_recipients=config.smtp.max_recipients,
             timeout=float(config.smtp.timeout), mode="submission", portal=portal,
+            **_security_kwargs(SMTPFactory, **security),
         )
-    if config.imap.listen:
+    if config.imap.listen or config.imap.listen_tls:
         factories["[imap]"] = IMAPFactory(
             portal, reactor, config.hostname,
             max_literal_size=config.imap.max_literal_size,
             idle_timeout=float(config.imap.idle_timeout),
+            **_security_kwargs(IMAPFactory, **security),
         )
-    if config.pop3.listen:
+    if config.pop3.listen or config.pop3.listen_tls:
         factories["[pop3]"] = POP3Factory(
-            portal, reactor, config.hostname, timeout=float(config.pop3.timeout)
+            portal, reactor, config.hostname, timeout=float(config.pop3.timeout),
+            tls=tls, throttle=throttle, cleartext_auth=config.security.cleartext_auth,
+            locks=FileMaildropLocks(directory=os.path.join(config.data_dir, "pop3-locks")),
         )
 
     root = PymailService(components)
     for section in ("smtp", "submission", "imap", "pop3"):
         label = f"[{section}]"
-        for description in getattr(config, section).listen:
+        refusal, refusal_timeout = REFUSALS[section]
+        implicit = getattr(getattr(config, section), "listen_tls", ())
+        for description, secure in [(d, False) for d in getattr(config, section).listen] + [
+            (d, True) for d in implicit
+        ]:
             endpoint = serverFromString(reactor, description)
-            EndpointListener(label, description, endpoint, factories[label]).setServiceParent(
+            factory: Factory = factories[label]
+            if secure:
+                assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
+                factory = tls.wrap(factory)
+            factory = LimitedFactory(
+                limits, factory, label=label + (" tls" if secure else ""),
+                refusal=b"" if secure else refusal, refusal_timeout=refusal_timeout,
+                preauth=section != "smtp",
+            )
+            EndpointListener(label, description, endpoint, factory).setServiceParent(
                 IServiceCollection(root)
             )
     return root
+
+
+def make_checkers(config: Config, directory: FileDirectory, reactor: Any) -> list[Any]:
+    """
+    The credential checkers of ``auth`` (strcred strings), or pymail's own
+    accounts file when the list is empty.
+
+    :raises ConfigError: a string names no installed checker plugin, or the
+        plugin refuses its argument.
+    """
+    if not config.auth:
+        return [AccountsChecker(directory, reactor)]
+    from twisted.cred import strcred
+
+    checkers = []
+    for description in config.auth:
+        try:
+            checkers.append(strcred.makeChecker(description))
+        except strcred.InvalidAuthType:
+            known = sorted(f.authType for f in strcred.findCheckerFactories())
+            raise ConfigError(
+                f"{config.source}: auth: {description!r} names no installed checker; "
+                f"installed: {', '.join(known)}"
+            ) from None
+        except Exception as e:
+            raise ConfigError(f"{config.source}: auth: {description!r}: {e}") from None
+    return checkers
+
+
+def _security_kwargs(factory_class: type, **offered: Any) -> dict[str, Any]:
+    """
+    The keywords among ``tls``, ``throttle``, ``cleartext_auth`` that
+    ``factory_class`` accepts: each protocol takes them once it does
+    STARTTLS and SASL, and nothing breaks before.
+    """
+    params = inspect.signature(factory_class.__init__).parameters
+    return {name: value for name, value in offered.items() if name in params}

@@ -96,26 +96,79 @@ class _ReloadableCreator:
         self._owner = owner
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._owner.options.getContext(), None)
+        return SSL.Connection(self._owner.context(), None)
 
 
 class ServerTLS:
-    """The server's certificate and key, reloadable."""
+    """
+    The server's certificate and key, and per-host-name pairs chosen by SNI;
+    reloadable.
 
-    def __init__(self, certificate: str, key: str, source: str = "<tls>") -> None:
+    :param sni: (host name, certificate, key) triples; a client that sends
+        one of these names in its TLS hello gets that pair, any other client
+        the default pair.
+    """
+
+    def __init__(
+        self,
+        certificate: str,
+        key: str,
+        source: str = "<tls>",
+        sni: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
         self.certificate = certificate
         self.key = key
         self.source = source
-        self.options = load_options(certificate, key, source)
+        self.sni = sni
+        self.options, self._by_name = self._load()
         self.creator: IOpenSSLServerConnectionCreator = _ReloadableCreator(self)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ServerTLS | None:
+        """
+        The TLS of a :class:`pymail.config.Config`, or ``None`` when its
+        ``[tls]`` has no certificate.
+
+        :raises ConfigError: a file is missing, unreadable or not a matching
+            PEM certificate and key.
+        """
+        tls = config.tls
+        if not tls.enabled:
+            return None
+        return cls(tls.certificate, tls.key, config.source, tls.sni)
+
+    def _load(self) -> tuple[ssl.CertificateOptions, dict[str, ssl.CertificateOptions]]:
+        default = load_options(self.certificate, self.key, self.source)
+        by_name = {
+            host: load_options(cert, key, f"{self.source}: [tls.sni.{host!r}]")
+            for host, cert, key in self.sni
+        }
+        if by_name:
+            default.getContext().set_tlsext_servername_callback(self._choose)
+        return default, by_name
+
+    def _choose(self, connection: SSL.Connection) -> None:
+        # RFC 6066 section 3: the client's server_name picks the certificate;
+        # an unknown name gets the default one (no alert).
+        name = connection.get_servername()
+        if name is None:
+            return
+        options = self._by_name.get(name.decode("ascii", "replace").lower().rstrip("."))
+        if options is not None:
+            connection.set_context(options.getContext())
+
+    def context(self) -> SSL.Context:
+        """The OpenSSL context new connections start with."""
+        return self.options.getContext()
 
     def reload(self) -> bool:
         """
-        Re-read the files.  On an error the old certificate stays in use and
+        Re-read the files.  On an error the old certificates stay in use and
         the error is logged; returns whether the new files were taken.
+        Established connections keep the certificate they started with.
         """
         try:
-            self.options = load_options(self.certificate, self.key, self.source)
+            self.options, self._by_name = self._load()
         except ConfigError as e:
             log.error("TLS reload failed, keeping the current certificate: {error}", error=str(e))
             return False

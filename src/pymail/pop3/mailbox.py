@@ -8,12 +8,15 @@ adapted to what RFC 1939 needs.
 - :func:`uidl_for_key`: the unique-id listing of a message, derived from its
   permanent storage key.
 - :class:`MaildropLocks`: the exclusive-access lock RFC 1939 section 4 asks
-  for, within one process.
+  for, within one process; :class:`FileMaildropLocks` also across processes
+  (an ``flock`` on a lock file per account).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import re
 
 import attrs
@@ -160,11 +163,16 @@ class MaildropLock:
     _locks: MaildropLocks
     address: str
     _held: bool = True
+    _fd: int | None = None
 
     def release(self) -> None:
         """Let another session open the maildrop."""
         if self._held:
             self._held = False
+            if self._fd is not None:
+                # Closing the file drops the flock (and so does process death).
+                os.close(self._fd)
+                self._fd = None
             self._locks._release(self.address)
 
 
@@ -193,6 +201,40 @@ class MaildropLocks:
 
     def _release(self, key: str) -> None:
         self._held.discard(key)
+
+
+@attrs.define
+class FileMaildropLocks(MaildropLocks):
+    """
+    :class:`MaildropLocks` that also hold an exclusive ``flock`` on
+    ``<directory>/<sha256 of the address>.lock``, so POP3 sessions in other
+    pymail processes sharing the data directory (several servers on one
+    host, or on a file system with working ``flock``) see the maildrop as
+    in use.  The kernel drops the lock when the holder dies, so a crashed
+    session never leaves a maildrop locked.
+    """
+
+    directory: str = ""
+
+    def acquire(self, address: str) -> MaildropLock | None:
+        lock = super().acquire(address)
+        if lock is None:
+            return None
+        name = hashlib.sha256(lock.address.encode("utf-8")).hexdigest() + ".lock"
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.directory, name), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            lock.release()
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            lock.release()
+            return None
+        lock._fd = fd
+        return lock
 
 
 #: The locks every :class:`~pymail.pop3.server.POP3Factory` of this process

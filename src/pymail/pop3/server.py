@@ -18,10 +18,12 @@ reachable through a prefix-string dispatch.  So: an explicit command table,
 a line reader that keeps pipelined commands in order, one write per batch of
 responses, and a push producer for flow control.
 
-Extending (STLS, SASL): add entries to :attr:`POP3Server.commands` and to
-:meth:`POP3Server.capabilities` in a subclass; the reader's buffer is the
-one place to clear after a TLS upgrade (RFC 2595 section 4, no plaintext
-command injection).
+STLS (RFC 2595) and AUTH (RFC 5034, PLAIN and LOGIN with an initial
+response) are in the command table when the factory has TLS and whenever
+clear-text passwords are allowed on the connection (``[security]
+cleartext_auth``: over TLS always; without TLS from loopback by default).
+Logins go through :class:`pymail.auth.throttle.LoginThrottle` when the
+factory has one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, ClassVar
 import attrs
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed, UnhandledCredentials
+from twisted.internet.interfaces import ISSLTransport
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -48,6 +51,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pymail.auth import sasl
+from pymail.auth.throttle import LoginThrottle
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
@@ -160,6 +165,10 @@ class POP3Server(Protocol):
         hostname: str,
         timeout: float,
         locks: MaildropLocks,
+        *,
+        tls: Any = None,
+        throttle: LoginThrottle | None = None,
+        cleartext_auth: str = "loopback",
     ) -> None:
         self._portal = portal
         self._reactor = reactor
@@ -185,6 +194,11 @@ class POP3Server(Protocol):
         self._maildrop: Maildrop | None = None
         self._lock: MaildropLock | None = None
         self._logout: Callable[[], object] | None = None
+        self._tls = tls
+        self._tls_active = False
+        self._throttle = throttle
+        self._cleartext_auth = cleartext_auth
+        self._sasl: sasl.Exchange | None = None
 
     @property
     def _channel(self) -> Any:
@@ -199,9 +213,31 @@ class POP3Server(Protocol):
         """The RFC 1939 state the session is in."""
         return self._state
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether the client has logged in (for the pre-login timeout)."""
+        return self._state is not State.AUTHORIZATION
+
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session runs over TLS (implicit, or after STLS)."""
+        return self._tls_active
+
+    def _peer_host(self) -> str | None:
+        peer = self.transport.getPeer() if self.transport else None
+        host = getattr(peer, "host", None)
+        return str(host) if host is not None else None
+
+    def _cleartext_ok(self) -> bool:
+        return sasl.cleartext_allowed(
+            self._cleartext_auth, self._tls_active, sasl.is_loopback(self._peer_host())
+        )
+
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Implicit TLS (port 995): the transport is the TLS layer.
+        self._tls_active = ISSLTransport.providedBy(self.transport)
         if ITCPTransport.providedBy(self.transport):
             # Responses are written whole, so small segments are replies
             # the client waits for: never hold them back (Nagle).
@@ -297,7 +333,8 @@ class POP3Server(Protocol):
         compacted once per batch, so a burst of pipelined commands costs
         linear, not quadratic, copying.
         """
-        limit = self.MAX_LINE_LENGTH
+        # RFC 5034 section 4: AUTH responses are not held to 255 octets.
+        limit = self.MAX_LINE_LENGTH if self._sasl is None else sasl.MAX_RESPONSE_OCTETS * 2
         while True:
             start = self._pos
             end = self._buffer.find(b"\n", start)
@@ -313,10 +350,12 @@ class POP3Server(Protocol):
                 if len(self._buffer) - start >= limit:
                     self._buffer, self._pos = b"", 0
                     self._discarding = True
+                    self._sasl = None
                     self._fail(replies.LINE_TOO_LONG, limit=limit)
                 return None
             self._pos = end + 1
             if end - start + 1 > limit:
+                self._sasl = None
                 self._fail(replies.LINE_TOO_LONG, limit=limit)
                 if not self._can_process():
                     return None
@@ -415,6 +454,8 @@ class POP3Server(Protocol):
     # -- dispatch -----------------------------------------------------------
 
     def _dispatch(self, line: bytes) -> Deferred[None] | None:
+        if self._sasl is not None:
+            return self._sasl_response(line)
         keyword, _, args = line.partition(b" ")
         if not line.strip():
             self._fail(replies.EMPTY_COMMAND)
@@ -446,8 +487,18 @@ class POP3Server(Protocol):
         The CAPA list (RFC 2449 section 5), the same in every state.
         AUTH-RESP-CODE (RFC 3206): failed logins answer ``-ERR [AUTH]``.
         """
-        return [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING",
-                b"IMPLEMENTATION pymail"]
+        caps = [b"TOP", b"UIDL"]
+        if self._state is State.AUTHORIZATION:
+            if self._tls is not None and not self._tls_active:
+                caps.append(b"STLS")
+            mechanisms = sasl.mechanisms(
+                self._cleartext_auth, self._tls_active, sasl.is_loopback(self._peer_host())
+            )
+            if mechanisms:
+                caps.append(b"USER")
+                caps.append(b"SASL " + b" ".join(mechanisms))
+        caps += [b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"IMPLEMENTATION pymail"]
+        return caps
 
     @property
     def _drop(self) -> Maildrop:
@@ -460,10 +511,36 @@ class POP3Server(Protocol):
         _no_args(args)
         self._ok_pieces(multiline_lines(replies.line(replies.CAPA_FOLLOWS), self.capabilities()))
 
+    def do_stls(self, args: bytes) -> None:
+        _no_args(args)
+        if self._tls is None:
+            self._fail(replies.STLS_UNAVAILABLE)
+            return
+        if self._tls_active:
+            self._fail(replies.STLS_ALREADY)
+            return
+        if self._user is not None:
+            self._fail(replies.STLS_AFTER_USER)
+            return
+        self._ok(replies.STLS_BEGIN)
+        self._flush()
+        # RFC 2595 section 4: anything the client sent after STLS, before
+        # the handshake, is discarded (no plaintext command injection).
+        self._buffer, self._pos, self._discarding = b"", 0, False
+        self._channel.startTLS(self._tls.creator)
+        self._tls_active = True
+        log.info("POP3 STLS from {peer}", peer=self._peer())
+
     def do_user(self, args: bytes) -> None:
         name = args.strip()
         if not name:
             raise _SyntaxError()
+        if not self._cleartext_ok():
+            self._fail(replies.CLEARTEXT_REFUSED)
+            return
+        if b"\x00" in name:
+            self._fail(replies.BAD_USER_NAME)
+            return
         self._user = name
         self._ok(replies.USER_ACCEPTED)
 
@@ -475,14 +552,71 @@ class POP3Server(Protocol):
         if not args:
             raise _SyntaxError()
         user, self._user = self._user, None
-        return Deferred.fromCoroutine(self._login(user, args))
+        if not self._cleartext_ok():
+            self._fail(replies.CLEARTEXT_REFUSED)
+            return None
+        return Deferred.fromCoroutine(self._login(UsernamePassword(user, args)))
 
-    async def _login(self, user: bytes, password: bytes) -> None:
+    def do_auth(self, args: bytes) -> Deferred[None] | None:
+        parts = args.split()
+        allowed = self._cleartext_ok()
+        if not parts:
+            # RFC 1734 habit kept by many servers: bare AUTH lists mechanisms.
+            names = list(sasl.CLEARTEXT_MECHANISMS) if allowed else []
+            self._ok_pieces(multiline_lines(replies.line(replies.AUTH_LIST), names))
+            return None
+        if len(parts) > 2:
+            raise _SyntaxError()
+        if not allowed:
+            self._fail(replies.CLEARTEXT_REFUSED)
+            return None
+        initial = parts[1] if len(parts) == 2 else None
+        try:
+            exchange = sasl.start(parts[0], initial)
+        except sasl.UnknownMechanism:
+            self._fail(replies.AUTH_UNKNOWN_MECHANISM)
+            return None
+        except sasl.SASLError as e:
+            self._fail(replies.AUTH_MALFORMED, reason=str(e))
+            return None
+        return self._sasl_step(exchange)
+
+    def _sasl_step(self, exchange: sasl.Exchange) -> Deferred[None] | None:
+        step = exchange.step
+        if isinstance(step, sasl.Challenge):
+            self._sasl = exchange
+            self._send(b"+ " + step.encoded + b"\r\n")
+            return None
+        self._sasl = None
+        return Deferred.fromCoroutine(self._login(step.credentials))
+
+    def _sasl_response(self, line: bytes) -> Deferred[None] | None:
+        exchange = self._sasl
+        assert exchange is not None
+        try:
+            exchange.respond(line)
+        except sasl.Cancelled:
+            self._sasl = None
+            self._fail(replies.AUTH_CANCELLED)
+            return None
+        except sasl.SASLError as e:
+            self._sasl = None
+            self._fail(replies.AUTH_MALFORMED, reason=str(e))
+            return None
+        return self._sasl_step(exchange)
+
+    async def _login(self, credentials: Any) -> None:
+        user = credentials.username
         shown = _printable(user)
         try:
-            _interface, avatar, logout = await self._portal.login(
-                UsernamePassword(user, password), None, IAccount
-            )
+            if self._throttle is not None:
+                _interface, avatar, logout = await self._throttle.login(
+                    self._portal, credentials, IAccount, peer=self._peer_host(), service="pop3"
+                )
+            else:
+                _interface, avatar, logout = await self._portal.login(
+                    credentials, None, IAccount
+                )
         except UnhandledCredentials:
             log.failure("POP3 login impossible: no checker takes username/password")
             self._server_error(replies.LOGIN_UNAVAILABLE)
@@ -638,6 +772,8 @@ class POP3Server(Protocol):
         c.name: c
         for c in [
             Command(b"CAPA", do_capa, _ANY, "CAPA"),
+            Command(b"STLS", do_stls, _AUTHORIZATION, "STLS"),
+            Command(b"AUTH", do_auth, _AUTHORIZATION, "AUTH mechanism [initial-response]"),
             Command(b"USER", do_user, _AUTHORIZATION, "USER name"),
             Command(b"PASS", do_pass, _AUTHORIZATION, "PASS password"),
             Command(b"QUIT", do_quit, _ANY, "QUIT"),
@@ -665,6 +801,12 @@ class POP3Factory(ServerFactory):
     :param locks: the maildrop locks; every listener of one process must
         share them, so the default is the process-wide
         :data:`~pymail.pop3.mailbox.PROCESS_LOCKS`.
+    :param tls: a :class:`pymail.tls.ServerTLS` to offer STLS with, or
+        ``None``.
+    :param throttle: failed-login throttling, or ``None`` for none.
+    :param cleartext_auth: ``[security] cleartext_auth``: where USER/PASS
+        and AUTH are allowed without TLS (``"tls"``, ``"loopback"``,
+        ``"always"``).
     """
 
     # The listener logs its own start ("[smtp] listening on ..."); the
@@ -681,14 +823,22 @@ class POP3Factory(ServerFactory):
         *,
         timeout: float = 600.0,
         locks: MaildropLocks | None = None,
+        tls: Any = None,
+        throttle: LoginThrottle | None = None,
+        cleartext_auth: str = "loopback",
     ) -> None:
         self.portal = portal
         self.reactor = reactor
         self.hostname = hostname
         self.timeout = timeout
         self.locks = locks if locks is not None else PROCESS_LOCKS
+        self.tls = tls
+        self.throttle = throttle
+        self.cleartext_auth = cleartext_auth
 
     def buildProtocol(self, addr: Any) -> POP3Server:
-        server = POP3Server(self.portal, self.reactor, self.hostname, self.timeout, self.locks)
+        server = POP3Server(self.portal, self.reactor, self.hostname, self.timeout, self.locks,
+                            tls=self.tls, throttle=self.throttle,
+                            cleartext_auth=self.cleartext_auth)
         server.factory = self
         return server
