@@ -7,6 +7,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.storage.maildir import MaildirStoreFactory
+from pymail.storage.mbox import MboxStoreFactory
 from pymail.storage.memory import MemoryStoreFactory
 from pymail.testing import MailStoreContract
 
@@ -24,3 +25,12 @@ class MaildirContractTests(MailStoreContract, SynchronousTestCase):
 
     def reopen_store(self) -> Any:
         return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
+
+
+class MboxContractTests(MailStoreContract, SynchronousTestCase):
+    def make_store(self) -> Any:
+        self.data_dir = self.mktemp()
+        return MboxStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
+
+    def reopen_store(self) -> Any:
+        return MboxStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)

@@ -1,0 +1,164 @@
+"""mbox specifics: the file format, outside writers (Python's mailbox, mutt), locking, repair."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.errors import StorageError
+from pymail.storage.mbox import MboxStoreFactory, _Locked
+from pymail.testing import ThreadlessReactor
+
+MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\nFrom the start\r\n>From quoted\r\n"
+
+
+class MboxTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.data = self.mktemp()
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+
+    def factory(self) -> MboxStoreFactory:
+        return MboxStoreFactory(self.reactor, inbox_path=os.path.join(self.spool, "{local}"))
+
+    def open_inbox(self) -> Any:
+        store = self.factory().open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.spool, "alice")
+
+    def test_inbox_at_spool_path_in_mboxrd(self) -> None:
+        """INBOX is the spool file; "From " lines in bodies are mboxrd-quoted and read back exactly."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG, ["\\Seen", "\\Answered", "$Work"]))
+        data = Path(self.path).read_bytes()
+        assert data.startswith(b"From MAILER-DAEMON ")
+        assert b"\n>From the start\n>>From quoted\n" in data
+        assert b"\r" not in data
+        assert b"Status: RO\nX-Status: A\nX-Keywords: $Work\nX-UID: 1\n" in data
+        assert box.read(uid) == MSG
+
+    def test_python_mailbox_reads_what_pymail_writes(self) -> None:
+        """Python's mailbox.mbox sees the message, its flags and (after unquoting) its body."""
+        box = self.open_inbox()
+        self.successResultOf(box.append(MSG, ["\\Seen", "\\Flagged"]))
+        self.successResultOf(box.append(b"Subject: two\r\n\r\nsecond\r\n"))
+        md = mailbox.mbox(self.path, create=False)
+        msgs = list(md)
+        md.close()
+        assert len(msgs) == 2
+        assert msgs[0]["Subject"] == "s"
+        assert set(msgs[0].get_flags()) == {"R", "O", "F"}
+        assert msgs[1].get_payload() == "second\n"
+
+    def test_outside_delivery_and_removal_seen(self) -> None:
+        """Mail added by another program gets a UID (kept on reopen); a removal is an expunge."""
+        box = self.open_inbox()
+        first = self.successResultOf(box.append(MSG))
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        md.add(b"From procmail@localhost Sat Jan  1 00:00:00 2022\nSubject: outside\n\nhi\n")
+        md.flush()
+        md.unlock()
+        md.close()
+        self.successResultOf(box.refresh())
+        uids = [i.uid for i in box.messages()]
+        assert uids == [first, first + 1]
+        assert box.read(first + 1) == b"Subject: outside\r\n\r\nhi\r\n"
+        assert box.info(first + 1).internaldate.year == 2022
+        again = MboxStoreFactory(self.reactor, inbox_path=os.path.join(self.spool, "{local}"))
+        reopened = self.successResultOf(
+            again.open_store("alice@example.org", self.data).get_mailbox("INBOX"))
+        assert [i.uid for i in reopened.messages()] == uids
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        md.remove(md.keys()[0])
+        md.flush()
+        md.unlock()
+        md.close()
+        self.successResultOf(box.refresh())
+        assert [i.uid for i in box.messages()] == [first + 1]
+
+    def test_garbage_line_and_no_final_newline(self) -> None:
+        """Garbage before the first message and a missing final newline lose nothing."""
+        Path(self.path).write_bytes(
+            b"garbage line\nFrom x Mon Jan  3 00:00:00 2022\nSubject: a\n\nbody a\n\n"
+            b"From y Mon Jan  3 00:00:00 2022\nSubject: b\n\nno newline")
+        box = self.open_inbox()
+        bodies = [box.read(i.uid) for i in box.messages()]
+        assert bodies == [b"garbage line\r\n", b"Subject: a\r\n\r\nbody a\r\n",
+                          b"Subject: b\r\n\r\nno newline\r\n"]
+        repaired = mailbox.mbox(self.path, create=False)
+        assert len(list(repaired)) == 3
+        repaired.close()
+
+    def test_expunge_rewrite_is_atomic(self) -> None:
+        """Expunge writes a new file and renames it: a leftover temp file from a crash is harmless."""
+        box = self.open_inbox()
+        a = self.successResultOf(box.append(MSG))
+        b = self.successResultOf(box.append(b"Subject: keep\r\n\r\nk\r\n"))
+        Path(self.spool, ".alice.pymail-rewrite").write_bytes(b"half-written junk")
+        self.successResultOf(box.set_flags([a], ["\\Deleted"], "add"))
+        before = Path(self.path).read_bytes()
+        os.link(self.path, os.path.join(self.spool, "old-inode"))
+        assert self.successResultOf(box.expunge()) == [a]
+        # The old file was never written to: a crash at any point leaves it whole.
+        assert Path(self.spool, "old-inode").read_bytes() == before
+        assert not Path(self.spool, ".alice.pymail-rewrite").exists()
+        assert box.read(b) == b"Subject: keep\r\n\r\nk\r\n"
+        md = mailbox.mbox(self.path, create=False)
+        assert len(list(md)) == 1
+        md.close()
+
+    def test_dotlock_is_respected(self) -> None:
+        """A fresh dotlock held by another program makes pymail wait (here: give up with an error)."""
+        box = self.open_inbox()
+        Path(self.path + ".lock").write_bytes(b"12345")
+        import pymail.storage.mbox as mbox_module
+
+        locker = _Locked(self.path)
+        self.patch(mbox_module, "DOTLOCK_TIMEOUT_SECONDS", 0.2)
+        self.assertRaises(StorageError, locker.__enter__)
+        self.failureResultOf(box.append(MSG), StorageError)
+        old = os.path.getmtime(self.path + ".lock") - 600
+        os.utime(self.path + ".lock", (old, old))
+        self.successResultOf(box.append(MSG))
+        assert not os.path.exists(self.path + ".lock")
+
+
+class MuttInteropTests(SynchronousTestCase):
+    def test_mutt_written_mbox_is_read(self) -> None:
+        """A message mutt saves (batch mode, fcc with Content-Length and an unquoted From line) reads back exactly."""
+        mutt = shutil.which("mutt")
+        assert mutt, "mutt is not installed (apt-get install mutt)"
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        spool = os.path.join(work, "alice")
+        Path(work, "muttrc").write_text(
+            f"set sendmail=/bin/true\nset copy=yes\nset record={spool}\nset mbox_type=mbox\n"
+            "set from=bob@example.org\nset use_from=yes\n")
+        Path(work, "draft").write_text(
+            "From: bob@example.org\nTo: alice@example.org\nSubject: from mutt\n\n"
+            "From here on\nbody\n")
+        subprocess.run([mutt, "-n", "-F", os.path.join(work, "muttrc"), "-H",
+                        os.path.join(work, "draft")], stdin=subprocess.DEVNULL, check=True,
+                       timeout=30, env={**os.environ, "HOME": work})
+        reactor = ThreadlessReactor()
+        factory = MboxStoreFactory(reactor, inbox_path=os.path.join(work, "{local}"))
+        box = self.successResultOf(
+            factory.open_store("alice@example.org", work).get_mailbox("INBOX"))
+        [info] = box.messages()
+        body = box.read(info.uid)
+        assert body.endswith(b"\r\n\r\nFrom here on\r\nbody\r\n")
+        assert b"Subject: from mutt\r\n" in body
+        assert b"Status:" not in body and b"Content-Length" not in body
+        assert info.flags == {"\\Seen"}
