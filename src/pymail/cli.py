@@ -26,6 +26,7 @@ examples:
   pymail domain add example.org
   pymail alias add sales@example.org alice@example.org bob@example.org
   pymail check-config /etc/pymail/pymail.toml
+  pymail tls selfsigned mail.example.org           (a test certificate)
 """
 
 
@@ -131,6 +132,24 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"  data_dir {config.data_dir}; storage {config.storage.backend}")
 
 
+def cmd_tls(args: argparse.Namespace) -> None:
+    from pymail.tls import load_options, make_selfsigned
+
+    host = args.hostname
+    cert = args.cert or f"{host}.crt"
+    key = args.key or f"{host}.key"
+    for path in (cert, key):
+        if os.path.exists(path) and not args.force:
+            raise CommandError(f"{path} exists; use --force to replace it")
+    make_selfsigned(host, cert, key, days=args.days)
+    load_options(cert, key)  # proves the pair loads as pymail will load it
+    print(f"wrote a self-signed certificate for {host} (valid {args.days} days):")
+    print(f"  certificate {os.path.abspath(cert)}")
+    print(f"  key         {os.path.abspath(key)} (mode 0600)")
+    print("add to the configuration:")
+    print(f'  [tls]\n  certificate = "{os.path.abspath(cert)}"\n  key = "{os.path.abspath(key)}"')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pymail",
@@ -199,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
                 "pymail check-config /etc/pymail/pymail.toml")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
+
+    tls = add("tls", "TLS certificates", "pymail tls selfsigned mail.example.org")
+    tactions = tls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = tactions.add_parser(
+        "selfsigned",
+        help="write a self-signed certificate and key for testing",
+        description="Write a self-signed certificate (EC P-256, for HOSTNAME, 127.0.0.1 "
+                    "and ::1) and its key, for testing TLS; clients must be told to trust it.",
+        epilog="example:\n  pymail tls selfsigned mail.example.org --cert /etc/pymail/cert.pem "
+               "--key /etc/pymail/key.pem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("hostname", metavar="HOSTNAME")
+    p.add_argument("--cert", metavar="PATH", help="certificate file (default HOSTNAME.crt)")
+    p.add_argument("--key", metavar="PATH", help="key file (default HOSTNAME.key)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    tls.set_defaults(func=cmd_tls)
     return parser
 
 

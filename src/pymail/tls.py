@@ -20,7 +20,7 @@ import ipaddress
 import os
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -61,7 +61,7 @@ def load_options(certificate: str, key: str, source: str = "<tls>") -> ssl.Certi
         ) from None
     try:
         private = ssl.PrivateCertificate.fromCertificateAndKeyPair(
-            chain, ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+            chain, ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
         )
     except Exception as e:
         raise ConfigError(
