@@ -304,3 +304,81 @@ def _parse_address_literal(text: str) -> str:
         raise AddressError(
             f"Bad address literal {text!r}: use [192.0.2.1] or [IPv6:2001:db8::1]"
         ) from None
+
+
+@attrs.frozen
+class EnvelopeRecipient:
+    """
+    One accepted ``RCPT TO``: the address as given, where it goes, and its
+    RFC 3461 DSN parameters.
+
+    :ivar address: the recipient as the client gave it.
+    :ivar targets: canonical local accounts and remote addresses the
+        routing found for it (an alias may give several).
+    :ivar notify: the NOTIFY keywords (``SUCCESS``, ``FAILURE``,
+        ``DELAY``, or ``NEVER`` alone), or ``None`` when not given.
+    :ivar orcpt: the ORCPT value (``rfc822;addr``, xtext decoded), or ``None``.
+    """
+
+    address: Address
+    targets: tuple[str, ...]
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+
+
+@attrs.frozen
+class Envelope:
+    """
+    The envelope of one accepted message, as the SMTP server hands it to
+    the delivery policy.
+
+    :ivar queue_id: the id in the logs, the Received header and the queue.
+    :ivar sender: the reverse-path (possibly null).
+    :ivar recipients: the accepted recipients, in RCPT order.
+    :ivar client: the client's IP address, or ``"local"``.
+    :ivar ret: RFC 3461 RET (``FULL`` or ``HDRS``) or ``None``.
+    :ivar envid: RFC 3461 ENVID (xtext decoded) or ``None``.
+    :ivar smtputf8: the client used the SMTPUTF8 parameter (RFC 6531).
+    :ivar body: the BODY parameter (``7BIT``, ``8BITMIME``) or ``None``.
+    """
+
+    queue_id: str
+    sender: Address
+    recipients: tuple[EnvelopeRecipient, ...]
+    client: str = "local"
+    ret: str | None = None
+    envid: str | None = None
+    smtputf8: bool = False
+    body: str | None = None
+
+
+def xtext_decode(text: str) -> str:
+    """
+    Decode RFC 3461 section 4 xtext (``+XX`` hex escapes).
+
+    :raises AddressError: a malformed escape or a character xtext forbids.
+    """
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "+":
+            pair = text[i + 1 : i + 3]
+            if len(pair) != 2 or not all(h in "0123456789ABCDEF" for h in pair):
+                raise AddressError(f"Bad xtext escape in {text!r}: use +XX, upper-case hex")
+            out.append(chr(int(pair, 16)))
+            i += 3
+            continue
+        if not ("!" <= c <= "~") or c == "=":
+            raise AddressError(f"Bad character {c!r} in xtext {text!r}")
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def xtext_encode(text: str) -> str:
+    """Encode ``text`` as RFC 3461 xtext (the inverse of :func:`xtext_decode`)."""
+    return "".join(
+        c if ("!" <= c <= "~" and c not in "+=") else "".join(f"+{b:02X}" for b in c.encode())
+        for c in text
+    )

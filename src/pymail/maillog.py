@@ -165,3 +165,55 @@ def auth_failed(client: str, mechanism: str, *, log: Logger = _log) -> None:
         mechanism=mechanism,
         result="failed",
     )
+
+
+def queued(
+    queue_id: str, sender: Address | str, recipients: Iterable[Address | str], size: int,
+    *, log: Logger = _log,
+) -> None:
+    """A message was written to the outbound queue for ``recipients``."""
+    log.info(
+        "mail.queued id={queue_id} from={sender} to={recipients} size={size}",
+        mail_event="queued", queue_id=queue_id, sender=_path(sender),
+        recipients=_paths(recipients), size=size,
+    )
+
+
+def sent(
+    queue_id: str, recipient: str, remote: str, reply: str, *, log: Logger = _log
+) -> None:
+    """A remote server accepted the message for ``recipient``."""
+    log.info(
+        "mail.sent id={queue_id} to={recipient} remote={remote} reply={reply}",
+        mail_event="sent", queue_id=queue_id, recipient=_path(recipient),
+        remote=_quote(remote), reply=_quote(reply),
+    )
+
+
+def retry(
+    queue_id: str, recipient: str, remote: str, reply: str, delay: float,
+    *, log: Logger = _log,
+) -> None:
+    """Delivery to ``recipient`` failed for now; it is tried again after ``delay`` seconds."""
+    log.info(
+        "mail.retry id={queue_id} to={recipient} remote={remote} reply={reply} delay={delay}",
+        mail_event="retry", queue_id=queue_id, recipient=_path(recipient),
+        remote=_quote(remote or "-"), reply=_quote(reply), delay=int(delay),
+    )
+
+
+def bounced(
+    queue_id: str, recipient: str, remote: str, reply: str, notice: str,
+    *, log: Logger = _log,
+) -> None:
+    """
+    Delivery to ``recipient`` failed for good; ``notice`` is the queue id of
+    the bounce sent to the sender, or ``-`` when none was sent (null sender,
+    NOTIFY=NEVER).
+    """
+    log.info(
+        "mail.bounced id={queue_id} to={recipient} remote={remote} reply={reply} "
+        "notice={notice}",
+        mail_event="bounced", queue_id=queue_id, recipient=_path(recipient),
+        remote=_quote(remote or "-"), reply=_quote(reply), notice=notice,
+    )

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from pymail.address import Address
-from pymail.smtp.delivery import LocalDelivery, StoredCopy
+from pymail.smtp.delivery import LocalDelivery, QueuedCopy, StoredCopy
 from pymail.smtp.server import SMTPFactory, SMTPServer
 from pymail.testing import memory_portal
 
@@ -162,9 +162,10 @@ class AsyncDelivery:
             d.errback(e)
 
     def deliver(
-        self, accounts: Iterable[str], message: bytes, *, internaldate: datetime | None = None
-    ) -> Deferred[list[StoredCopy]]:
-        return self.inner.deliver(accounts, message, internaldate=internaldate)
+        self, accounts: Iterable[str], message: bytes, *, internaldate: datetime | None = None,
+        envelope: Any = None,
+    ) -> Deferred[list[StoredCopy | QueuedCopy]]:
+        return self.inner.deliver(accounts, message, internaldate=internaldate, envelope=envelope)
 
 
 class SlowMailbox:

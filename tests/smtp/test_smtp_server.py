@@ -43,7 +43,7 @@ class GreetingTests(SynchronousTestCase):
         self.assertEqual(h.replies(), ["220 mx.example.com ESMTP pymail"])
 
     def test_ehlo_lists_extensions(self) -> None:
-        """EHLO lists PIPELINING, SIZE, 8BITMIME and ENHANCEDSTATUSCODES, no AUTH on MX."""
+        """EHLO lists PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, DSN; no AUTH on MX."""
         h = make_server(max_message_size=1000)
         h.replies()
         h.send(b"EHLO client.example.org\r\n")
@@ -54,7 +54,9 @@ class GreetingTests(SynchronousTestCase):
                 "250-PIPELINING",
                 "250-SIZE 1000",
                 "250-8BITMIME",
-                "250 ENHANCEDSTATUSCODES",
+                "250-ENHANCEDSTATUSCODES",
+                "250-SMTPUTF8",
+                "250 DSN",
             ],
         )
 
@@ -241,11 +243,33 @@ class RecipientTests(SynchronousTestCase):
         self.assertEqual(replies[-1], "501 5.1.3 Local part too long (65 octets, max 64)")
 
     def test_rcpt_parameters_refused(self) -> None:
-        """RCPT parameters we do not offer (DSN) get 555 5.5.4."""
+        """RCPT parameters we do not offer get 555 5.5.4; malformed DSN ones 501 5.5.4."""
         h = make_server()
         h.replies()
-        h.send(ENVELOPE + b"RCPT TO:<alice@example.com> NOTIFY=NEVER\r\n")
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com> XFOO=1\r\n")
         self.assertEqual(h.codes()[-1], "555 5.5.4")
+        for params in (b"NOTIFY=NEVER,SUCCESS", b"NOTIFY=SOMETIMES", b"ORCPT=rfc822",
+                       b"ORCPT=rfc822;a+zzb"):
+            h.send(b"RCPT TO:<alice@example.com> " + params + b"\r\n")
+        self.assertEqual(h.codes(), ["501 5.5.4"] * 4)
+
+    def test_rcpt_dsn_parameters_accepted(self) -> None:
+        """NOTIFY and ORCPT (RFC 3461) are accepted and kept with the recipient."""
+        h = make_server()
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com> NOTIFY=SUCCESS,FAILURE "
+               b"ORCPT=rfc822;Alice+2B1@example.com\r\n")
+        self.assertEqual(h.codes()[-1], "250 2.1.5")
+        [recipient] = h.protocol._transaction.recipients  # type: ignore[union-attr]
+        self.assertEqual(recipient.notify, ("SUCCESS", "FAILURE"))
+        self.assertEqual(recipient.orcpt, "rfc822;Alice+1@example.com")
+
+    def test_postmaster_without_domain(self) -> None:
+        """RCPT TO:<Postmaster> with no domain is accepted (RFC 5321 section 4.1.1.3)."""
+        h = make_server(postmaster="alice@example.com")
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<Postmaster>\r\n")
+        self.assertEqual(h.codes()[-1], "250 2.1.5")
 
     def test_too_many_recipients(self) -> None:
         """Past max_recipients accepted recipients, RCPT gets 452 4.5.3."""
@@ -294,11 +318,24 @@ class MailTests(SynchronousTestCase):
         h.replies()
         h.send(b"EHLO c.example.org\r\n")
         h.replies()
-        for params in (b"SMTPUTF8", b"BODY=BINARYMIME", b"SIZE=big", b"SIZE=1 SIZE=2", b"=x"):
+        for params in (b"XFOO", b"BODY=BINARYMIME", b"SIZE=big", b"SIZE=1 SIZE=2", b"=x"):
             h.send(b"MAIL FROM:<a@b.example> " + params + b"\r\n")
-        for params in (b"SIZE", b"BODY"):
+        for params in (b"SIZE", b"BODY", b"SMTPUTF8=yes", b"RET=ALL", b"ENVID=a+zz"):
             h.send(b"MAIL FROM:<a@b.example> " + params + b"\r\n")
-        self.assertEqual(h.codes(), ["555 5.5.4"] + ["501 5.5.4"] * 6)
+        self.assertEqual(h.codes(), ["555 5.5.4"] + ["501 5.5.4"] * 9)
+
+    def test_mail_smtputf8_and_dsn_parameters(self) -> None:
+        """SMTPUTF8 allows a UTF-8 sender; RET and ENVID are kept for the DSNs."""
+        h = make_server()
+        h.replies()
+        h.send("EHLO c.example.org\r\nMAIL FROM:<jöran@bücher.example> SMTPUTF8 RET=HDRS "
+               "ENVID=QQ+2B1\r\n".encode())
+        self.assertEqual(h.codes()[-1], "250 2.1.0")
+        transaction = h.protocol._transaction
+        assert transaction is not None
+        self.assertEqual((transaction.smtputf8, transaction.ret, transaction.envid),
+                         (True, "HDRS", "QQ+1"))
+        self.assertEqual(transaction.sender.domain, "xn--bcher-kva.example")
 
     def test_bad_sender_syntax(self) -> None:
         """A malformed reverse-path gets 501 5.1.7."""
@@ -498,7 +535,7 @@ class DurabilityTests(SynchronousTestCase):
         """A policy that raises at deliver gives 451 4.3.0 and no traceback on the wire."""
 
         class Exploding(LocalDelivery):
-            def deliver(self, accounts, message, *, internaldate=None):  # type: ignore[no-untyped-def]
+            def deliver(self, accounts, message, *, internaldate=None, envelope=None):  # type: ignore[no-untyped-def]
                 raise ZeroDivisionError("bug")
 
         h = make_server()

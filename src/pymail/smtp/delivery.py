@@ -1,6 +1,6 @@
 """
 The delivery policy behind the SMTP server: who may send as whom, which
-recipients are accepted, and where accepted mail goes.
+recipients are accepted, where accepted mail goes.
 
 The server asks three questions, in protocol order, and maps the
 :class:`~pymail.smtp.replies.ReplyError` it gets to the wire:
@@ -9,31 +9,52 @@ The server asks three questions, in protocol order, and maps the
 2. :meth:`LocalDelivery.check_recipient` at each ``RCPT TO`` (its answer,
    the *targets*, is kept with the recipient);
 3. :meth:`LocalDelivery.deliver` after ``DATA``, with the union of the
-   targets, and acknowledges only when its Deferred fires.
+   targets and the :class:`~pymail.address.Envelope`, and acknowledges only
+   when its Deferred fires.
 
-Room to grow: a target is a canonical address.  Today every target is a
-local account (a local domain).  The relay issue makes
-:meth:`LocalDelivery._check_remote` return ``[str(address)]`` for an
-authenticated sender and :meth:`LocalDelivery.deliver` hand targets in
-non-local domains to the durable queue; folder delivery (``user+folder``,
-sieve) changes only :meth:`LocalDelivery._folder_for`.  The server needs
-no change for either.
+Routing rules (docs/smtp.md says the same for operators):
+
+- a target in a local domain is a local account; any other target is a
+  remote address and goes to the outbound queue (:mod:`pymail.relay`);
+- ``user+tag@domain`` goes to ``user@domain``; the local copy gets a
+  ``Delivered-To: user+tag@domain`` header so the tag can be used later;
+- an alias expands to its targets, recursively, local or remote;
+- ``postmaster@`` and ``abuse@`` exist in every local domain (the
+  directory's role addresses, RFC 5321 section 4.5.1);
+- a catch-all alias ``@domain`` takes every otherwise unknown local part
+  of that domain;
+- a remote recipient is accepted only from an authenticated client (no
+  open relay) and only without routing syntax (``%``, ``!``, source routes);
+- a message with more than ``max_received`` Received headers is looping
+  and refused with ``554 5.4.6``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, cast
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from pymail.address import Address, AddressError
-from pymail.interfaces import IDirectory, IMailStoreFactory
+from pymail.address import Address, AddressError, Envelope
+from pymail.interfaces import IDirectory, IMailStoreFactory, IMessageDelivery
 from pymail.smtp import replies
 from pymail.smtp.replies import ReplyError
+
+#: Received headers beyond which a message is taken to be looping (Postfix's
+#: hopcount_limit is 50; RFC 5321 section 6.3 asks for at least 100 "hops"
+#: to be tolerated only as an upper bound).
+MAX_RECEIVED = 50
+
+#: How deep alias expansion goes before giving up on a cycle-free chain.
+MAX_ALIAS_DEPTH = 20
+
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 
 
 @attrs.frozen
@@ -45,41 +66,54 @@ class StoredCopy:
     uid: int
 
 
-class IDeliveryPolicy(Protocol):
-    """
-    What the SMTP server needs from its policy (a structural type, so a
-    test can hand the server a fake with asynchronous answers).
-    """
+@attrs.frozen
+class QueuedCopy:
+    """The remote recipients of a message, durably in the outbound queue."""
 
-    def check_sender(self, sender: Address, *, authenticated_as: str | None = None) -> None: ...
-
-    def check_recipient(
-        self, address: Address | str, *, authenticated_as: str | None = None
-    ) -> list[str] | Deferred[list[str]]: ...
-
-    def deliver(
-        self,
-        accounts: Iterable[str],
-        message: bytes,
-        *,
-        internaldate: datetime | None = None,
-    ) -> Deferred[list[StoredCopy]]: ...
+    queue_id: str
+    recipients: tuple[str, ...]
 
 
+class IOutboundQueue(Protocol):
+    """What the policy needs from the relay queue (:class:`pymail.relay.runner.QueueRunner`)."""
+
+    def submit(
+        self, envelope: Envelope, remote: list[tuple[str, Any]], message: bytes
+    ) -> Deferred[None]: ...
+
+
+#: Kept for code written against the first SMTP release: the structural
+#: type the server accepted before :class:`~pymail.interfaces.IMessageDelivery`.
+IDeliveryPolicy = IMessageDelivery
+
+
+def count_received(message: bytes) -> int:
+    """The number of Received header fields in the header section of ``message``."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    return len(_RECEIVED.findall(head))
+
+
+@implementer(IMessageDelivery)
 @attrs.define
 class LocalDelivery:
     """
-    Delivers to local accounts' INBOX; refuses everything that would leave
-    the server (outbound relay comes with the relay queue).
+    The routing policy: delivers to local accounts' INBOX and hands remote
+    targets to the outbound queue (when there is one; without one, remote
+    recipients are refused with ``OUTBOUND_RELAY_DISABLED``).
 
     :ivar directory: resolves addresses to accounts (aliases, ``+tags``).
     :ivar stores: the storage backend.
     :ivar data_dir: the server's data directory, passed to the backend.
+    :ivar queue: the outbound queue, or ``None`` for no relaying at all.
+    :ivar max_received: Received headers beyond which mail is looping.
     """
 
     _directory: IDirectory
     _stores: IMailStoreFactory
     _data_dir: str
+    queue: IOutboundQueue | None = None
+    max_received: int = MAX_RECEIVED
 
     def check_sender(self, sender: Address, *, authenticated_as: str | None = None) -> None:
         """
@@ -103,12 +137,15 @@ class LocalDelivery:
                 return
         raise ReplyError(replies.SENDER_NOT_OWNED.format(sender=sender, user=authenticated_as))
 
+    def is_local_domain(self, domain: str) -> bool:
+        return self._directory.is_local_domain(domain)
+
     def check_recipient(
         self, address: Address | str, *, authenticated_as: str | None = None
     ) -> list[str]:
         """
-        The targets that mail for ``address`` goes to: the canonical local
-        accounts (several for an alias).
+        The targets that mail for ``address`` goes to: canonical local
+        accounts and remote addresses (several for an alias).
 
         :param authenticated_as: the account of an authenticated client, or
             ``None`` on the MX port.
@@ -116,8 +153,10 @@ class LocalDelivery:
             for an unknown local address;
             :data:`~pymail.smtp.replies.RELAY_DENIED` for a non-local
             domain from an unauthenticated client;
-            :data:`~pymail.smtp.replies.OUTBOUND_RELAY_DISABLED` for one
-            from an authenticated client;
+            :data:`~pymail.smtp.replies.ROUTED_ADDRESS_DENIED` for routing
+            syntax to a non-local domain;
+            :data:`~pymail.smtp.replies.OUTBOUND_RELAY_DISABLED` when there
+            is no outbound queue;
             :data:`~pymail.smtp.replies.BAD_RECIPIENT_SYNTAX` for a string
             that does not parse.
         """
@@ -134,20 +173,82 @@ class LocalDelivery:
         # A source route or a percent hack that ends in a local domain does
         # not leave the server: the route is ignored (RFC 5321 appendix C)
         # and an odd local part is simply not found in the directory.
-        accounts = self._directory.resolve(str(address))
-        if not accounts:
+        targets = self.route(str(address))
+        if not targets:
             raise ReplyError(replies.RCPT_UNKNOWN_USER.format(address=address))
-        return list(accounts)
+        return targets
 
     def _check_remote(self, address: Address, authenticated_as: str | None) -> list[str]:
         if authenticated_as is None:
             raise ReplyError(replies.RELAY_DENIED.format(address=address))
         if address.has_relay_syntax:
             raise ReplyError(replies.ROUTED_ADDRESS_DENIED.format(address=address))
-        raise ReplyError(replies.OUTBOUND_RELAY_DISABLED.format(address=address))
+        if self.queue is None:
+            raise ReplyError(replies.OUTBOUND_RELAY_DISABLED.format(address=address))
+        return [str(address)]
+
+    # Routing ----------------------------------------------------------------
+
+    def _alias_table(self) -> Mapping[str, list[str]]:
+        # FileDirectory has an aliases() method, MemoryDirectory an aliases
+        # dict; IDirectory declares neither (yet), so accept both.
+        table = getattr(self._directory, "aliases", None)
+        if callable(table):
+            table = table()
+        return table or {}
+
+    def route(self, address: str) -> list[str] | None:
+        """
+        Where mail for the local ``address`` goes: canonical local accounts
+        and remote addresses, in order, without repeats; ``None`` when the
+        address does not exist.
+        """
+        local, _, domain = address.rpartition("@")
+        domain = domain.lower()
+        base = f"{local.split('+', 1)[0].lower()}@{domain}"
+        aliases = self._alias_table()
+        found = self._expand(base, aliases, set(), 0)
+        if found is None and f"@{domain}" in aliases:
+            found = self._expand_alias(f"@{domain}", aliases, {base}, 0)
+        return found or None
+
+    def _expand(
+        self, address: str, aliases: Mapping[str, list[str]], seen: set[str], depth: int
+    ) -> list[str] | None:
+        if address in seen or depth > MAX_ALIAS_DEPTH:
+            return []
+        seen.add(address)
+        if self._directory.has_user(address):
+            return [address]
+        if address in aliases:
+            return self._expand_alias(address, aliases, seen, depth)
+        # Role addresses (postmaster@, abuse@) and anything else the
+        # directory itself knows how to resolve.
+        resolved = self._directory.resolve(address)
+        if resolved is None:
+            return None
+        return [a.lower() for a in resolved]
+
+    def _expand_alias(
+        self, alias: str, aliases: Mapping[str, list[str]], seen: set[str], depth: int
+    ) -> list[str] | None:
+        out: list[str] = []
+        for target in aliases[alias]:
+            local, _, domain = target.rpartition("@")
+            if self._directory.is_local_domain(domain):
+                base = f"{local.split('+', 1)[0].lower()}@{domain.lower()}"
+                got = self._expand(base, aliases, seen, depth + 1) or []
+            else:
+                got = [target]
+            for a in got:
+                if a not in out:
+                    out.append(a)
+        return out or None
 
     def _folder_for(self, account: str) -> str:
         return "INBOX"
+
+    # Delivery ---------------------------------------------------------------
 
     def deliver(
         self,
@@ -155,31 +256,76 @@ class LocalDelivery:
         message: bytes,
         *,
         internaldate: datetime | None = None,
-    ) -> Deferred[list[StoredCopy]]:
+        envelope: Envelope | None = None,
+    ) -> Deferred[list[StoredCopy | QueuedCopy]]:
         """
-        Store ``message`` (wire form) in each account's folder.
+        Store ``message`` (wire form) in each local account's folder and
+        queue it once for all remote targets.
 
-        Every append runs at once; the Deferred fires when all of them have
+        Every write runs at once; the Deferred fires when all of them have
         fired, that is when the message is durable everywhere.  If any
-        append fails it fails with the first error, but only after the
-        others have settled, so nothing is acknowledged while a write is
-        still in flight.  An account listed twice gets one copy.
+        fails it fails with the first error, but only after the others
+        have settled, so nothing is acknowledged while a write is still in
+        flight.  A target listed twice gets one copy.
 
-        :return: a Deferred firing with one :class:`StoredCopy` per account.
+        :param envelope: the sender, the recipients as given and their DSN
+            parameters; needed for remote targets and for the
+            ``Delivered-To`` header of ``+tag`` recipients.
+        :raises ReplyError: (in the Deferred)
+            :data:`~pymail.smtp.replies.MAIL_LOOP` for a looping message.
         """
-        targets = list(dict.fromkeys(a.lower() for a in accounts))
+        if count_received(message) > self.max_received:
+            return fail(ReplyError(replies.MAIL_LOOP.format(limit=self.max_received)))
+        targets = list(dict.fromkeys(a.lower() if self._is_local(a) else a for a in accounts))
+        local = [t for t in targets if self._is_local(t)]
+        remote = [t for t in targets if not self._is_local(t)]
         if not targets:
             return succeed([])
-        appends = [self._deliver_one(a, message, internaldate) for a in targets]
-        done = DeferredList(appends, consumeErrors=True)
+        tags = self._tagged_recipients(envelope)
+        writes: list[Deferred[Any]] = [
+            self._deliver_one(a, tags.get(a, b"") + message, internaldate) for a in local
+        ]
+        if remote:
+            writes.append(maybeDeferred(self._queue, remote, message, envelope))
+        done = DeferredList(writes, consumeErrors=True)
 
-        def check(results: list[tuple[bool, Any]]) -> list[StoredCopy] | Failure:
+        def check(results: list[tuple[bool, Any]]) -> list[StoredCopy | QueuedCopy] | Failure:
             for ok, result in results:
                 if not ok:
                     return cast(Failure, result)
             return [result for ok, result in results]
 
         return done.addCallback(check)
+
+    def _is_local(self, target: str) -> bool:
+        return self._directory.is_local_domain(target.rpartition("@")[2])
+
+    def _tagged_recipients(self, envelope: Envelope | None) -> dict[str, bytes]:
+        """``Delivered-To`` lines for accounts reached through a ``+tag`` address."""
+        out: dict[str, bytes] = {}
+        if envelope is None:
+            return out
+        for rcpt in envelope.recipients:
+            if "+" not in rcpt.address.local:
+                continue
+            for target in rcpt.targets:
+                if self._is_local(target) and target.lower() not in out:
+                    line = f"Delivered-To: {rcpt.address}\r\n"
+                    out[target.lower()] = line.encode("utf-8")
+        return out
+
+    def _queue(
+        self, remote: list[str], message: bytes, envelope: Envelope | None
+    ) -> Deferred[QueuedCopy]:
+        if self.queue is None or envelope is None:
+            raise ReplyError(replies.OUTBOUND_RELAY_DISABLED.format(address=remote[0]))
+        # Each remote target keeps the DSN parameters of the RCPT it came from.
+        params: list[tuple[str, Any]] = []
+        for target in remote:
+            origin = next((r for r in envelope.recipients if target in r.targets), None)
+            params.append((target, origin))
+        d = self.queue.submit(envelope, params, message)
+        return d.addCallback(lambda _: QueuedCopy(envelope.queue_id, tuple(remote)))
 
     def _deliver_one(
         self, account: str, message: bytes, internaldate: datetime | None

@@ -80,6 +80,7 @@ class ReplyError(PymailError):
 
 
 # Connection ------------------------------------------------------------------
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 GREETING = Reply(220, None, "{hostname} ESMTP pymail")
 CLOSING = Reply(221, "2.0.0", "Bye")
 SHUTTING_DOWN = Reply(421, "4.3.2", "{hostname} Service shutting down, try again later")
@@ -92,7 +93,7 @@ HELO_OK = Reply(250, None, "{hostname} Hello {helo}")
 HELP = Reply(
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH\n"
+    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS\n"
     "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)",
 )
 VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
@@ -140,6 +141,7 @@ DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Cannot look up recipients now, try 
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big (max {limit} octets)")
+MAIL_LOOP = Reply(554, "5.4.6", "Mail loop detected (more than {limit} Received headers)")
 BARE_LINE_ENDING = Reply(550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF")
 DELIVERY_FAILED = Reply(451, "4.3.0", "Could not store the message, try again later")
 
@@ -157,4 +159,7 @@ AUTH_UNKNOWN_MECHANISM = Reply(
 )
 AUTH_ALREADY = BAD_SEQUENCE.format(why="Already authenticated")
 AUTH_IN_TRANSACTION = BAD_SEQUENCE.format(why="AUTH is not allowed during a mail transaction")
+ENCRYPTION_REQUIRED = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism; use STARTTLS"
+)
 AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure, try again later")

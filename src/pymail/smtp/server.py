@@ -46,15 +46,30 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from pymail import maillog
-from pymail.address import Address, AddressError, split_path
+from pymail.address import (
+    Address,
+    AddressError,
+    Envelope,
+    EnvelopeRecipient,
+    split_path,
+    xtext_decode,
+)
 from pymail.interfaces import IAccount
 from pymail.smtp import replies as R
 from pymail.smtp.data import DataReader
-from pymail.smtp.delivery import IDeliveryPolicy, StoredCopy
+from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
 from pymail.smtp.replies import Reply, ReplyError
 
 MX = "mx"
 SUBMISSION = "submission"
+
+#: Where clear-text AUTH is allowed (``[security] cleartext_auth``).
+CLEARTEXT_AUTH_POLICIES = ("tls", "loopback", "always")
+
+#: RFC 3461 section 4.1: NOTIFY keywords.
+_NOTIFY_KEYWORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+#: RFC 3461 section 4.4: the longest ENVID, 100 octets.
+MAX_ENVID = 100
 
 #: RFC 5321 section 4.5.3.1.4: a command line, CRLF included.
 COMMAND_LINE_LIMIT = 512
@@ -108,6 +123,12 @@ class SMTPFactory(ServerFactory):
         section 4.5.3.1.8 asks for at least 100).
     :param timeout: seconds of client silence before ``421 4.4.2``.
     :param max_errors: error replies before ``421 4.7.0`` and a close.
+    :param tls: a :class:`pymail.tls.ServerTLS`; STARTTLS is offered only
+        with one.
+    :param cleartext_auth: where AUTH works without TLS: ``"tls"``
+        (nowhere), ``"loopback"`` (from 127.0.0.0/8 and ::1), ``"always"``.
+    :param postmaster: the address ``RCPT TO:<Postmaster>`` (no domain,
+        RFC 5321 section 4.1.1.3) goes to.
     """
 
     # The listener logs its own start ("[smtp] listening on ..."); the
@@ -127,6 +148,9 @@ class SMTPFactory(ServerFactory):
         timeout: float = 300.0,
         max_errors: int = 20,
         queue_ids: Callable[[], str] | None = None,
+        tls: Any = None,
+        cleartext_auth: str = "always",
+        postmaster: str | None = None,
     ) -> None:
         if mode not in (MX, SUBMISSION):
             raise ValueError(f"SMTP mode {mode!r} must be 'mx' or 'submission'")
@@ -142,6 +166,12 @@ class SMTPFactory(ServerFactory):
         self.timeout = timeout
         self.max_errors = max_errors
         self.queue_ids = queue_ids if queue_ids is not None else QueueIdGenerator(reactor)
+        if cleartext_auth not in CLEARTEXT_AUTH_POLICIES:
+            raise ValueError(f"cleartext_auth {cleartext_auth!r} must be one of "
+                             f"{', '.join(CLEARTEXT_AUTH_POLICIES)}")
+        self.tls = tls
+        self.cleartext_auth = cleartext_auth
+        self.postmaster = postmaster or f"postmaster@{hostname}"
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPServer:
         return SMTPServer(self)
@@ -152,8 +182,12 @@ class _Transaction:
     """One mail transaction, from MAIL FROM to the end of DATA or RSET."""
 
     sender: Address
-    recipients: list[tuple[Address, list[str]]] = attrs.Factory(list)
+    recipients: list[EnvelopeRecipient] = attrs.Factory(list)
     rcpt_attempted: bool = False
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+    body: str | None = None
 
 
 class SMTPServer(LineReceiver):
@@ -196,6 +230,7 @@ class SMTPServer(LineReceiver):
             "EXPN": self._expn,
             "HELP": self._help,
             "AUTH": self._auth,
+            "STARTTLS": self._starttls,
         }
 
     # Connection -------------------------------------------------------------
@@ -398,10 +433,46 @@ class SMTPServer(LineReceiver):
             f"SIZE {self.factory.max_message_size}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "DSN",
         ]
-        if self.factory.mode == SUBMISSION:
+        if self.factory.tls is not None and not self._tls:
+            lines.append("STARTTLS")
+        if self.factory.mode == SUBMISSION and self._auth_allowed():
             lines.append("AUTH PLAIN LOGIN")
         self._reply(Reply(250, None, "\n".join(lines)))
+
+    @property
+    def _tls(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)
+
+    def _auth_allowed(self) -> bool:
+        """Whether AUTH may be used on this connection now (RFC 4954 section 4, RFC 8314)."""
+        policy = self.factory.cleartext_auth
+        if self._tls or policy == "always":
+            return True
+        if policy == "loopback":
+            return self._client == "::1" or self._client.startswith("127.")
+        return False
+
+    def _starttls(self, arg: str) -> None:
+        if self.factory.tls is None:
+            return self._reply(R.COMMAND_NOT_IMPLEMENTED.format(command="STARTTLS"))
+        if arg:
+            return self._reply(R.SYNTAX_ERROR.format(usage="STARTTLS (no arguments)"))
+        if self._tls:
+            return self._reply(R.BAD_SEQUENCE.format(why="TLS already active"))
+        if self._helo is None or not self._esmtp:
+            return self._reply(R.BAD_SEQUENCE.format(why="Send EHLO first"))
+        # Anything pipelined after STARTTLS was sent in clear text and must
+        # not be taken as coming over TLS (CVE-2011-0411, RFC 3207 section 4.2).
+        self._buffer = b""
+        self._reply(R.READY_FOR_TLS)
+        self._transport.startTLS(self.factory.tls.creator)  # type: ignore[attr-defined]
+        # RFC 3207 section 4.2: forget everything learnt before TLS.
+        self._helo = None
+        self._esmtp = False
+        self._transaction = None
 
     def _rset(self, arg: str) -> None:
         self._transaction = None
@@ -443,19 +514,33 @@ class SMTPServer(LineReceiver):
         try:
             path, rest = split_path(arg[5:].lstrip(" "))
             params = _parse_parameters(rest)
-            sender = Address.parse(path, allow_null=True)
+            smtputf8 = "SMTPUTF8" in params
+            sender = Address.parse(path, allow_null=True, smtputf8=smtputf8)
         except AddressError as e:
             return self._reply(R.BAD_SENDER_SYNTAX.format(why=e))
         except ReplyError as e:
             return self._reply(e.reply)
         size = params.pop("SIZE", "")
         body = params.pop("BODY", "")
-        if self._account is not None:
-            params.pop("AUTH", None)  # RFC 4954 section 5: may be ignored
+        if params.pop("SMTPUTF8", None) is not None:
+            return self._reply(R.PARAMETER_INVALID.format(name="SMTPUTF8", why="takes no value"))
+        ret = params.pop("RET", "")
+        envid = params.pop("ENVID", "")
+        params.pop("AUTH", None)  # RFC 4954 section 5: may be ignored
         if params:
             return self._reply(R.PARAMETER_UNKNOWN.format(name=next(iter(params))))
         if body != "" and (body or "").upper() not in ("7BIT", "8BITMIME"):
             return self._reply(R.PARAMETER_INVALID.format(name="BODY", why="use 7BIT or 8BITMIME"))
+        if ret != "" and (ret or "").upper() not in ("FULL", "HDRS"):
+            return self._reply(R.PARAMETER_INVALID.format(name="RET", why="use FULL or HDRS"))
+        if envid != "":
+            try:
+                envid = xtext_decode(envid or "")
+            except AddressError as e:
+                return self._reply(R.PARAMETER_INVALID.format(name="ENVID", why=e))
+            if not envid or len(envid) > MAX_ENVID:
+                return self._reply(R.PARAMETER_INVALID.format(
+                    name="ENVID", why=f"1 to {MAX_ENVID} characters"))
         if size != "":
             # RFC 1870: SIZE=<digits>, at most 20 of them.
             if size is None or not size.isdigit() or len(size) > 20:
@@ -469,7 +554,13 @@ class SMTPServer(LineReceiver):
         except ReplyError as e:
             maillog.rejected(self._client, sender, (), e.reply, stage="MAIL")
             return self._reply(e.reply)
-        self._transaction = _Transaction(sender)
+        self._transaction = _Transaction(
+            sender,
+            smtputf8=smtputf8,
+            ret=(ret or "").upper() or None,
+            envid=envid or None,
+            body=(body or "").upper() or None,
+        )
         self._reply(R.SENDER_OK)
 
     def _rcpt(self, arg: str) -> Deferred[None] | None:
@@ -483,7 +574,12 @@ class SMTPServer(LineReceiver):
         try:
             path, rest = split_path(arg[3:].lstrip(" "))
             params = _parse_parameters(rest)
-            address = Address.parse(path)
+            if path.lower() == "<postmaster>":
+                # RFC 5321 section 4.1.1.3: "Postmaster" without a domain
+                # must be accepted.
+                path = f"<{self.factory.postmaster}>"
+            address = Address.parse(path, smtputf8=transaction.smtputf8)
+            notify, orcpt = _dsn_recipient_parameters(params)
         except AddressError as e:
             reply = R.BAD_RECIPIENT_SYNTAX.format(why=e)
             self._reply(reply)
@@ -500,7 +596,9 @@ class SMTPServer(LineReceiver):
             return None
 
         def accepted(targets: list[str]) -> None:
-            transaction.recipients.append((address, list(targets)))
+            transaction.recipients.append(
+                EnvelopeRecipient(address, tuple(targets), notify, orcpt)
+            )
             self._reply(R.RECIPIENT_OK)
 
         def refused(failure: Failure) -> None:
@@ -536,7 +634,7 @@ class SMTPServer(LineReceiver):
     def _end_of_data(self, reader: DataReader) -> Deferred[None] | None:
         transaction, self._transaction = self._transaction, None
         assert transaction is not None
-        recipients = [address for address, _ in transaction.recipients]
+        recipients = [r.address for r in transaction.recipients]
         queue_id = self._queue_id
         if reader.too_big:
             reply = R.MESSAGE_TOO_BIG.format(limit=self.factory.max_message_size)
@@ -556,21 +654,40 @@ class SMTPServer(LineReceiver):
         if self.factory.mode == SUBMISSION:
             message += self._missing_headers(body, queue_id, now)
         message += body
-        targets = [t for _, ts in transaction.recipients for t in ts]
-        d = maybeDeferred(self.factory.delivery.deliver, targets, message, internaldate=now)
+        targets = [t for r in transaction.recipients for t in r.targets]
+        envelope = Envelope(
+            queue_id=queue_id,
+            sender=transaction.sender,
+            recipients=tuple(transaction.recipients),
+            client=self._client,
+            ret=transaction.ret,
+            envid=transaction.envid,
+            smtputf8=transaction.smtputf8,
+            body=transaction.body,
+        )
+        d = maybeDeferred(
+            self.factory.delivery.deliver, targets, message, internaldate=now, envelope=envelope
+        )
 
-        def stored(copies: list[StoredCopy]) -> None:
+        def stored(copies: list[StoredCopy | QueuedCopy]) -> None:
             reply = R.QUEUED.format(queue_id=queue_id)
             for copy in copies:
-                maillog.delivered(
-                    queue_id, transaction.sender, [copy.account], copy.folder, len(message)
-                )
+                if isinstance(copy, StoredCopy):
+                    maillog.delivered(
+                        queue_id, transaction.sender, [copy.account], copy.folder, len(message)
+                    )
             maillog.accepted(
                 queue_id, self._client, transaction.sender, recipients, len(message), reply
             )
             self._reply(reply)
 
         def failed(failure: Failure) -> None:
+            if failure.check(ReplyError) and failure.value.reply.permanent:
+                reply = failure.value.reply
+                maillog.rejected(self._client, transaction.sender, recipients, reply,
+                                 queue_id=queue_id, stage="DATA")
+                self._reply(reply)
+                return
             if failure.check(ReplyError) and failure.value.reply.is_error:
                 reply = failure.value.reply
             else:
@@ -591,7 +708,7 @@ class SMTPServer(LineReceiver):
 
     def _trace_headers(self, transaction: _Transaction, queue_id: str, now: datetime) -> bytes:
         """Return-Path and Received (RFC 5321 section 4.4, RFC 3848 protocol names)."""
-        protocol = "ESMTP" if self._esmtp else "SMTP"
+        protocol = "UTF8SMTP" if transaction.smtputf8 else "ESMTP" if self._esmtp else "SMTP"
         if ISSLTransport.providedBy(self.transport):
             protocol += "S"
         if self._account is not None:
@@ -610,7 +727,7 @@ class SMTPServer(LineReceiver):
         if len(transaction.recipients) == 1:
             # Only for a single recipient: naming one of several would tell
             # each what the others (Bcc) were.
-            received += f"\r\n\tfor {transaction.recipients[0][0].path}"
+            received += f"\r\n\tfor {transaction.recipients[0].address.path}"
         received += f"; {format_datetime(now)}\r\n"
         return f"Return-Path: {transaction.sender.path}\r\n{received}".encode()
 
@@ -638,6 +755,9 @@ class SMTPServer(LineReceiver):
             return None
         if self._transaction is not None:
             self._reply(R.AUTH_IN_TRANSACTION)
+            return None
+        if not self._auth_allowed():
+            self._reply(R.ENCRYPTION_REQUIRED)
             return None
         mechanism, _, initial = arg.partition(" ")
         mechanism = mechanism.upper()
@@ -733,6 +853,36 @@ def _parse_parameters(text: str) -> dict[str, str | None]:
             raise ReplyError(R.PARAMETER_INVALID.format(name=keyword, why="given twice"))
         params[keyword] = value if eq else None
     return params
+
+
+def _dsn_recipient_parameters(
+    params: dict[str, str | None],
+) -> tuple[tuple[str, ...] | None, str | None]:
+    """
+    Take NOTIFY and ORCPT (RFC 3461 sections 4.1, 4.2) out of ``params``.
+
+    :raises ReplyError: a malformed value.
+    """
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+    if "NOTIFY" in params:
+        value = (params.pop("NOTIFY") or "").upper()
+        keywords = tuple(dict.fromkeys(value.split(",")))
+        if keywords != ("NEVER",) and not (keywords and set(keywords) <= _NOTIFY_KEYWORDS):
+            raise ReplyError(R.PARAMETER_INVALID.format(
+                name="NOTIFY", why="use NEVER or a list of SUCCESS, FAILURE, DELAY"))
+        notify = keywords
+    if "ORCPT" in params:
+        value = params.pop("ORCPT") or ""
+        addr_type, semi, xtext = value.partition(";")
+        try:
+            decoded = xtext_decode(xtext)
+        except AddressError as e:
+            raise ReplyError(R.PARAMETER_INVALID.format(name="ORCPT", why=e)) from None
+        if not semi or not addr_type or not decoded:
+            raise ReplyError(R.PARAMETER_INVALID.format(name="ORCPT", why="use type;address"))
+        orcpt = f"{addr_type.lower()};{decoded}"
+    return notify, orcpt
 
 
 def _header_names(message: bytes) -> set[bytes]:
