@@ -28,6 +28,7 @@ _PART = re.compile(rb"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
 
 #: Items whose value comes from MessageInfo alone.
 _META_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
+_DERIVED_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 _SIMPLE_ITEMS = _META_ITEMS | {
     "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY",
 }
@@ -86,7 +87,9 @@ class FetchItem:
 
     @property
     def needs_message(self) -> bool:
-        return self.name not in _META_ITEMS
+        # ENVELOPE and BODYSTRUCTURE come from the storage cache, which reads
+        # the message itself only the first time.
+        return self.name not in _META_ITEMS and self.name not in _DERIVED_ITEMS
 
 
 def parse_fetch_items(cur: Cursor) -> list[FetchItem]:
@@ -173,6 +176,23 @@ class FetchView(Protocol):
     def flags_of(self, info: MessageInfo) -> bytes:
         """The FLAGS list of a message as this session shows it."""
 
+    def derived(
+        self, uid: int, name: str, compute: Callable[[bytes], bytes], message: bytes | None
+    ) -> bytes:
+        """A rendered value derived from the message, cached by the storage index."""
+
+
+def _envelope(message: bytes) -> bytes:
+    return sexp(envelope_sexp(envelope(message)))
+
+
+def _bodystructure(message: bytes) -> bytes:
+    return sexp(bs.bodystructure(message, True))
+
+
+def _body(message: bytes) -> bytes:
+    return sexp(bs.bodystructure(message, False))
+
 
 def internaldate(view: FetchView, when: datetime) -> bytes:
     cache = view.date_cache
@@ -219,11 +239,13 @@ def renderer(item: FetchItem) -> Renderer:
         # RFC 7162 3.1.4.1; asking for it turns CONDSTORE on (the caller does).
         return lambda v, i, m: b"MODSEQ (%d)" % i.modseq
     if name == "ENVELOPE":
-        return lambda v, i, m: b"ENVELOPE " + sexp(envelope_sexp(envelope(m or b"")))
+        return lambda v, i, m: b"ENVELOPE " + v.derived(i.uid, "imap.envelope.1", _envelope, m)
     if name == "BODYSTRUCTURE":
-        return lambda v, i, m: b"BODYSTRUCTURE " + sexp(bs.bodystructure(m or b"", True))
+        return lambda v, i, m: b"BODYSTRUCTURE " + v.derived(
+            i.uid, "imap.bodystructure.1", _bodystructure, m
+        )
     if name == "BODY":
-        return lambda v, i, m: b"BODY " + sexp(bs.bodystructure(m or b"", False))
+        return lambda v, i, m: b"BODY " + v.derived(i.uid, "imap.body.1", _body, m)
     if name == "RFC822":
         return lambda v, i, m: b"RFC822 " + literal(m or b"")
     if name == "RFC822.HEADER":

@@ -134,10 +134,10 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         try:
             info = info_of(uid)
             message = read(uid) if needs_message else None
+            parts = [render(view, info, message) for render in renderers]
         except NoSuchMessage:
             missing += 1
             continue
-        parts = [render(view, info, message) for render in renderers]
         if uid in marked and not has_flags:
             parts.append(b"FLAGS " + view.flags_of(info))
         add(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))

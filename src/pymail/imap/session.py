@@ -191,6 +191,19 @@ class SelectedMailbox:
             return cached[:-1] + (b" \\Recent)" if len(cached) > 2 else b"\\Recent)")
         return cached
 
+    def derived(
+        self, uid: int, name: str, compute: Callable[[bytes], bytes], message: bytes | None
+    ) -> bytes:
+        """
+        The wire form of a value derived from message ``uid`` (ENVELOPE,
+        BODYSTRUCTURE), kept by the storage backend's ``cached()`` so it is
+        computed once per message, not once per FETCH.
+        """
+        mailbox = self.mailbox
+        if message is None:
+            return mailbox.cached(uid, name, compute)  # type: ignore[no-any-return]
+        return mailbox.cached(uid, name, lambda _: compute(message))  # type: ignore[no-any-return]
+
     # -- reporting changes -----------------------------------------------------
 
     def forget_flag_updates(self, uids: Iterable[int]) -> None:
