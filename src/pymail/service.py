@@ -233,10 +233,11 @@ def make_service(config: Config, reactor: Any) -> PymailService:
 
     from pymail.imap.server import IMAPFactory
     from pymail.pop3.server import POP3Factory
-    from pymail.smtp.delivery import LocalDelivery
     from pymail.smtp.server import SMTPFactory
 
-    delivery = LocalDelivery(directory, stores, config.data_dir)
+    from pymail.relay.runner import make_relay
+
+    delivery, relay = make_relay(config, directory, stores, reactor)
     factories: dict[str, Factory] = {}
     security: dict[str, Any] = {
         "tls": tls, "throttle": throttle, "cleartext_auth": config.security.cleartext_auth
@@ -272,6 +273,7 @@ def make_service(config: Config, reactor: Any) -> PymailService:
         )
 
     root = PymailService(components)
+    relay.setServiceParent(IServiceCollection(root))
     for section in ("smtp", "submission", "imap", "pop3"):
         label = f"[{section}]"
         refusal, refusal_timeout = REFUSALS[section]

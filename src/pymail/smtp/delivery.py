@@ -107,6 +107,7 @@ class LocalDelivery:
     :ivar data_dir: the server's data directory, passed to the backend.
     :ivar queue: the outbound queue, or ``None`` for no relaying at all.
     :ivar max_received: Received headers beyond which mail is looping.
+    :ivar postmaster: where ``RCPT TO:<Postmaster>`` (no domain) goes.
     """
 
     _directory: IDirectory
@@ -114,6 +115,7 @@ class LocalDelivery:
     _data_dir: str
     queue: IOutboundQueue | None = None
     max_received: int = MAX_RECEIVED
+    postmaster: str | None = None
 
     def check_sender(self, sender: Address, *, authenticated_as: str | None = None) -> None:
         """
@@ -338,3 +340,29 @@ class LocalDelivery:
             return StoredCopy(account, folder, uid)
 
         return Deferred.fromCoroutine(append())
+
+    def inject(self, queue_id: str, recipient: str, message: bytes) -> Deferred[list[Any]]:
+        """
+        Deliver a message made here (a delivery status notification) from
+        the null sender to ``recipient``: stored locally for a local
+        address, queued for a remote one.
+
+        :raises ReplyError: (in the Deferred) the local address does not
+            exist, or a remote one cannot be queued.
+        """
+        from pymail.address import EnvelopeRecipient
+
+        try:
+            address = Address.parse(f"<{recipient}>", smtputf8=True)
+        except AddressError as e:
+            return fail(ReplyError(replies.BAD_RECIPIENT_SYNTAX.format(why=e)))
+        if self._directory.is_local_domain(address.domain):
+            targets = self.route(str(address))
+            if not targets:
+                return fail(ReplyError(replies.RCPT_UNKNOWN_USER.format(address=address)))
+        else:
+            targets = [str(address)]
+        envelope = Envelope(
+            queue_id, Address.null(), (EnvelopeRecipient(address, tuple(targets)),)
+        )
+        return maybeDeferred(self.deliver, targets, message, envelope=envelope)

@@ -171,7 +171,9 @@ class SMTPFactory(ServerFactory):
                              f"{', '.join(CLEARTEXT_AUTH_POLICIES)}")
         self.tls = tls
         self.cleartext_auth = cleartext_auth
-        self.postmaster = postmaster or f"postmaster@{hostname}"
+        self.postmaster = (
+            postmaster or getattr(delivery, "postmaster", None) or f"postmaster@{hostname}"
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPServer:
         return SMTPServer(self)
