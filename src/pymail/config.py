@@ -87,6 +87,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "storage": {
         "backend": Key(str, "maildir", "Storage backend: 'maildir', 'memory' or a plugin name."),
+        "domains": Key(list, [], "Per-domain backends, e.g. [\"example.org=mbox\"]."),
+        "options": Key(
+            list, [], "Backend options, e.g. [\"mbox.inbox=/var/mail/{local}\"]."
+        ),
     },
     "relay": {
         "enabled": Key(
@@ -222,6 +226,8 @@ class POP3Config:
 @attrs.frozen
 class StorageConfig:
     backend: str
+    domains: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -538,9 +544,25 @@ def check_endpoints(config: Config, reactor: Any) -> None:
 
 
 def check_storage_backend(config: Config, known: list[str]) -> None:
-    """:raises ConfigError: the configured backend is not one of ``known``."""
+    """
+    :raises ConfigError: the configured backend (or a per-domain one) is not
+        one of ``known``, or ``[storage] domains``/``options`` are malformed.
+    """
+    from pymail.storage.plugins import parse_domains, parse_options
+
     if config.storage.backend not in known:
         raise ConfigError(
             f"{config.source}: [storage] backend = {config.storage.backend!r} is not a known "
             f"backend; available: {', '.join(sorted(known))}"
         )
+    try:
+        domains = parse_domains(config.storage.domains)
+        parse_options(config.storage.options)
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: [storage]: {e}") from None
+    for domain, backend in domains.items():
+        if backend not in known:
+            raise ConfigError(
+                f"{config.source}: [storage] domains: {domain}={backend!r} is not a known "
+                f"backend; available: {', '.join(sorted(known))}"
+            )

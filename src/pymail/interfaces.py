@@ -295,6 +295,28 @@ class IMailStoreFactory(Interface):
         """
 
 
+class IMailStoreBackend(Interface):
+    """
+    A storage backend as a Twisted plugin: an object providing
+    ``twisted.plugin.IPlugin`` and this interface, in a module of a
+    ``twisted/plugins/`` directory, is found with
+    ``twisted.plugin.getPlugins`` and chosen by :attr:`name` in the config's
+    ``[storage] backend`` (or per domain in ``[storage] domains``).
+    """
+
+    name = Attribute("The name used in the config (str), e.g. ``'maildir'``.")
+    description = Attribute("One line for the docs and error messages (str).")
+
+    def make_factory(reactor: object, options: dict[str, str]) -> IMailStoreFactory:
+        """
+        The process's store factory for this backend.
+
+        :param reactor: the reactor (threads, time) the backend must use.
+        :param options: this backend's ``[storage] options`` (``key`` ->
+            ``value``); unknown keys should raise ``ValueError`` naming them.
+        """
+
+
 class IAccount(Interface):
     """
     The avatar every access protocol gets from the portal (IMAP, POP3,

@@ -44,14 +44,44 @@ log = Logger(namespace="pymail")
 
 
 def storage_backends() -> dict[str, Any]:
-    """Backend name -> callable(reactor) giving its IMailStoreFactory."""
-    from pymail.storage.maildir import MaildirStoreFactory
-    from pymail.storage.memory import MemoryStoreFactory
+    """
+    Backend name -> callable(reactor) giving its IMailStoreFactory (with no
+    options), for every backend plugin found with ``twisted.plugin``.
+    """
+    from pymail.storage.plugins import discover_backends
 
     return {
-        "maildir": MaildirStoreFactory,
-        "memory": lambda reactor: MemoryStoreFactory(),
+        name: (lambda reactor, backend=backend: backend.make_factory(reactor, {}))
+        for name, backend in discover_backends().items()
     }
+
+
+def make_stores(config: Config, reactor: Any) -> IMailStoreFactory:
+    """
+    The store factory of a configuration: ``[storage] backend``, with the
+    ``[storage] domains`` overrides and ``[storage] options``.
+
+    :raises ConfigError: an unknown backend or a bad option.
+    """
+    from pymail.storage.plugins import (
+        discover_backends,
+        make_store_factory,
+        parse_domains,
+        parse_options,
+    )
+
+    known = discover_backends()
+    check_storage_backend(config, list(known))
+    try:
+        return make_store_factory(
+            config.storage.backend,
+            parse_domains(config.storage.domains),
+            parse_options(config.storage.options),
+            reactor,
+            known,
+        )
+    except ValueError as e:
+        raise ConfigError(f"{config.source}: [storage] options: {e}") from None
 
 
 class EndpointListener(Service):
@@ -223,7 +253,7 @@ def make_service(config: Config, reactor: Any) -> PymailService:
         directory.ensure_domains(config.domains)
     except Exception as e:  # a bad name in `domains`
         raise ConfigError(f"{config.source}: domains: {e}") from None
-    stores = backends[config.storage.backend](reactor)
+    stores = make_stores(config, reactor)
     checkers = make_checkers(config, directory, reactor)
     portal = Portal(MailRealm(directory, stores, config.data_dir), checkers)
     tls = ServerTLS.from_config(config)
@@ -294,6 +324,15 @@ def make_service(config: Config, reactor: Any) -> PymailService:
             EndpointListener(label, description, endpoint, factory).setServiceParent(
                 IServiceCollection(root)
             )
+    if config.web.listen:
+        from pymail.web.site import WEB_REFUSAL, make_web_site
+
+        site = make_web_site(config, portal, directory, delivery, reactor, throttle=throttle)
+        for description in config.web.listen:
+            web_factory = LimitedFactory(limits, site, label="[web]", refusal=WEB_REFUSAL,
+                                         preauth=False)
+            EndpointListener("[web]", description, serverFromString(reactor, description),
+                             web_factory).setServiceParent(IServiceCollection(root))
     return root
 
 
