@@ -1,0 +1,226 @@
+"""
+The small HTTP layer under the pages: a route table, the request context
+handed to each handler, responses, form parsing (urlencoded and
+multipart, with file names), and the security headers every response
+carries.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from collections.abc import Awaitable, Callable
+from email.parser import BytesParser
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import attrs
+from twisted.web.iweb import IRequest
+
+from pymail.web.compose import Upload, guess_type
+from pymail.web.sessions import WebSession
+
+#: The Content-Security-Policy of every page: scripts, styles and images
+#: only from this server, no inline script or style, no framing by others.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+
+
+def body_csp(remote_images: bool) -> str:
+    """
+    The policy of the frame that shows a message's sanitised HTML: no
+    script at all (also sandboxed), inline styles (already filtered), images
+    only inline unless the reader asked for remote ones.
+    """
+    images = "data: https: http:" if remote_images else "data:"
+    return (f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
+            "sandbox allow-popups allow-popups-to-escape-sandbox; form-action 'none'; "
+            "frame-ancestors 'self'; base-uri 'none'")
+
+
+@attrs.define
+class Response:
+    """What a handler answers."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "text/html; charset=utf-8"
+    headers: dict[str, str] = attrs.Factory(dict)
+
+    @classmethod
+    def html(cls, text: str, status: int = 200) -> Response:
+        return cls(text.encode("utf-8"), status)
+
+    @classmethod
+    def redirect(cls, location: str) -> Response:
+        """303 See Other: after a POST, the browser GETs ``location``."""
+        if not location.startswith("/") or location.startswith("//"):
+            location = "/"
+        return cls(b"", 303, headers={"Location": location})
+
+
+class HTTPError(Exception):
+    """Stop handling and answer with this status and text."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+@attrs.define
+class Form:
+    """The fields (and uploaded files) of a request body or query string."""
+
+    fields: dict[str, list[str]] = attrs.Factory(dict)
+    files: list[Upload] = attrs.Factory(list)
+
+    def get(self, name: str, default: str = "") -> str:
+        values = self.fields.get(name)
+        return values[0] if values else default
+
+    def all(self, name: str) -> list[str]:
+        return list(self.fields.get(name, ()))
+
+
+def parse_query(request: IRequest) -> Form:
+    raw = request.uri.split(b"?", 1)
+    if len(raw) < 2:
+        return Form()
+    return Form(parse_qs(raw[1].decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def parse_body(request: IRequest, limit: int) -> Form:
+    """
+    The form in a POST body: ``application/x-www-form-urlencoded`` or
+    ``multipart/form-data`` (with each file's name and type).
+
+    :raises HTTPError: 413 over ``limit`` octets; 400 for another type.
+    """
+    content = request.content
+    content.seek(0, 2)
+    if content.tell() > limit:
+        raise HTTPError(413, f"The request is too large (at most {limit} octets).")
+    content.seek(0)
+    data = content.read()
+    ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    kind = ctype.split(";", 1)[0].strip().lower()
+    if kind in ("", "application/x-www-form-urlencoded"):
+        return Form(parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True))
+    if kind != "multipart/form-data":
+        raise HTTPError(415, "Forms must be sent as urlencoded or multipart/form-data.")
+    head = f"Content-Type: {ctype}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    parsed = BytesParser(policy=email.policy.HTTP).parsebytes(head + data)
+    form = Form()
+    if not parsed.is_multipart():
+        raise HTTPError(400, "The multipart form could not be read.")
+    for part in parsed.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            if filename or payload:
+                form.files.append(Upload(filename or "attachment",
+                                         guess_type(filename, part.get_content_type()),
+                                         payload))
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        form.fields.setdefault(name, []).append(payload.decode(charset, "replace"))
+    return form
+
+
+@attrs.define
+class Context:
+    """One request as a handler sees it."""
+
+    request: IRequest
+    params: tuple[str, ...]
+    query: Form
+    form: Form
+    session: WebSession | None
+
+    @property
+    def client(self) -> str:
+        address = self.request.getClientAddress()
+        return str(getattr(address, "host", address))
+
+    def require_session(self) -> WebSession:
+        if self.session is None:
+            raise HTTPError(401, "Sign in first.")
+        return self.session
+
+
+Handler = Callable[[Context], Awaitable[Response | None]]
+
+
+@attrs.frozen
+class Route:
+    """
+    One URL pattern.  ``public`` routes work without a session; every
+    POST except sign-in must carry the session's CSRF token.
+    """
+
+    method: bytes
+    pattern: re.Pattern[str]
+    handler: Handler
+    public: bool = False
+    admin: bool = False
+
+
+@attrs.define
+class Router:
+    routes: list[Route] = attrs.Factory(list)
+
+    def add(self, method: str, pattern: str, handler: Handler, *, public: bool = False,
+            admin: bool = False) -> None:
+        self.routes.append(Route(method.encode(), re.compile(f"^{pattern}$"), handler,
+                                 public, admin))
+
+    def match(self, method: bytes, path: str) -> tuple[Route, tuple[str, ...]]:
+        """
+        :raises HTTPError: 404 for no such path, 405 for a path with other methods.
+        """
+        allowed = False
+        for route in self.routes:
+            found = route.pattern.match(path)
+            if found is None:
+                continue
+            allowed = True
+            if route.method == method or (method == b"HEAD" and route.method == b"GET"):
+                return route, tuple(unquote(g, errors="strict") for g in found.groups())
+        if allowed:
+            raise HTTPError(405, "This method is not allowed here.")
+        raise HTTPError(404, "There is nothing here.")
+
+
+def security_headers(request: IRequest, csp: str = PAGE_CSP) -> None:
+    """Headers every response carries."""
+    request.setHeader(b"content-security-policy", csp.encode("ascii"))
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+    request.setHeader(b"x-frame-options", b"DENY")
+    request.setHeader(b"cross-origin-opener-policy", b"same-origin")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"server", b"pymail")
+
+
+def same_origin(request: IRequest) -> bool:
+    """
+    Whether a state-changing request may have come from our own pages: an
+    ``Origin`` header, when the browser sends one, must name this host.
+    """
+    origin = request.getHeader(b"origin")
+    if origin is None or origin == b"null":
+        return origin is None
+    host = request.getHeader(b"host") or b""
+    scheme = b"https" if request.isSecure() else b"http"
+    return origin.lower() == scheme + b"://" + host.lower()
+
+
+__all__ = ["PAGE_CSP", "Context", "Form", "HTTPError", "Response", "Route", "Router",
+           "body_csp", "parse_body", "parse_query", "same_origin", "security_headers", "Any"]

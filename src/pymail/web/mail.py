@@ -1,0 +1,398 @@
+"""
+The mail pages: sign-in and sign-out, folders, the message list, a message,
+its HTML body frame, attachments, actions (read, flag, move, delete),
+search, compose and the live-update stream.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from twisted.logger import Logger
+
+from pymail.errors import NoSuchMessage
+from pymail.interfaces import IMailbox
+from pymail.smtp.replies import ReplyError
+from pymail.web import views
+from pymail.web.compose import ComposeError, Draft, build_message, check_form
+from pymail.web.events import EventStream
+from pymail.web.http import Context, HTTPError, Response, body_csp
+from pymail.web.messages import (
+    SEARCH_FIELDS,
+    attachment,
+    folder_list,
+    page_of,
+    parse,
+    reply_addresses,
+    role_folder,
+    search,
+    take_apart,
+)
+from pymail.web.sanitize import sanitise_html
+from pymail.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, new_token, tokens_match
+
+if TYPE_CHECKING:
+    from pymail.web.app import WebApp
+
+log = Logger()
+
+#: Fixed notices shown after an action (the URL names one; no text is reflected).
+NOTICES = {
+    "read": "Marked as read.",
+    "unread": "Marked as unread.",
+    "flag": "Flagged.",
+    "unflag": "Flag removed.",
+    "delete": "Moved to Trash.",
+    "purged": "Deleted for good.",
+    "move": "Moved.",
+}
+
+FOLDER = "([^/]+)"
+UID = "([0-9]+)"
+
+
+def add_routes(app: WebApp) -> None:
+    r = app.router
+
+    async def home(ctx: Context) -> Response:
+        return Response.redirect("/mail/INBOX" if ctx.session else "/signin")
+
+    async def signin_form(ctx: Context) -> Response:
+        if ctx.session is not None:
+            return Response.redirect("/mail/INBOX")
+        token = new_token()
+        app.set_cookie(ctx.request, SIGNIN_COOKIE, token, None)
+        return Response.html(views.signin_page(token))
+
+    async def signin(ctx: Context) -> Response:
+        # Login CSRF: the form's token must match the cookie set with the form.
+        cookie = ctx.request.getCookie(SIGNIN_COOKIE)
+        expected = cookie.decode("ascii", "replace") if cookie else ""
+        if not expected or not tokens_match(ctx.form.get("csrf"), expected):
+            raise HTTPError(403, "The sign-in form was out of date; reload it and try again.")
+        username = ctx.form.get("username")
+        found = await app.sign_in(username, ctx.form.get("password"), ctx.client)
+        if found is None:
+            token = new_token()
+            app.set_cookie(ctx.request, SIGNIN_COOKIE, token, None)
+            return Response.html(views.signin_page(
+                token, "Wrong email address or password.", username), 401)
+        account, logout = found
+        session = app.sessions.create(account, logout)
+        app.set_cookie(ctx.request, SESSION_COOKIE, session.id, app.sessions.lifetime)
+        app.set_cookie(ctx.request, SIGNIN_COOKIE, "", 0)
+        log.info("web sign-in: {account} from {client}", account=session.address,
+                 client=ctx.client)
+        return Response.redirect("/mail/INBOX")
+
+    async def signout(ctx: Context) -> Response:
+        app.sessions.end(ctx.require_session().id)
+        app.set_cookie(ctx.request, SESSION_COOKIE, "", 0)
+        return Response.redirect("/signin")
+
+    async def folder(ctx: Context) -> Response:
+        (name,) = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        try:
+            number = int(ctx.query.get("page", "0"))
+        except ValueError:
+            number = 0
+        page = page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
+        session = ctx.require_session()
+        folders = await folder_list(session.account.store)
+        body = views.message_list(mailbox.name, page, folders, session.csrf,
+                                  views_notice(ctx))
+        data = {"folder": mailbox.name, "page": str(page.number),
+                "events": "/events/" + quote(mailbox.name, safe="")}
+        return await app.page(ctx, mailbox.name, body, mailbox.name, data)
+
+    async def rows(ctx: Context) -> Response:
+        """Just the rows of one page (the live update fetches this)."""
+        (name,) = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        try:
+            number = int(ctx.query.get("page", "0"))
+        except ValueError:
+            number = 0
+        page = page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
+        return Response.html(views.message_rows(mailbox.name, page.rows))
+
+    async def message(ctx: Context) -> Response:
+        name, uid_text = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        uid = app.uid(mailbox, uid_text)
+        data = _read(mailbox, uid)
+        parsed = take_apart(data)
+        blocked = 0
+        show_images = ctx.query.get("images") == "1"
+        if parsed.html is not None:
+            blocked = sanitise_html(parsed.html, allow_remote_images=False,
+                                    inline_images=parsed.inline_images).blocked_images
+        flags = mailbox.info(uid).flags
+        if "\\Seen" not in flags:
+            new = await mailbox.set_flags([uid], ["\\Seen"], "add")
+            flags = new.get(uid, flags)
+        session = ctx.require_session()
+        body = views.message_view(mailbox.name, uid, flags, parsed, session.csrf,
+                                  show_images=show_images, blocked_images=blocked,
+                                  prefer_text=ctx.query.get("text") == "1")
+        subject = next((v for n, v in parsed.headers if n == "Subject"), "Message")
+        return await app.page(ctx, subject, body, mailbox.name,
+                              {"folder": mailbox.name, "uid": str(uid)})
+
+    async def html_body(ctx: Context) -> Response:
+        name, uid_text = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        uid = app.uid(mailbox, uid_text)
+        parsed = take_apart(_read(mailbox, uid))
+        remote = ctx.query.get("images") == "1"
+        clean = sanitise_html(parsed.html or "", allow_remote_images=remote,
+                              inline_images=parsed.inline_images)
+        page = ('<!doctype html><html><head><meta charset="utf-8">'
+                '<base target="_blank"></head><body>' + clean.html + '</body></html>')
+        return Response(page.encode("utf-8"), headers={
+            "Content-Security-Policy": body_csp(remote),
+            "X-Frame-Options": "SAMEORIGIN",
+        })
+
+    async def raw(ctx: Context) -> Response:
+        name, uid_text = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        uid = app.uid(mailbox, uid_text)
+        return Response(_read(mailbox, uid), content_type="text/plain; charset=utf-8",
+                        headers={"Content-Security-Policy": "default-src 'none'; sandbox"})
+
+    async def part(ctx: Context) -> Response:
+        name, uid_text, index_text = ctx.params[:3]
+        mailbox = await app.mailbox(ctx, name)
+        uid = app.uid(mailbox, uid_text)
+        try:
+            found, data = attachment(_read(mailbox, uid), int(index_text))
+        except (KeyError, ValueError):
+            raise HTTPError(404, "There is no such attachment.") from None
+        disposition = "attachment; filename*=UTF-8''" + quote(found.filename, safe="")
+        ascii_name = found.filename.encode("ascii", "replace").decode().replace("?", "_")
+        disposition = f'attachment; filename="{ascii_name}"; ' + disposition.split("; ", 1)[1]
+        return Response(data, content_type=_download_type(found.content_type), headers={
+            "Content-Disposition": disposition,
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        })
+
+    async def actions(ctx: Context) -> Response:
+        (name,) = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        action = ctx.form.get("action")
+        uids = []
+        for text in ctx.form.all("uid"):
+            try:
+                uid = int(text)
+            except ValueError:
+                continue
+            if _exists(mailbox, uid):
+                uids.append(uid)
+        store = ctx.require_session().account.store
+        done = action
+        if action in ("read", "unread", "flag", "unflag"):
+            flag = "\\Seen" if action in ("read", "unread") else "\\Flagged"
+            mode = "add" if action in ("read", "flag") else "remove"
+            if uids:
+                await mailbox.set_flags(uids, [flag], mode)
+        elif action == "delete":
+            trash = await role_folder(store, "\\Trash", "Trash")
+            if trash is mailbox or trash.name == mailbox.name:
+                await _purge(mailbox, uids)
+                done = "purged"
+            else:
+                await _move(mailbox, trash, uids)
+        elif action == "move":
+            target = await app.mailbox(ctx, ctx.form.get("target"))
+            if target.name != mailbox.name:
+                await _move(mailbox, target, uids)
+        else:
+            raise HTTPError(400, "Unknown action.")
+        if ctx.form.get("back") == "message" and len(uids) == 1 and _exists(mailbox, uids[0]):
+            return Response.redirect(views.message_url(mailbox.name, uids[0]))
+        return Response.redirect(views.folder_url(mailbox.name) + f"?done={done}")
+
+    async def find(ctx: Context) -> Response:
+        name = ctx.query.get("folder", "INBOX")
+        field = ctx.query.get("field", "subject")
+        query = ctx.query.get("q").strip()
+        if field not in SEARCH_FIELDS:
+            raise HTTPError(400, f"Search in one of: {', '.join(SEARCH_FIELDS)}.")
+        mailbox = await app.mailbox(ctx, name)
+        found = []
+        if query:
+            found = await search(mailbox, app.order.newest_first(mailbox), field, query,
+                                 app.summaries, app.pause)
+        session = ctx.require_session()
+        folders = await folder_list(session.account.store)
+        body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
+        return await app.page(ctx, "Search", body, mailbox.name)
+
+    async def compose_form(ctx: Context) -> Response:
+        session = ctx.require_session()
+        reply = ctx.query.get("reply")
+        mode = ctx.query.get("mode", "reply")
+        fields: dict[str, str] = {}
+        forwarding = None
+        if reply:
+            original = await _original(app, ctx, reply)
+            subject = str(original.get("Subject", "") or "")
+            if mode == "forward":
+                fields["subject"] = subject if subject.lower().startswith("fwd:") \
+                    else f"Fwd: {subject}"
+                forwarding = subject
+            else:
+                to, cc = reply_addresses(original, session.address, mode == "all")
+                fields.update(to=to, cc=cc)
+                fields["subject"] = subject if subject.lower().startswith("re:") \
+                    else f"Re: {subject}"
+                text = take_apart(original.as_bytes(policy=email.policy.SMTP)).text or ""
+                quoted = "\n".join("> " + line for line in text.splitlines())
+                sender = str(original.get("From", "") or "")
+                fields["body"] = f"\n\n{sender} wrote:\n{quoted}\n"
+        body = views.compose_page(session.csrf, reply=reply, mode=mode if reply else "",
+                                  forwarding=forwarding, **fields)
+        return await app.page(ctx, "Compose", body)
+
+    async def send(ctx: Context) -> Response:
+        session = ctx.require_session()
+        form = ctx.form
+        reply = form.get("reply")
+        mode = form.get("mode")
+
+        async def again(error: str) -> Response:
+            body = views.compose_page(
+                session.csrf, to=form.get("to"), cc=form.get("cc"), bcc=form.get("bcc"),
+                subject=form.get("subject"), body=form.get("body"), reply=reply, mode=mode,
+                error=error)
+            return await app.page(ctx, "Compose", body, status=400)
+
+        try:
+            draft = check_form(form.get("to"), form.get("cc"), form.get("bcc"),
+                               form.get("subject"), form.get("body"), tuple(form.files))
+        except ComposeError as e:
+            return await again(str(e))
+        original_box: IMailbox | None = None
+        original_uid = 0
+        if reply:
+            original = await _original(app, ctx, reply)
+            original_box, original_uid = await _locate(app, ctx, reply)
+            if mode == "forward":
+                draft = _evolve(draft, forwarded=original.as_bytes(policy=email.policy.SMTP))
+            else:
+                message_id = str(original.get("Message-ID", "") or "").strip()
+                if message_id and not any(c in message_id for c in "\r\n"):
+                    refs = " ".join(str(original.get("References", "") or "").split())
+                    draft = _evolve(draft, in_reply_to=message_id,
+                                    references=f"{refs} {message_id}".strip())
+        message = build_message(draft, session.address, app.submitter.hostname,
+                                datetime.fromtimestamp(app.clock.seconds(), UTC))
+        try:
+            sent = await app.submitter.submit(session.account, ctx.client, draft, message)
+        except ReplyError as e:
+            return await again(f"Not sent: {e.reply.text}")
+        if original_box is not None and mode != "forward" and _exists(original_box,
+                                                                      original_uid):
+            await original_box.set_flags([original_uid], ["\\Answered"], "add")
+        return await app.page(ctx, "Sent", views.sent_page(sent.queue_id,
+                                                           len(sent.delivered_to)))
+
+    async def events(ctx: Context) -> None:
+        (name,) = ctx.params
+        mailbox = await app.mailbox(ctx, name)
+        session = ctx.require_session()
+        stream = EventStream(ctx.request, mailbox, app.clock,
+                             lambda: app.sessions.get(session.id, touch=False) is not None)
+        stream.start()
+        return None
+
+    r.add("GET", "/", home, public=True)
+    r.add("GET", "/signin", signin_form, public=True)
+    r.add("POST", "/signin", signin, public=True)
+    r.add("POST", "/signout", signout)
+    r.add("GET", f"/mail/{FOLDER}", folder)
+    r.add("GET", f"/mail/{FOLDER}/rows", rows)
+    r.add("POST", f"/mail/{FOLDER}/actions", actions)
+    r.add("GET", f"/mail/{FOLDER}/{UID}", message)
+    r.add("GET", f"/mail/{FOLDER}/{UID}/html", html_body)
+    r.add("GET", f"/mail/{FOLDER}/{UID}/raw", raw)
+    r.add("GET", f"/mail/{FOLDER}/{UID}/part/([0-9]+)(?:/([^/]*))?", part)
+    r.add("GET", "/search", find)
+    r.add("GET", "/compose", compose_form)
+    r.add("POST", "/compose", send)
+    r.add("GET", f"/events/{FOLDER}", events)
+
+
+def views_notice(ctx: Context) -> str | None:
+    return NOTICES.get(ctx.query.get("done"))
+
+
+def _exists(mailbox: IMailbox, uid: int) -> bool:
+    try:
+        mailbox.info(uid)
+    except NoSuchMessage:
+        return False
+    return True
+
+
+def _read(mailbox: IMailbox, uid: int) -> bytes:
+    try:
+        return mailbox.read(uid)
+    except NoSuchMessage:
+        raise HTTPError(404, "The message is gone.") from None
+
+
+def _download_type(content_type: str) -> str:
+    # Never hand the browser a type it would render as a page of ours.
+    if content_type in ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
+                        "application/xml"):
+        return "application/octet-stream"
+    return content_type
+
+
+async def _move(source: IMailbox, target: IMailbox, uids: list[int]) -> None:
+    """Copy each message durably into ``target``, then expunge it from ``source``."""
+    moved = []
+    for uid in uids:
+        try:
+            info = source.info(uid)
+            data = source.read(uid)
+        except NoSuchMessage:
+            continue
+        await target.append(data, info.flags - {"\\Deleted"}, info.internaldate)
+        moved.append(uid)
+    await _purge(source, moved)
+
+
+async def _purge(mailbox: IMailbox, uids: list[int]) -> None:
+    if uids:
+        await mailbox.set_flags(uids, ["\\Deleted"], "add")
+        await mailbox.expunge(uids)
+
+
+async def _locate(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, int]:
+    """``folder/uid`` (as the compose links give it) -> the folder and UID."""
+    name, _, uid_text = reference.rpartition("/")
+    from urllib.parse import unquote
+
+    mailbox = await app.mailbox(ctx, unquote(name))
+    return mailbox, app.uid(mailbox, uid_text)
+
+
+async def _original(app: WebApp, ctx: Context, reference: str):  # type: ignore[no-untyped-def]
+    mailbox, uid = await _locate(app, ctx, reference)
+    return parse(_read(mailbox, uid))
+
+
+def _evolve(draft: Draft, **changes: object) -> Draft:
+    import attrs
+
+    return attrs.evolve(draft, **changes)  # type: ignore[arg-type]
+
+
+__all__ = ["add_routes"]

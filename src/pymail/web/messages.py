@@ -1,0 +1,455 @@
+"""
+Reading mail for the web pages: folder lists with unread counts, pages of
+message summaries (newest first), a message taken apart into its text,
+HTML and attachments, and search.
+
+A page of the message list never parses more than the 50 messages it
+shows: the order comes from :class:`~pymail.interfaces.MessageInfo`
+(INTERNALDATE, UID), kept sorted per folder until the folder changes, and
+each summary (From, Subject, Date) is derived from the message's header
+once and kept with :meth:`IMailbox.cached` where the backend has it (the
+folder's index), else in a bounded in-process cache.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any, TypeVar
+
+import attrs
+
+from pymail.errors import NoSuchMessage
+from pymail.interfaces import IMailbox, IMailStore, MessageInfo
+
+#: Messages on one page of the message list.
+PAGE_SIZE = 50
+
+#: The name (and version) of the summary kept in the folder's cache.
+SUMMARY_CACHE_NAME = "web.summary.1"
+
+#: Summaries kept in process when the backend has no cache of its own.
+LOCAL_CACHE_SIZE = 200_000
+
+#: Longest subject or sender shown in a list row, in characters.
+MAX_LIST_TEXT = 200
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen
+class Summary:
+    """What a message-list row shows, derived from the header only."""
+
+    sender: str
+    sender_address: str
+    subject: str
+    date: int | None
+    multipart_mixed: bool
+
+    @classmethod
+    def from_cache(cls, value: Sequence[Any]) -> Summary:
+        sender, address, subject, date, mixed = value
+        return cls(str(sender), str(address), str(subject), date, bool(mixed))
+
+
+def _header_text(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text[:MAX_LIST_TEXT]
+
+
+def summarise(message: bytes) -> tuple[str, str, str, int | None, int]:
+    """Compute a message's :class:`Summary` (as its cacheable tuple) from its header."""
+    end = message.find(b"\r\n\r\n")
+    header = message if end < 0 else message[: end + 4]
+    parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(header)
+    sender = address = ""
+    try:
+        raw_from = parsed.get("From")
+        if raw_from is not None:
+            addresses = getattr(raw_from, "addresses", ())
+            if addresses:
+                first = addresses[0]
+                sender = first.display_name or first.addr_spec
+                address = first.addr_spec
+            else:
+                sender = str(raw_from)
+    except Exception:  # a malformed header is shown as it came
+        sender = str(parsed.get("From", "", failobj=""))
+    try:
+        subject = str(parsed.get("Subject", "") or "")
+    except Exception:
+        subject = ""
+    date: int | None = None
+    try:
+        raw_date = parsed.get("Date")
+        if raw_date is not None:
+            when = parsedate_to_datetime(str(raw_date))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            date = int(when.timestamp())
+    except Exception:
+        date = None
+    ctype = parsed.get_content_type() if parsed.get("Content-Type") else "text/plain"
+    return (_header_text(sender), _header_text(address), _header_text(subject), date,
+            int(ctype == "multipart/mixed"))
+
+
+@attrs.define
+class SummaryCache:
+    """
+    Summaries of messages: from the backend's own cache
+    (:meth:`IMailbox.cached`) when it has one, else from a bounded cache
+    here, keyed by folder identity, UIDVALIDITY and UID.
+    """
+
+    size: int = LOCAL_CACHE_SIZE
+    _local: OrderedDict[tuple[int, int, int], Summary] = attrs.Factory(OrderedDict)
+
+    def summary(self, mailbox: IMailbox, uid: int) -> Summary:
+        cached = getattr(mailbox, "cached", None)
+        if cached is not None:
+            return Summary.from_cache(cached(uid, SUMMARY_CACHE_NAME, summarise))
+        key = (id(mailbox), mailbox.uidvalidity(), uid)
+        found = self._local.get(key)
+        if found is None:
+            found = Summary.from_cache(summarise(mailbox.read(uid)))
+            self._local[key] = found
+            if len(self._local) > self.size:
+                self._local.popitem(last=False)
+        return found
+
+
+@attrs.define
+class _Order:
+    stamp: tuple[int, int, int]
+    uids: list[int]
+
+
+@attrs.define
+class FolderOrder:
+    """
+    The UIDs of each open folder, newest first (by INTERNALDATE, then UID),
+    sorted once and kept until the folder gains or loses messages.
+    """
+
+    _orders: dict[int, _Order] = attrs.Factory(dict)
+
+    def newest_first(self, mailbox: IMailbox) -> list[int]:
+        infos = mailbox.messages()
+        stamp = (mailbox.uidvalidity(), mailbox.uidnext(), len(infos))
+        order = self._orders.get(id(mailbox))
+        if order is None or order.stamp != stamp:
+            ranked = sorted(infos, key=lambda i: (i.internaldate, i.uid), reverse=True)
+            order = _Order(stamp, [i.uid for i in ranked])
+            self._orders[id(mailbox)] = order
+        return order.uids
+
+
+def unseen_count(mailbox: IMailbox) -> int:
+    """Messages without ``\\Seen``."""
+    return sum(1 for info in mailbox.messages() if "\\Seen" not in info.flags)
+
+
+@attrs.frozen
+class FolderEntry:
+    name: str
+    unseen: int
+    total: int
+    role: str | None
+
+
+async def folder_list(store: IMailStore) -> list[FolderEntry]:
+    """Every folder with its unread and total counts, INBOX and special-use first."""
+    roles = _special_use(store)
+    order = {name: i for i, (name, _) in enumerate(sorted(roles.items(), key=lambda x: x[1]))}
+    names = sorted(store.list_mailboxes(),
+                   key=lambda n: (n.upper() != "INBOX", n not in roles, order.get(n, 0), n))
+    entries = []
+    for name in names:
+        mailbox = await store.get_mailbox(name)
+        entries.append(FolderEntry(name, unseen_count(mailbox), len(mailbox.messages()),
+                                   roles.get(name)))
+    return entries
+
+
+def _special_use(store: IMailStore) -> dict[str, str]:
+    special_use = getattr(store, "special_use", None)
+    return dict(special_use()) if special_use is not None else {}
+
+
+async def role_folder(store: IMailStore, role: str, default: str) -> IMailbox:
+    """
+    The folder with a special-use role (``\\Sent``, ``\\Trash``), or the
+    folder named ``default``, created if missing.
+    """
+    for name, found in _special_use(store).items():
+        if found == role:
+            return await store.get_mailbox(name)
+    if default not in store.list_mailboxes():
+        await store.create_mailbox(default)
+    return await store.get_mailbox(default)
+
+
+@attrs.frozen
+class Row:
+    info: MessageInfo
+    summary: Summary
+
+
+@attrs.frozen
+class Page:
+    rows: list[Row]
+    number: int
+    pages: int
+    total: int
+
+
+def page_of(mailbox: IMailbox, uids: Sequence[int], number: int, summaries: SummaryCache,
+            size: int = PAGE_SIZE) -> Page:
+    """One page (0 = newest) of ``uids``; messages gone since are skipped."""
+    pages = max(1, -(-len(uids) // size))
+    number = min(max(0, number), pages - 1)
+    rows = []
+    for uid in uids[number * size:(number + 1) * size]:
+        try:
+            rows.append(Row(mailbox.info(uid), summaries.summary(mailbox, uid)))
+        except NoSuchMessage:
+            continue
+    return Page(rows, number, pages, len(uids))
+
+
+# -- one message ---------------------------------------------------------------------------
+
+@attrs.frozen
+class Attachment:
+    """A part offered for download; ``index`` is its position in ``walk()`` order."""
+
+    index: int
+    filename: str
+    content_type: str
+    size: int
+
+
+@attrs.frozen
+class ParsedMessage:
+    """A message taken apart for display."""
+
+    headers: list[tuple[str, str]]
+    text: str | None
+    html: str | None
+    attachments: list[Attachment]
+    inline_images: dict[str, tuple[str, bytes]]
+    message: EmailMessage
+
+
+#: Header fields shown above a message, in this order.
+SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+
+
+def parse(message: bytes) -> EmailMessage:
+    """Parse a message in wire form."""
+    parsed = BytesParser(policy=email.policy.default).parsebytes(message)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def _safe_str(get: Callable[[], _T], default: _T) -> _T:
+    try:
+        return get()
+    except Exception:  # malformed MIME: show what can be shown
+        return default
+
+
+def part_filename(part: Message, index: int) -> str:
+    """The part's file name, or a made-up one from its type."""
+    name = _safe_str(part.get_filename, None)
+    if name:
+        name = "".join(c for c in str(name) if c.isprintable() and c not in '/\\"')
+        name = name.strip(". ") or None
+    if not name:
+        subtype = part.get_content_subtype()
+        extension = {"plain": "txt", "rfc822": "eml", "jpeg": "jpg"}.get(subtype, subtype)
+        name = f"part-{index}.{extension}"
+    return name[:200]
+
+
+def _decoded(part: Message) -> bytes:
+    payload = _safe_str(lambda: part.get_payload(decode=True), None)
+    if isinstance(payload, bytes):
+        return payload
+    if part.get_content_type() == "message/rfc822" or part.is_multipart():
+        return _safe_str(lambda: part.as_bytes(policy=email.policy.SMTP), b"")
+    return b""
+
+
+def _text_of(part: Message) -> str:
+    data = _decoded(part)
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def walk_parts(message: EmailMessage) -> Iterator[tuple[int, Message]]:
+    """Every part with its index; message/rfc822 parts are leaves (downloadable whole)."""
+    index = 0
+    stack: list[Message] = [message]
+    while stack:
+        part = stack.pop(0)
+        yield index, part
+        index += 1
+        if part.is_multipart() and part.get_content_type() != "message/rfc822":
+            children = part.get_payload()
+            if isinstance(children, list):
+                stack[0:0] = children
+
+
+def take_apart(message: bytes) -> ParsedMessage:
+    """Find the text and HTML bodies, the attachments and the embedded images."""
+    parsed = parse(message)
+    headers = []
+    for name in SHOWN_HEADERS:
+        value = _safe_str(lambda n=name: parsed.get(n), None)  # type: ignore[misc]
+        if value is not None:
+            headers.append((name, " ".join(str(value).split())))
+    text: str | None = None
+    html: str | None = None
+    attachments = []
+    images: dict[str, tuple[str, bytes]] = {}
+    for index, part in walk_parts(parsed):
+        if part.is_multipart() and part.get_content_type() != "message/rfc822":
+            continue
+        ctype = part.get_content_type()
+        disposition = _safe_str(part.get_content_disposition, None)
+        content_id = part.get("Content-ID")
+        if disposition != "attachment" and ctype == "text/plain" and text is None \
+                and not part.get_filename():
+            text = _text_of(part)
+            continue
+        if disposition != "attachment" and ctype == "text/html" and html is None \
+                and not part.get_filename():
+            html = _text_of(part)
+            continue
+        if content_id and ctype.startswith("image/"):
+            images[str(content_id).strip().strip("<>")] = (ctype, _decoded(part))
+            if disposition != "attachment":
+                continue
+        data = _decoded(part)
+        attachments.append(Attachment(index, part_filename(part, index), ctype, len(data)))
+    return ParsedMessage(headers, text, html, attachments, images, parsed)
+
+
+def attachment(message: bytes, index: int) -> tuple[Attachment, bytes]:
+    """
+    The part at ``index`` (as listed by :func:`take_apart`) and its decoded content.
+
+    :raises KeyError: no such part, or it is a container.
+    """
+    for found, part in walk_parts(parse(message)):
+        if found == index:
+            if part.is_multipart() and part.get_content_type() != "message/rfc822":
+                break
+            data = _decoded(part)
+            return Attachment(index, part_filename(part, index), part.get_content_type(),
+                              len(data)), data
+    raise KeyError(index)
+
+
+def reply_addresses(message: EmailMessage, own: str, everyone: bool) -> tuple[str, str]:
+    """(To, Cc) of a reply or, with ``everyone``, a reply-all."""
+    def addrs(name: str) -> list[str]:
+        values = [str(v) for v in message.get_all(name, [])]
+        return [a for _, a in getaddresses(values) if a]
+
+    to = addrs("Reply-To") or addrs("From")
+    cc: list[str] = []
+    if everyone:
+        seen = {a.lower() for a in to} | {own.lower()}
+        for a in addrs("To") + addrs("Cc"):
+            if a.lower() not in seen:
+                seen.add(a.lower())
+                cc.append(a)
+    return ", ".join(to), ", ".join(cc)
+
+
+def format_address(name: str, address: str) -> str:
+    """An address field value (``Name <a@b>``), as the email package writes it."""
+    local, _, domain = address.rpartition("@")
+    return str(HeaderAddress(display_name=name, username=local, domain=domain))
+
+
+def display_date(timestamp: int | None, fallback: datetime) -> str:
+    when = datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else fallback
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+# -- search --------------------------------------------------------------------------------
+
+#: The fields a search can look in.
+SEARCH_FIELDS = ("from", "subject", "text")
+
+#: Most results a search returns.
+MAX_SEARCH_RESULTS = 200
+
+#: Messages examined between two returns to the reactor.
+SEARCH_BATCH = 100
+
+
+async def search(
+    mailbox: IMailbox,
+    uids: Sequence[int],
+    field: str,
+    query: str,
+    summaries: SummaryCache,
+    pause: Callable[[], Any],
+) -> list[Row]:
+    """
+    The messages (in ``uids`` order) whose sender, subject or text contains
+    ``query`` (case-insensitive), at most :data:`MAX_SEARCH_RESULTS`.
+
+    :param pause: returns an awaitable that yields to the reactor; it is
+        awaited every :data:`SEARCH_BATCH` messages so a long search does
+        not stall other users.
+    """
+    if field not in SEARCH_FIELDS:
+        raise ValueError(f"search field must be one of {', '.join(SEARCH_FIELDS)}")
+    needle = query.casefold()
+    rows: list[Row] = []
+    for count, uid in enumerate(uids, 1):
+        if count % SEARCH_BATCH == 0:
+            await pause()
+        try:
+            info = mailbox.info(uid)
+            summary = summaries.summary(mailbox, uid)
+            if field == "from":
+                hit = (needle in summary.sender.casefold()
+                       or needle in summary.sender_address.casefold())
+            elif field == "subject":
+                hit = needle in summary.subject.casefold()
+            else:
+                hit = needle in _searchable_text(mailbox.read(uid)).casefold()
+        except NoSuchMessage:
+            continue
+        if hit:
+            rows.append(Row(info, summary))
+            if len(rows) >= MAX_SEARCH_RESULTS:
+                break
+    return rows
+
+
+def _searchable_text(message: bytes) -> str:
+    """Subject and the decoded text of every text part."""
+    parsed = parse(message)
+    chunks = [str(_safe_str(lambda: parsed.get("Subject", ""), ""))]
+    for _, part in walk_parts(parsed):
+        if part.get_content_maintype() == "text":
+            chunks.append(_text_of(part))
+    return "\n".join(chunks)
