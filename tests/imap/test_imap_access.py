@@ -125,3 +125,24 @@ def test_preauth_timeout_is_absolute() -> None:
         client.cmd("a NOOP")
     assert client.closed
     assert server.clock.seconds() <= 75
+
+
+def test_cleartext_policy_tls_refuses_loopback(tmp_path: Path) -> None:
+    """With cleartext_auth = "tls" even loopback must STARTTLS before LOGIN."""
+    client, _ = tls_client(tmp_path, "127.0.0.1", cleartext_auth="tls")
+    assert b"LOGINDISABLED" in client.greeting
+    assert client.cmd(f"a LOGIN {USER} {PASSWORD}").startswith(b"a NO [PRIVACYREQUIRED]")
+
+
+def test_failed_logins_go_through_the_throttle() -> None:
+    """With a LoginThrottle, repeated failures are refused without checking the password."""
+    from pymail.auth.throttle import LoginThrottle
+
+    server = Server()
+    throttle = LoginThrottle(server.clock)
+    server.factory.throttle = throttle
+    client = server.connect()
+    for n in range(3):
+        client.cmd(f"a{n} LOGIN {USER} wrong")
+        server.clock.advance(10)
+    assert throttle.failures("192.168.1.1", USER) >= 3

@@ -19,6 +19,7 @@ from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
+from pymail.auth import sasl
 from pymail.imap.commands import Authenticate, Command, Login
 from pymail.imap.dispatch import Reply, State
 from pymail.imap.errors import bad, no
@@ -51,11 +52,16 @@ def is_tls(conn: IMAPServerProtocol) -> bool:
 
 def plaintext_allowed(conn: IMAPServerProtocol) -> bool:
     """
-    Whether a password may be sent in the clear on this connection: always
-    when the server has no TLS to offer, else only under TLS, or on
-    loopback when configured so.
+    Whether a password may be sent in the clear on this connection.  Under
+    the ``[security] cleartext_auth`` policy when one is given (``"tls"``,
+    ``"loopback"``, ``"always"``); else always when the server has no TLS
+    to offer, and otherwise only under TLS, or on loopback when allowed.
     """
-    if conn.tls is None or is_tls(conn):
+    if is_tls(conn):
+        return True
+    if conn.cleartext_auth is not None:
+        return sasl.cleartext_allowed(conn.cleartext_auth, False, is_loopback(conn.transport))
+    if conn.tls is None:
         return True
     return conn.allow_plaintext_on_loopback and is_loopback(conn.transport)
 
@@ -80,10 +86,16 @@ def _refuse_plaintext() -> Exception:
 
 async def _log_in(conn: IMAPServerProtocol, user: bytes, password: bytes) -> Reply | None:
     name = user.decode("utf-8", "replace")
+    credentials = UsernamePassword(user, password)
     try:
-        _, avatar, logout = await conn.portal.login(
-            UsernamePassword(user, password), None, IAccount
-        )
+        if conn.throttle is not None:
+            # Repeated failures are slowed, then refused (pymail.auth.throttle).
+            peer = getattr(conn.transport.getPeer(), "host", None)  # type: ignore[union-attr]
+            _, avatar, logout = await conn.throttle.login(
+                conn.portal, credentials, IAccount, peer=peer, service="imap"
+            )
+        else:
+            _, avatar, logout = await conn.portal.login(credentials, None, IAccount)
     except (LoginFailed, UnauthorizedLogin):
         log.info("IMAP login failed for {user!r}", user=name)
         raise no("invalid user name or password", "AUTHENTICATIONFAILED") from None

@@ -89,6 +89,8 @@ class IMAPServerProtocol(LiteralReader):
         poller: RefreshPoller | None = None,
         tls: ServerTLS | None = None,
         allow_plaintext_on_loopback: bool = True,
+        cleartext_auth: str | None = None,
+        throttle: Any = None,
     ) -> None:
         self.portal = portal
         self.reactor = reactor
@@ -110,6 +112,8 @@ class IMAPServerProtocol(LiteralReader):
         self.tls = tls
         self.tls_active = False
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.cleartext_auth = cleartext_auth
+        self.throttle = throttle
         self.enabled: frozenset[str] = frozenset()
         self.idling = False
         self.after_reply: Callable[[], None] | None = None
@@ -448,6 +452,11 @@ class IMAPFactory(ServerFactory):
         storage whose MODSEQs survive a restart (or whose UIDVALIDITY
         changes when they do not): a client resyncing against MODSEQs that
         went backwards would silently miss changes.
+    :param cleartext_auth: the ``[security] cleartext_auth`` policy
+        (``"tls"``, ``"loopback"``, ``"always"``); when given it decides
+        instead of ``allow_plaintext_on_loopback``.
+    :param throttle: a :class:`pymail.auth.throttle.LoginThrottle` that
+        slows repeated failed logins, or None.
     """
 
     noisy = False  # the listener logs its own start
@@ -466,6 +475,8 @@ class IMAPFactory(ServerFactory):
         allow_plaintext_on_loopback: bool = True,
         idle_poll_interval: float = idle.POLL_INTERVAL,
         condstore: bool = False,
+        cleartext_auth: str | None = None,
+        throttle: Any = None,
     ) -> None:
         self.portal = portal
         self.reactor = reactor
@@ -476,6 +487,8 @@ class IMAPFactory(ServerFactory):
         self.idle_timeout = idle_timeout
         self.tls = tls
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
+        self.cleartext_auth = cleartext_auth
+        self.throttle = throttle
         self.table = default_table(condstore=condstore)
         # RFC 7889: the biggest APPEND accepted, same for every folder.
         self.table.add_capabilities([f"APPENDLIMIT={max_literal_size}"])
@@ -496,6 +509,8 @@ class IMAPFactory(ServerFactory):
             poller=self.poller,
             tls=self.tls,
             allow_plaintext_on_loopback=self.allow_plaintext_on_loopback,
+            cleartext_auth=self.cleartext_auth,
+            throttle=self.throttle,
         )
         proto.factory = self
         return proto
