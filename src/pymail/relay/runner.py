@@ -42,6 +42,9 @@ from pymail.smtp.replies import Reply
 
 log = Logger()
 
+#: RFC 3463: delivery time expired (the queue lifetime ran out).
+EXPIRED_STATUS = "4.4.7"
+
 _DURATION = re.compile(r"(\d+)([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -100,6 +103,7 @@ class QueueRunner(Service):
     _stamps: dict[str, float] = attrs.Factory(dict)
     _semaphores: dict[str, DeferredSemaphore] = attrs.Factory(dict)
     _scanner: LoopingCall | None = None
+    _expired: set[int] = attrs.Factory(set)
     # Service's own attributes, which attrs would otherwise not set.
     running: int = 0
     name: str | None = "relay"
@@ -268,8 +272,10 @@ class QueueRunner(Service):
         pending = entry.pending()
         if pending and now - entry.created >= self.policy.lifetime:
             for r in pending:
+                # The diagnostic stays the last reply; the status says why
+                # we gave up (RFC 3463: 4.4.7, delivery time expired).
                 r.state = FAILED
-                r.reply = f"Gave up after {entry.attempts} attempts; last reply: {r.reply}"
+                self._expired.add(id(r))
                 failed_now.append(r)
             pending = []
         notice = "-"
@@ -277,6 +283,7 @@ class QueueRunner(Service):
             notice = await self._notify(entry, failed_now, bounce.FAILED, message, now)
         for r in failed_now:
             maillog.bounced(entry.queue_id, r.address, r.remote, r.reply, notice)
+            self._expired.discard(id(r))
         if not pending:
             await self.spool.remove(entry.queue_id)
             self._entries.pop(entry.queue_id, None)
@@ -366,7 +373,11 @@ class QueueRunner(Service):
             return "-"
         default = {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
         notices = [
-            bounce.Notice(r, action, bounce.status_of(r.reply, default), r.reply)
+            bounce.Notice(
+                r, action,
+                EXPIRED_STATUS if id(r) in self._expired else bounce.status_of(r.reply, default),
+                r.reply,
+            )
             for r in chosen
         ]
         notice_id = self.queue_ids()
