@@ -192,7 +192,7 @@ class Router:
                 continue
             allowed = True
             if route.method == method or (method == b"HEAD" and route.method == b"GET"):
-                return route, tuple(unquote(g, errors="strict") for g in found.groups())
+                return route, tuple(unquote(g or "", errors="strict") for g in found.groups())
         if allowed:
             raise HTTPError(405, "This method is not allowed here.")
         raise HTTPError(404, "There is nothing here.")

@@ -293,9 +293,10 @@ def _text_of(part: Message) -> str:
     data = _decoded(part)
     charset = part.get_content_charset() or "utf-8"
     try:
-        return data.decode(charset, "replace")
+        text = data.decode(charset, "replace")
     except LookupError:
-        return data.decode("utf-8", "replace")
+        text = data.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def walk_parts(message: EmailMessage) -> Iterator[tuple[int, Message]]:
