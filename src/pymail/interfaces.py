@@ -31,6 +31,9 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from pymail.address import Address, Envelope
+    from pymail.smtp.delivery import QueuedCopy, StoredCopy
+
 #: The IMAP system flags a backend must store (RFC 3501 section 2.3.2).
 #: ``\\Recent`` is a session property and is never stored.
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
@@ -356,7 +359,7 @@ class IMessageDelivery(Interface):
     :class:`pymail.smtp.replies.ReplyError` carrying the SMTP reply.
     """
 
-    def check_sender(sender: object, *, authenticated_as: str | None = None) -> None:
+    def check_sender(sender: Address, *, authenticated_as: str | None = None) -> None:
         """
         At ``MAIL FROM``: may ``sender`` (a :class:`pymail.address.Address`)
         be used by this client (``authenticated_as`` is the account, or
@@ -366,7 +369,7 @@ class IMessageDelivery(Interface):
         """
 
     def check_recipient(
-        address: object, *, authenticated_as: str | None = None
+        address: Address | str, *, authenticated_as: str | None = None
     ) -> list[str] | Deferred[list[str]]:
         """
         At ``RCPT TO``: the targets mail for ``address`` goes to (canonical
@@ -380,8 +383,8 @@ class IMessageDelivery(Interface):
         message: bytes,
         *,
         internaldate: datetime | None = None,
-        envelope: object = None,
-    ) -> Deferred[list[object]]:
+        envelope: Envelope | None = None,
+    ) -> Deferred[list[StoredCopy | QueuedCopy]]:
         """
         After ``DATA``: store or queue ``message`` (wire form) for every
         target; fires only when every copy is durable.  ``envelope`` is

@@ -143,3 +143,53 @@ class DeliverTests(SynchronousTestCase):
         """No accounts is an immediate empty success."""
         policy = LocalDelivery(directory(), MemoryStoreFactory(), "/data")
         self.assertEqual(self.successResultOf(policy.deliver([], b"m\r\n")), [])
+
+
+class RoutingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stores = MemoryStoreFactory()
+        d = directory()
+        d.aliases["fwd@example.com"] = ["bob@example.com", "x@remote.example"]
+        self.policy = LocalDelivery(d, self.stores, "/data")
+
+    def test_provides_interface(self) -> None:
+        """LocalDelivery provides IMessageDelivery."""
+        from zope.interface.verify import verifyObject
+
+        from pymail.interfaces import IMessageDelivery
+
+        verifyObject(IMessageDelivery, self.policy)
+
+    def test_tag_kept_in_delivered_to(self) -> None:
+        """A +tag recipient's copy starts with Delivered-To naming the tagged address."""
+        from pymail.address import Envelope, EnvelopeRecipient
+
+        rcpt = Address.parse("<alice+lists@example.com>")
+        env = Envelope("Q1", Address.parse("<x@y.example>"),
+                       (EnvelopeRecipient(rcpt, ("alice@example.com",)),
+                        EnvelopeRecipient(Address.parse("<bob@example.com>"),
+                                          ("bob@example.com",))))
+        self.successResultOf(self.policy.deliver(["alice@example.com", "bob@example.com"],
+                                                 b"m\r\n", envelope=env))
+        alice = self.successResultOf(
+            self.stores.open_store("alice@example.com", "/data").get_mailbox("INBOX"))
+        bob = self.successResultOf(
+            self.stores.open_store("bob@example.com", "/data").get_mailbox("INBOX"))
+        self.assertEqual(alice.read(1), b"Delivered-To: alice+lists@example.com\r\nm\r\n")
+        self.assertEqual(bob.read(1), b"m\r\n")
+
+    def test_loop_detected(self) -> None:
+        """More Received headers than max_received is refused with 554 5.4.6."""
+        policy = LocalDelivery(directory(), self.stores, "/data", max_received=3)
+        looping = b"Received: x\r\n" * 4 + b"\r\nReceived: in the body\r\n"
+        failure = self.failureResultOf(policy.deliver(["alice@example.com"], looping),
+                                       ReplyError)
+        self.assertEqual((failure.value.reply.code, failure.value.reply.enhanced),
+                         (554, "5.4.6"))
+        self.successResultOf(policy.deliver(["alice@example.com"], b"Received: x\r\n" * 3))
+
+    def test_remote_alias_target_without_queue(self) -> None:
+        """An alias with a remote target routes there; without a queue it cannot be stored."""
+        self.assertEqual(self.policy.check_recipient("<fwd@example.com>"),
+                         ["bob@example.com", "x@remote.example"])
+        self.failureResultOf(self.policy.deliver(["x@remote.example"], b"m\r\n"), ReplyError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from smtp_support import dot_stuff, make_server, strip_trace_headers
 from twisted.cred.checkers import ICredentialsChecker
@@ -220,3 +221,90 @@ class SubmissionTransactionTests(SynchronousTestCase):
         h.protocol._logout = lambda: calls.append(True)
         h.protocol.connectionLost(None)
         self.assertEqual(calls, [True])
+
+
+class _TLSStringTransport:
+    """Wraps a StringTransport with startTLS, which then marks it ISSLTransport."""
+
+    @staticmethod
+    def install(h: Any) -> list[object]:
+        from zope.interface import directlyProvides
+
+        from twisted.internet.interfaces import ISSLTransport
+
+        started: list[object] = []
+
+        def start_tls(creator: object) -> None:
+            started.append(creator)
+            directlyProvides(h.transport, ISSLTransport)
+
+        h.transport.startTLS = start_tls
+        return started
+
+
+class StartTLSTests(SynchronousTestCase):
+    def server(self, **kw: Any) -> Any:
+        tls = FakeServerTLS()
+        h = make_server(mode="submission", tls=tls, **kw)
+        h.replies()
+        return h, _TLSStringTransport.install(h), tls
+
+    def test_starttls_offered_only_with_tls(self) -> None:
+        """EHLO offers STARTTLS when the factory has TLS, and never on a plain factory."""
+        h, _, _ = self.server()
+        h.send(b"EHLO c.example.org\r\n")
+        self.assertIn("250-STARTTLS", h.replies())
+        plain = make_server(mode="submission")
+        plain.replies()
+        plain.send(b"EHLO c.example.org\r\nSTARTTLS\r\n")
+        lines = plain.replies()
+        self.assertFalse(any("STARTTLS" in line for line in lines[:-1]))
+        self.assertEqual(lines[-1][:9], "502 5.5.1")
+
+    def test_starttls_discards_pipelined_input_and_resets(self) -> None:
+        """Commands sent after STARTTLS in the same packet are dropped; EHLO is needed again."""
+        h, started, tls = self.server()
+        h.send(b"EHLO c.example.org\r\n")
+        h.replies()
+        h.send(b"STARTTLS\r\nMAIL FROM:<alice@example.com>\r\n")
+        self.assertEqual(h.replies(), ["220 2.0.0 Ready to start TLS"])
+        self.assertEqual(started, [tls.creator])
+        h.send(b"MAIL FROM:<alice@example.com>\r\n")
+        self.assertEqual(h.codes(), ["503 5.5.1"])
+        h.send(b"EHLO c.example.org\r\n")
+        lines = h.replies()
+        self.assertNotIn("250-STARTTLS", lines)
+        self.assertIn("250 AUTH PLAIN LOGIN", lines)
+        h.send(b"STARTTLS\r\n")
+        self.assertEqual(h.codes(), ["503 5.5.1"])
+
+    def test_auth_needs_tls_when_policy_says_so(self) -> None:
+        """With cleartext_auth='tls', AUTH is hidden and refused (538 5.7.11) until STARTTLS."""
+        h, _, _ = self.server(cleartext_auth="tls")
+        h.send(b"EHLO c.example.org\r\n")
+        self.assertFalse(any("AUTH" in line for line in h.replies()))
+        h.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlLXNlY3JldA==\r\n")
+        self.assertEqual(h.codes(), ["538 5.7.11"])
+        h.send(b"STARTTLS\r\n")
+        h.replies()
+        h.send(b"EHLO c.example.org\r\n")
+        h.replies()
+        h.login()
+
+    def test_loopback_may_auth_in_clear(self) -> None:
+        """With cleartext_auth='loopback', a client on 127.0.0.1 may AUTH without TLS."""
+        h = make_server(mode="submission", cleartext_auth="loopback", peer="127.0.0.1")
+        h.replies()
+        h.ehlo()
+        h.login()
+        remote = make_server(mode="submission", cleartext_auth="loopback")
+        remote.replies()
+        remote.ehlo()
+        remote.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlLXNlY3JldA==\r\n")
+        self.assertEqual(remote.codes(), ["538 5.7.11"])
+
+
+class FakeServerTLS:
+    """Stands in for pymail.tls.ServerTLS: only ``creator`` is used by STARTTLS."""
+
+    creator = object()

@@ -171,7 +171,7 @@ class SMTPClientProtocol(LineReceiver):
         self._fail_waiting(SMTPClientError(
             Reply(451, "4.4.2", f"Broken SMTP peer: {why}"), try_next_host=True))
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _fail_waiting(self, error: Exception) -> None:
         self._cancel_timeout()
@@ -198,7 +198,7 @@ class SMTPClientProtocol(LineReceiver):
         self._fail_waiting(SMTPClientError(
             Reply(451, "4.4.2", "Timeout waiting for the remote server"), try_next_host=True))
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def reply(self, timeout: float = COMMAND_TIMEOUT) -> Deferred[Reply]:
         """The next reply (already received or still to come)."""
@@ -318,7 +318,8 @@ class SMTPClient:
             reply = await proto.reply()
             if reply.code == 220:
                 assert proto.transport is not None
-                proto.transport.startTLS(self.client_tls(name, self.require_tls))
+                proto.transport.startTLS(  # type: ignore[attr-defined]
+                    self.client_tls(name, self.require_tls))
                 tls = True
                 ext = await self._ehlo(proto) or {}
             elif self.require_tls:

@@ -106,7 +106,7 @@ class QueueRunner(Service):
     _expired: set[int] = attrs.Factory(set)
     # Service's own attributes, which attrs would otherwise not set.
     running: int = 0
-    name: str | None = "relay"
+    name: str = "relay"  # type: ignore[assignment]
     parent: Any = None
 
     # Service ----------------------------------------------------------------
