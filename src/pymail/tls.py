@@ -20,8 +20,7 @@ import ipaddress
 import os
 from typing import Any
 
-from OpenSSL import SSL, crypto
-from twisted.internet import ssl
+from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -42,52 +41,67 @@ def _read(path: str, what: str, source: str) -> bytes:
         raise ConfigError(f"{source}: [tls] {what} = {path!r}: cannot read: {e.strerror}") from None
 
 
-def load_options(certificate: str, key: str, source: str = "<tls>") -> ssl.CertificateOptions:
+#: TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all
+#: of that kind and keep OpenSSL's defaults).
+CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!SHA1"
+
+
+class ServerOptions:
+    """One certificate, key and chain as an OpenSSL server context."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+def load_options(certificate: str, key: str, source: str = "<tls>") -> ServerOptions:
     """
-    Build the server's TLS options from PEM files.
+    Build the server's TLS context from PEM files: TLS 1.2 at least,
+    forward-secret AEAD ciphers, no compression, no renegotiation.
 
     :param certificate: the certificate, followed by its chain.
     :param key: the private key (may be the same file as ``certificate``).
     :raises ConfigError: a file is missing or unreadable, not PEM, or the
         key does not match the certificate.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     cert_pem = _read(certificate, "certificate", source)
     key_pem = _read(key, "key", source) if key else cert_pem
     try:
-        chain = ssl.Certificate.loadPEM(cert_pem)
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except Exception as e:
         raise ConfigError(
             f"{source}: [tls] certificate = {certificate!r} is not a PEM certificate ({e})"
         ) from None
     try:
-        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(
-            chain, ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
-        )
+        private_key = load_pem_private_key(key_pem, password=None)
     except Exception as e:
+        raise ConfigError(
+            f"{source}: [tls] key = {key!r} is not a PEM private key for that certificate "
+            f"(an unencrypted PEM key is needed: {e})"
+        ) from None
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+    )
+    context.set_cipher_list(CIPHERS)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    try:
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(private_key)  # type: ignore[arg-type]
+        context.check_privatekey()
+    except (SSL.Error, TypeError, ValueError) as e:
         raise ConfigError(
             f"{source}: [tls] key = {key!r} is not a PEM private key for that certificate ({e})"
         ) from None
-    extra = []
-    # Any further certificates in the file are the chain to send.
-    marker = b"-----BEGIN CERTIFICATE-----"
-    parts = cert_pem.split(marker)[2:]
-    for part in parts:
-        try:
-            extra.append(ssl.Certificate.loadPEM(marker + part).original)
-        except Exception:
-            raise ConfigError(
-                f"{source}: [tls] certificate = {certificate!r}: a chain certificate is not "
-                "valid PEM"
-            ) from None
-    try:
-        return ssl.CertificateOptions(
-            privateKey=private.privateKey.original,
-            certificate=private.original,
-            extraCertChain=extra or None,
-            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        )
-    except (SSL.Error, ValueError) as e:
-        raise ConfigError(f"{source}: [tls] the key does not match the certificate ({e})") from None
+    return ServerOptions(context)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -137,7 +151,7 @@ class ServerTLS:
             return None
         return cls(tls.certificate, tls.key, config.source, tls.sni)
 
-    def _load(self) -> tuple[ssl.CertificateOptions, dict[str, ssl.CertificateOptions]]:
+    def _load(self) -> tuple[ServerOptions, dict[str, ServerOptions]]:
         default = load_options(self.certificate, self.key, self.source)
         by_name = {
             host: load_options(cert, key, f"{self.source}: [tls.sni.{host!r}]")

@@ -142,9 +142,7 @@ class LimitedProtocol(ProtocolWrapper):
             self._counted = False
             self.factory.limits.release(self._host)
             super().connectionLost(reason)
-        else:
-            # ProtocolWrapper bookkeeping without a wrapped session.
-            self.factory.unregisterProtocol(self)
+        # A refused connection was never registered nor passed on.
 
 
 class LimitedFactory(WrappingFactory):

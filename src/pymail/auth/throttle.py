@@ -24,7 +24,7 @@ What it adds to ``portal.login``:
 
       pymail auth failure: service=pop3 rhost=203.0.113.9 user=alice@example.org reason=bad-credentials
 
-State is in memory, per process, bounded: at most :attr:`MAX_TRACKED`
+State is in memory, per process, bounded: at most ``max_tracked``
 addresses and accounts are remembered (the oldest are forgotten first).
 """
 
@@ -79,9 +79,6 @@ class LoginThrottle:
     :ivar account_block_after: the same per account, from any address.
     """
 
-    #: Addresses (and, separately, accounts) remembered at most.
-    MAX_TRACKED = 100_000
-
     _reactor: IReactorTime
     failure_min: float = 0.4
     delay: float = 0.5
@@ -90,6 +87,8 @@ class LoginThrottle:
     account_block_after: int = 50
     block_for: float = 900.0
     window: float = 900.0
+    #: Addresses (and, separately, accounts) remembered at most.
+    max_tracked: int = 100_000
     _by_ip: OrderedDict[str, _Record] = attrs.field(factory=OrderedDict, init=False)
     _by_account: OrderedDict[str, _Record] = attrs.field(factory=OrderedDict, init=False)
 
@@ -115,7 +114,7 @@ class LoginThrottle:
             if not create:
                 return None
             record = table[key] = _Record()
-            while len(table) > self.MAX_TRACKED:
+            while len(table) > self.max_tracked:
                 table.popitem(last=False)
         else:
             table.move_to_end(key)
