@@ -18,6 +18,7 @@ alone does not run script.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 
 import attrs
@@ -62,6 +63,22 @@ ALLOWED_SCHEMES = frozenset({"http", "https", "mailto", "data", "cid"})
 
 #: Largest embedded image inlined as a data: URI, in octets.
 MAX_INLINE_IMAGE = 2 * 1024 * 1024
+
+
+#: CSS functions a kept declaration may use (colours only).
+_STYLE_FUNCTION = re.compile(r"([a-z-]*)\s*\(", re.IGNORECASE)
+_COLOUR_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla"})
+
+
+def _safe_style(value: str) -> str | None:
+    """Drop declarations that call a CSS function other than a colour (url(), expression())."""
+    kept = []
+    for declaration in value.split(";"):
+        functions = {f.lower() for f in _STYLE_FUNCTION.findall(declaration)}
+        if functions <= _COLOUR_FUNCTIONS and "\\" not in declaration:
+            kept.append(declaration.strip())
+    style = ";".join(d for d in kept if d)
+    return style or None
 
 
 @attrs.frozen
@@ -110,6 +127,8 @@ def sanitise_html(
             if low.startswith("data:image/") and not low.startswith("data:image/svg"):
                 return value
             return None
+        if attr == "style":
+            return _safe_style(value)
         if attr == "href":
             low = value.strip().lower()
             if not low.startswith(("http:", "https:", "mailto:")):
