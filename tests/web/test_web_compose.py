@@ -1,0 +1,119 @@
+"""Compose, reply, reply-all and forward through the submission policy; header injection."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.web.compose import ComposeError, check_form
+from web_support import make_world, message, parse_mail
+
+
+class CheckFormTests(SynchronousTestCase):
+    def test_line_breaks_in_header_fields_are_refused(self) -> None:
+        """CR or LF in To, Cc, Bcc or Subject is header injection and refused."""
+        for field in ("to", "cc", "bcc", "subject"):
+            for evil in ("x\r\nBcc: victim@example.org", "x\nBcc: v@example.org", "x\rY"):
+                values = {"to": "bob@example.org", "cc": "", "bcc": "", "subject": "s"}
+                values[field] = ("bob@example.org, " if field != "subject" else "") + evil
+                with self.assertRaises(ComposeError, msg=f"{field}: {evil!r}") as caught:
+                    check_form(values["to"], values["cc"], values["bcc"], values["subject"], "b")
+                self.assertIn("line break", str(caught.exception))
+
+    def test_bad_addresses_are_refused(self) -> None:
+        """An address that does not parse, and an empty recipient list, are refused."""
+        for to in ("not an address", "a@", "@b.example", ""):
+            with self.assertRaises(ComposeError, msg=to):
+                check_form(to, "", "", "s", "b")
+
+
+class SendTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = make_world()
+        self.alice = self.world.browser()
+        self.alice.sign_in("alice@example.org")
+        self.csrf = self.alice.csrf()
+
+    def send(self, **fields: str) -> object:
+        form = {"csrf": self.csrf, "to": "", "cc": "", "bcc": "", "subject": "", "body": ""}
+        form.update(fields)
+        files = fields.pop("_files", None)  # type: ignore[call-overload]
+        return self.alice.post_multipart("/compose", form, files or [])
+
+    def test_message_arrives_and_is_filed_in_sent(self) -> None:
+        """A sent message is in Bob's INBOX and, byte for byte the same, in Alice's Sent (\\Seen)."""
+        reply = self.alice.post_multipart("/compose", {
+            "csrf": self.csrf, "to": "Bob <bob@example.org>", "cc": "", "bcc": "carol@example.org",
+            "subject": "Plans for Friday", "body": "Lunch at one?\nBring the slides."},
+            [("slides.pdf", "application/pdf", b"%PDF-1.4 slides"),
+             ("notes.txt", "", b"plain notes\n")])
+        self.assertEqual(reply.status, 200, reply.text)
+        self.assertIn("Your message was sent", reply.text)
+        bob = self.world.mailbox("bob@example.org")
+        carol = self.world.mailbox("carol@example.org")
+        sent = self.world.mailbox("alice@example.org", "Sent")
+        delivered = bob.read(bob.messages()[0].uid)
+        self.assertEqual(carol.read(carol.messages()[0].uid), delivered)
+        self.assertEqual(sent.read(sent.messages()[0].uid), delivered)
+        self.assertEqual(sent.messages()[0].flags, {"\\Seen"})
+        parsed = parse_mail(delivered)
+        self.assertEqual(parsed["From"], "alice@example.org")
+        self.assertEqual(parsed["To"], "bob@example.org")
+        self.assertIsNone(parsed["Bcc"])
+        self.assertEqual(parsed["Subject"], "Plans for Friday")
+        self.assertEqual(parsed.get_body(("plain",)).get_content(),
+                         "Lunch at one?\r\nBring the slides.\r\n")
+        parts = {p.get_filename(): (p.get_content_type(), p.get_payload(decode=True))
+                 for p in parsed.iter_attachments()}
+        self.assertEqual(parts, {"slides.pdf": ("application/pdf", b"%PDF-1.4 slides"),
+                                 "notes.txt": ("text/plain", b"plain notes\n")})
+        self.assertTrue(delivered.endswith(b"\r\n") and b"\n" not in delivered.replace(b"\r\n", b""))
+
+    def test_injection_in_subject_sends_nothing(self) -> None:
+        """A subject with CRLF is refused with 400 and nothing is delivered or filed."""
+        reply = self.alice.post_multipart("/compose", {
+            "csrf": self.csrf, "to": "bob@example.org", "cc": "", "bcc": "",
+            "subject": "hi\r\nBcc: carol@example.org", "body": "x"})
+        self.assertEqual(reply.status, 400)
+        self.assertIn("Subject must be a single line", reply.text)
+        self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 0)
+        self.assertEqual(len(self.world.mailbox("carol@example.org").messages()), 0)
+
+    def test_unknown_local_recipient_is_refused_by_the_policy(self) -> None:
+        """The submission policy's refusal is shown and nothing is sent to anyone."""
+        reply = self.alice.post_multipart("/compose", {
+            "csrf": self.csrf, "to": "bob@example.org, nobody@example.org", "cc": "",
+            "bcc": "", "subject": "s", "body": "b"})
+        self.assertEqual(reply.status, 400)
+        self.assertIn("Not sent:", reply.text)
+        self.assertIn("nobody@example.org", reply.text)
+        self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 0)
+
+    def test_reply_all_and_forward(self) -> None:
+        """Reply-all addresses sender and other recipients, threads, sets \\Answered; forward attaches."""
+        original = message("Team sync", "Agenda attached.", sender="carol@example.org",
+                           extra="Cc: bob@example.org\r\n")
+        uid = self.world.deliver("alice@example.org", original)
+        form = self.alice.get(f"/compose?reply=INBOX/{uid}&mode=all").text
+        self.assertIn('name="to" value="carol@example.org"', form)
+        self.assertIn('name="cc" value="bob@example.org"', form)
+        self.assertIn('value="Re: Team sync"', form)
+        self.assertIn("&gt; Agenda attached.", form)
+        self.alice.post_multipart("/compose", {
+            "csrf": self.csrf, "to": "carol@example.org", "cc": "bob@example.org", "bcc": "",
+            "subject": "Re: Team sync", "body": "Sounds good.", "reply": f"INBOX/{uid}",
+            "mode": "all"})
+        carol = self.world.mailbox("carol@example.org")
+        answer = parse_mail(carol.read(carol.messages()[0].uid))
+        self.assertEqual(answer["In-Reply-To"], parse_mail(original)["Message-ID"])
+        self.assertIn("\\Answered", self.world.mailbox("alice@example.org").info(uid).flags)
+        self.alice.post_multipart("/compose", {
+            "csrf": self.csrf, "to": "bob@example.org", "cc": "", "bcc": "",
+            "subject": "Fwd: Team sync", "body": "FYI", "reply": f"INBOX/{uid}",
+            "mode": "forward"})
+        bob = self.world.mailbox("bob@example.org")
+        forwarded = parse_mail(bob.read(bob.messages()[-1].uid))
+        attached = [p for p in forwarded.iter_attachments()]
+        self.assertEqual([p.get_content_type() for p in attached], ["message/rfc822"])
+        inner = attached[0].get_content()
+        self.assertEqual(inner["Subject"], "Team sync")
+        self.assertEqual(inner.get_content(), "Agenda attached.\r\n")
