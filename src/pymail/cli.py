@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.add_argument("--force", action="store_true", help="replace existing files")
     tls.set_defaults(func=cmd_tls)
+
+    from pymail.relay.admin import add_queue_command
+
+    add_queue_command(add, _config)
     return parser
 
 
