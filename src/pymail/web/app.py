@@ -90,8 +90,10 @@ class WebApp:
     def __attrs_post_init__(self) -> None:
         from pymail.web import account, mail
 
-        mail.add_routes(self)
+        # Account routes first: Thunderbird's /mail/config-v1.1.xml would
+        # otherwise be taken for a folder of that name.
         account.add_routes(self)
+        mail.add_routes(self)
         self.router.add("GET", "/static/([a-z]+\\.(?:js|css))", self._static, public=True)
 
     async def _static(self, ctx: Context) -> Response:
