@@ -134,6 +134,9 @@ class ThreadedAppendTests(SynchronousTestCase):
             def callFromThread(self, f: Any, *a: Any) -> None:
                 calls.append((f, a))
 
+            def getThreadPool(self) -> Any:
+                return ThreadlessReactor().getThreadPool()
+
         data = self.mktemp()
         box = MaildirMailbox(os.path.join(data, "m"), "INBOX", Reactor())
         box._load()

@@ -80,6 +80,7 @@ from pymail.storage.base import (
     normalise_flags,
     rename_plan,
 )
+from pymail.storage.index import FolderIndex, decode_value, encode_value, rebuild_modseq
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 
 log = Logger()
@@ -172,6 +173,30 @@ class _DiskState:
     scanned_at: float = 0.0
 
 
+@implementer(IMailboxListener)
+class _IndexWriter:
+    """Writes each change the view applied (with its MODSEQ) to the folder's index."""
+
+    def __init__(self, mailbox: MaildirMailbox) -> None:
+        self._mailbox = mailbox
+
+    def mailbox_changed(self, mailbox: IMailbox, change: Any) -> None:
+        box = self._mailbox
+        view = box._view
+        highest = view.highestmodseq
+        if change.kind == "expunged":
+            box._in_thread(box._index.update, (), (), change.uids, highest)
+            return
+        rows = []
+        for uid in change.uids:
+            rel = box._disk.files.get(uid)
+            if rel is None or uid not in view:
+                continue
+            info = view.info(uid)
+            rows.append((uid, rel, info.internaldate.timestamp(), info.size, info.modseq))
+        box._in_thread(box._index.update, rows, (), (), highest)
+
+
 @implementer(IMailbox)
 class MaildirMailbox:
     """One Maildir folder."""
@@ -184,7 +209,9 @@ class MaildirMailbox:
         self._disk = _DiskState()
         self._pending: list[_Pending] = []
         self._cache: dict[tuple[int, str], Any] = {}
+        self._index = FolderIndex(path)
         self._view = MailboxView(self)
+        self._view.add_listener(_IndexWriter(self))
 
     # -- the view (reactor thread) ---------------------------------------
 
@@ -216,12 +243,16 @@ class MaildirMailbox:
         return len([k for k in self._disk.keywords if k]) < _MAX_KEYWORDS
 
     def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
-        key = (uid, name)
+        if uid not in self._view:
+            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         try:
-            return self._cache[key]  # type: ignore[no-any-return]
+            return self._index.get_cached(uid, name)  # type: ignore[no-any-return]
         except KeyError:
-            value = self._cache[key] = compute(self.read(uid))
-            return value
+            # Stored and returned in one shape (lists become tuples), so a
+            # value looks the same whether computed now or read back later.
+            value = decode_value(encode_value(compute(self.read(uid))))
+            self._index.put_cached(uid, name, value)
+            return value  # type: ignore[no-any-return]
 
     def read(self, uid: int) -> bytes:
         if uid not in self._view:
@@ -274,13 +305,15 @@ class MaildirMailbox:
 
     def open(self) -> Deferred[MaildirMailbox]:
         """Load the folder (create its directories if needed); fires with self."""
-        def loaded(infos: list[MessageInfo]) -> MaildirMailbox:
+        def loaded(result: tuple[list[MessageInfo], int]) -> MaildirMailbox:
+            infos, highest = result
             self._view.load(infos)
+            self._view.highestmodseq = max(self._view.highestmodseq, highest)
             return self
 
         return self._in_thread(self._load).addCallback(loaded)
 
-    def _load(self) -> list[MessageInfo]:
+    def _load(self) -> tuple[list[MessageInfo], int]:
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         with self._lock:
@@ -292,7 +325,48 @@ class MaildirMailbox:
                 self._disk.scanned_at = time.time()
             finally:
                 self._unflock(fd)
-        return [self._info_for(uid, self._disk.files[uid]) for uid in sorted(self._disk.files)]
+            return self._load_index_locked()
+
+    def _load_index_locked(self) -> tuple[list[MessageInfo], int]:
+        """
+        The folder's messages, taking INTERNALDATE, size and MODSEQ from the
+        index where it knows the file (no stat), and bringing the index up
+        to date with the files (rebuilding it if it was lost).
+        """
+        index = self._index
+        index.open()
+        files = self._disk.files
+        highest = index.meta("highestmodseq") or 1
+        if index.meta("uidvalidity") != self._disk.uidvalidity:
+            if index.rebuilt and (files or self._disk.next_uid > 1):
+                highest = rebuild_modseq()
+                log.info("Maildir {path}: building the index of {n} message(s)",
+                         path=self.path, n=len(files))
+            index.reset(self._disk.uidvalidity, highest)
+        rows = index.rows()
+        infos = []
+        upsert = []
+        for uid in sorted(files):
+            rel = files[uid]
+            row = rows.get(uid)
+            base, letters = split_name(rel.split("/", 1)[1])
+            if row is not None and split_name(row[0].split("/", 1)[-1])[0] == base:
+                modseq = row[3]
+                if row[0] != rel:  # flags changed while nobody watched
+                    highest += 1
+                    modseq = highest
+                    upsert.append((uid, rel, row[1], row[2], modseq))
+                infos.append(MessageInfo(uid, base, self._flags_of(letters),
+                                         datetime.fromtimestamp(row[1], UTC), row[2], modseq))
+            else:
+                highest += 1
+                info = attrs.evolve(self._info_for(uid, rel), modseq=highest)
+                upsert.append((uid, rel, info.internaldate.timestamp(), info.size, highest))
+                infos.append(info)
+        stale = [uid for uid in rows if uid not in files]
+        if upsert or stale:
+            index.update(upsert=upsert, delete=stale, highestmodseq=highest)
+        return infos, highest
 
     # -- the uidlist -------------------------------------------------------
 
@@ -583,9 +657,10 @@ class MaildirMailbox:
             os.unlink(tmp)
             raise
         os.close(fd)
-        if internaldate is not None:
-            stamp = internaldate.timestamp()
-            os.utime(tmp, (stamp, stamp))
+        # INTERNALDATE is the file's mtime, in whole seconds (IMAP's
+        # resolution), so it reads back the same after a restart.
+        stamp = int(internaldate.timestamp() if internaldate is not None else now)
+        os.utime(tmp, (stamp, stamp))
         if flags:
             with self._lock:
                 letters = self._letters_locked(flags)
@@ -593,7 +668,7 @@ class MaildirMailbox:
         else:
             relpath = f"new/{base}"
         os.rename(tmp, os.path.join(self.path, relpath))
-        when = datetime.fromtimestamp(internaldate.timestamp() if internaldate else now, UTC)
+        when = datetime.fromtimestamp(stamp, UTC)
         entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
         with self._lock:
             self._pending.append(entry)

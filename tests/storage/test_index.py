@@ -1,0 +1,127 @@
+"""The Maildir folder index: MODSEQ and cache persistence, and rebuilding a lost or corrupt index."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.storage.index import INDEX_FILE, decode_value, encode_value
+from pymail.storage.maildir import MaildirStoreFactory
+from pymail.testing import ThreadlessReactor
+
+
+def message(n: int) -> bytes:
+    return b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n" % (n, n)
+
+
+class IndexTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.data = self.mktemp()
+        self.root = os.path.join(self.data, "mail", "example.org", "alice")
+
+    def open_inbox(self) -> Any:
+        store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    def snapshot(self, box: Any) -> list[tuple[int, frozenset[str], bytes, float]]:
+        return [(i.uid, i.flags, box.read(i.uid), i.internaldate.timestamp())
+                for i in box.messages()]
+
+    def test_modseq_persists(self) -> None:
+        """Per-message MODSEQ and HIGHESTMODSEQ are the same after reopening."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(message(n))) for n in range(3)]
+        self.successResultOf(box.set_flags([uids[1]], ["\\Seen"], "add"))
+        before = {i.uid: i.modseq for i in box.messages()}
+        assert before[uids[1]] == box.highestmodseq()
+        again = self.open_inbox()
+        assert {i.uid: i.modseq for i in again.messages()} == before
+        assert again.highestmodseq() == box.highestmodseq()
+
+    def test_cache_survives_reopen(self) -> None:
+        """A cached value is computed once, even across processes."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(message(1)))
+        calls: list[bytes] = []
+
+        def compute(data: bytes) -> Any:
+            calls.append(data)
+            return (b"x", [1, None])
+
+        assert box.cached(uid, "t.1", compute) == (b"x", (1, None))
+        assert self.open_inbox().cached(uid, "t.1", compute) == (b"x", (1, None))
+        assert calls == [message(1)]
+
+    def test_value_encoding_round_trip(self) -> None:
+        """Nested bytes (any octet), str, int and None survive the index's encoding."""
+        value = (b"\x00\xff\r\n", ("\u00e9", 7, None, (b"",)), ())
+        assert decode_value(encode_value(value)) == value
+
+    def test_deleted_index_of_busy_folder_rebuilds(self) -> None:
+        """With writers busy, deleting the index loses no message, flag or UID; MODSEQ stays above."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(message(n))) for n in range(40)]
+        self.successResultOf(box.set_flags(uids[::3], ["\\Seen", "$Work"], "add"))
+        self.successResultOf(box.set_flags(uids[5:10], ["\\Deleted"], "add"))
+        self.successResultOf(box.expunge())
+        seen_modseq = box.highestmodseq()
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def outside_writer() -> None:
+            md = mailbox.Maildir(self.root, factory=None, create=False)
+            try:
+                for n in range(20):
+                    md.add(b"Subject: outside %d\n\nx\n" % n)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                stop.set()
+
+        writer = threading.Thread(target=outside_writer)
+        writer.start()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(os.path.join(self.root, INDEX_FILE + suffix))
+            except FileNotFoundError:
+                pass
+        more = [self.successResultOf(box.append(message(100 + n))) for n in range(10)]
+        writer.join(30)
+        assert stop.is_set() and not errors
+        self.successResultOf(box.refresh())
+        expected = self.snapshot(box)
+        assert len(expected) == 35 + 10 + 20
+        assert set(uids[:5] + uids[10:] + more) <= {u for u, *_ in expected}
+        again = self.open_inbox()
+        assert not os.path.exists(os.path.join(self.root, INDEX_FILE + ".missing"))
+        assert self.snapshot(again) == expected
+        assert again.highestmodseq() > seen_modseq
+        assert all(i.modseq > seen_modseq for i in again.messages())
+
+    def test_corrupt_index_is_rebuilt_and_logged(self) -> None:
+        """Garbage in the index file: every message and flag is kept, and a log line says so."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(message(n), ["\\Flagged"])) for n in range(5)]
+        expected = self.snapshot(box)
+        Path(self.root, INDEX_FILE).write_bytes(b"this is not a database" * 100)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(os.path.join(self.root, INDEX_FILE + suffix))
+            except FileNotFoundError:
+                pass
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            again = self.open_inbox()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert self.snapshot(again) == expected
+        assert [i.uid for i in again.messages()] == uids
+        assert any("rebuilding" in e.get("log_format", "") for e in events)
