@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pymail.relay.admin import add_queue_command
 
     add_queue_command(add, _config)
+
+    from pymail.storage.migrate import add_migrate_command
+
+    add_migrate_command(add, _config)
     return parser
 
 

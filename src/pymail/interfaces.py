@@ -209,6 +209,26 @@ class IMailbox(Interface):
         """
 
 
+class IMailboxRestore(Interface):
+    """
+    Optional, for ``pymail migrate``: fill an empty folder keeping UIDs.
+    A mailbox that provides it keeps UIDVALIDITY and UIDs across a change
+    of backend; one that does not gets the messages appended (new UIDs).
+    """
+
+    def restore(
+        uidvalidity: int,
+        uidnext: int,
+        messages: Sequence[tuple[int, bytes, frozenset[str], datetime]],
+    ) -> Deferred[None]:
+        """
+        Store ``(uid, message, flags, internaldate)`` with exactly these
+        UIDs (ascending) and take ``uidvalidity`` and ``uidnext``.
+
+        :raises pymail.errors.StorageError: the folder is not empty.
+        """
+
+
 class IMailStore(Interface):
     """All the folders of one account."""
 

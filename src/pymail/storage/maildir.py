@@ -63,6 +63,7 @@ from pymail.interfaces import (
     SPECIAL_USE_FOLDERS,
     IMailbox,
     IMailboxListener,
+    IMailboxRestore,
     IMailStore,
     IMailStoreFactory,
     MessageInfo,
@@ -197,7 +198,7 @@ class _IndexWriter:
         box._in_thread(box._index.update, rows, (), (), highest)
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxRestore)
 class MaildirMailbox:
     """One Maildir folder."""
 
@@ -704,6 +705,51 @@ class MaildirMailbox:
             raise
         infos = [attrs.evolve(p.info, uid=p.uid) for p in batch]
         self._to_reactor(self._view.apply_added, infos)
+
+    def restore(
+        self,
+        uidvalidity: int,
+        uidnext: int,
+        messages: Sequence[tuple[int, bytes, frozenset[str], datetime]],
+    ) -> Deferred[None]:
+        return self._in_thread(self._restore, uidvalidity, uidnext, list(messages))
+
+    def _restore(self, uidvalidity: int, uidnext: int,
+                 messages: list[tuple[int, bytes, frozenset[str], datetime]]) -> None:
+        with self._lock:
+            fd = self._flock()
+            try:
+                self._read_uidlist_locked()
+                self._scan_locked()
+                if self._disk.files:
+                    raise StorageError(f"{self.name} is not empty; restore needs an empty folder")
+                infos = []
+                for uid, message, flags, when in messages:
+                    data = to_lf(message)
+                    now = time.time()
+                    base = (f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}"
+                            f"Q{next(_counter)}.{_HOST},S={len(data)},W={len(message)}")
+                    tmp = os.path.join(self.path, "tmp", base)
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    stamp = int(when.timestamp())
+                    os.utime(tmp, (stamp, stamp))
+                    rel = f"cur/{base}:2,{self._letters_locked(flags)}"
+                    os.rename(tmp, os.path.join(self.path, rel))
+                    self._disk.files[uid] = rel
+                    infos.append(MessageInfo(uid, base, flags, datetime.fromtimestamp(stamp, UTC),
+                                             len(message)))
+                fsync_dir(os.path.join(self.path, "cur"))
+                self._disk.uidvalidity = uidvalidity
+                self._disk.next_uid = max(uidnext, max(self._disk.files, default=0) + 1)
+                self._write_uidlist_locked()
+                self._index.open()
+                self._index.reset(uidvalidity, self._view.highestmodseq)
+            finally:
+                self._unflock(fd)
+            self._to_reactor(self._view.apply_added, infos)
 
     def _move_all_to(self, target: str) -> None:
         """

@@ -66,6 +66,7 @@ from pymail.interfaces import (
     SPECIAL_USE_FOLDERS,
     IMailbox,
     IMailboxListener,
+    IMailboxRestore,
     IMailStore,
     IMailStoreFactory,
     MessageInfo,
@@ -310,7 +311,7 @@ class _Locked:
                 pass
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxRestore)
 class MboxMailbox:
     """One mbox folder."""
 
@@ -661,6 +662,39 @@ class MboxMailbox:
                 self._rewrite_locked(data, set(doomed))
                 self._to_reactor(self._view.apply_expunged, doomed)
         return doomed
+
+    def restore(
+        self,
+        uidvalidity: int,
+        uidnext: int,
+        messages: Sequence[tuple[int, bytes, frozenset[str], datetime]],
+    ) -> Deferred[None]:
+        return self._in_thread(self._restore, uidvalidity, uidnext, list(messages))
+
+    def _restore(self, uidvalidity: int, uidnext: int,
+                 messages: list[tuple[int, bytes, frozenset[str], datetime]]) -> None:
+        with self._lock, _Locked(self.path):
+            self._sync_locked()
+            if self._disk.entries:
+                raise StorageError(f"{self.name} is not empty; restore needs an empty folder")
+            chunks = []
+            for uid, message, flags, when in messages:
+                stripped = _QUOTED_FROM.sub(rb">\1", to_lf(message))
+                block = _with_meta(stripped, flags, uid)
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+                from_line = b"From MAILER-DAEMON " + when.astimezone(UTC).strftime(
+                    _ASCTIME).encode()
+                chunks.append(from_line + b"\n" + block + b"\n")
+            write_file_durably(self.path, b"".join(chunks))
+            self._disk.uidvalidity = uidvalidity
+            self._disk.next_uid = uidnext
+            self._write_state()
+            self._disk.stamp = (0, 0, 0)
+            self._scan_locked()
+            added = [self._info(e) for _, e in sorted(self._disk.entries.items())]
+            if added:
+                self._to_reactor(self._view.apply_added, added)
 
     def _move_all_to(self, target: MboxMailbox) -> None:
         """RENAME INBOX: copy every message to the empty ``target``, then empty this file."""
