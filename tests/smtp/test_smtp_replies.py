@@ -21,9 +21,9 @@ def test_multi_line_reply() -> None:
 
 
 def test_reply_without_enhanced_code() -> None:
-    """The greeting and 354 carry no enhanced code."""
+    """The greeting and 354 carry no enhanced code; an empty challenge is "334 " (RFC 4954)."""
     assert R.START_DATA.to_bytes() == b"354 End data with <CR><LF>.<CR><LF>\r\n"
-    assert R.AUTH_CHALLENGE.format(challenge="").lines() == ["334"]
+    assert R.AUTH_CHALLENGE.format(challenge="").to_bytes() == b"334 \r\n"
 
 
 def test_reply_classes() -> None:

@@ -46,7 +46,7 @@ class AuthTests(SynchronousTestCase):
         """AUTH PLAIN without initial response gets an empty 334, then the response."""
         h = submission()
         h.send(b"AUTH PLAIN\r\n")
-        self.assertEqual(h.replies(), ["334"])
+        self.assertEqual(h.replies(), ["334 "])
         h.send(b64(b"alice@example.com\0alice@example.com\0alice-secret") + b"\r\n")
         self.assertEqual(h.codes(), ["235 2.7.0"])
 

@@ -153,8 +153,12 @@ class DNSPythonResolver:
         return list(answer)
 
     def _mx(self, domain: str) -> list[tuple[int, str]]:
+        import dns.name
+
         return [
-            (int(r.preference), r.exchange.to_text(omit_final_dot=True).lower())
+            # The root name is a null MX (RFC 7505); given as "".
+            (int(r.preference),
+             "" if r.exchange == dns.name.root else r.exchange.to_text(omit_final_dot=True).lower())
             for r in self._query(domain, "MX")
         ]
 

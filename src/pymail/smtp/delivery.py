@@ -360,6 +360,8 @@ class LocalDelivery:
             targets = self.route(str(address))
             if not targets:
                 return fail(ReplyError(replies.RCPT_UNKNOWN_USER.format(address=address)))
+            # Final delivery records the envelope sender (RFC 5321 section 4.4).
+            message = b"Return-Path: <>\r\n" + message
         else:
             targets = [str(address)]
         envelope = Envelope(

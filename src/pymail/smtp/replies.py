@@ -57,7 +57,10 @@ class Reply:
         for i, text in enumerate(texts):
             sep = " " if i == len(texts) - 1 else "-"
             prefix = f"{self.enhanced} " if self.enhanced else ""
-            out.append(f"{self.code}{sep}{prefix}{text}".rstrip(" "))
+            line = f"{self.code}{sep}{prefix}{text}"
+            # RFC 4954 section 4: a challenge is "334" SP [base64], even
+            # when empty (s-nail drops the connection on a bare "334").
+            out.append(line if self.code == 334 else line.rstrip(" "))
         return out
 
     def to_bytes(self) -> bytes:
