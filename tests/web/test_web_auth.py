@@ -149,7 +149,7 @@ class CSRFTests(SynchronousTestCase):
 
 class HeaderTests(SynchronousTestCase):
     def test_every_page_has_the_strict_policy(self) -> None:
-        """Sign-in, list, message, compose, settings and errors carry CSP, nosniff and no-referrer."""
+        """Sign-in, list, message, compose, settings and errors carry CSP, nosniff and a same-origin referrer policy."""
         world = make_world()
         world.deliver("alice@example.org", message())
         browser = world.browser()
@@ -161,7 +161,7 @@ class HeaderTests(SynchronousTestCase):
         for reply in pages:
             self.assertEqual(reply.header("content-security-policy"), PAGE_CSP)
             self.assertEqual(reply.header("x-content-type-options"), "nosniff")
-            self.assertEqual(reply.header("referrer-policy"), "no-referrer")
+            self.assertEqual(reply.header("referrer-policy"), "same-origin")
             self.assertEqual(reply.header("x-frame-options"), "DENY")
         self.assertEqual([p.status for p in pages[-2:]], [404, 404])
         self.assertIn("script-src 'self'", PAGE_CSP)

@@ -202,7 +202,9 @@ def security_headers(request: IRequest, csp: str = PAGE_CSP) -> None:
     """Headers every response carries."""
     request.setHeader(b"content-security-policy", csp.encode("ascii"))
     request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"referrer-policy", b"no-referrer")
+    # same-origin: nothing leaks to other sites, and browsers still send a
+    # real Origin on our own form posts (no-referrer makes it "null").
+    request.setHeader(b"referrer-policy", b"same-origin")
     request.setHeader(b"x-frame-options", b"DENY")
     request.setHeader(b"cross-origin-opener-policy", b"same-origin")
     request.setHeader(b"cache-control", b"no-store")

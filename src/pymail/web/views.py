@@ -272,7 +272,7 @@ def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subjec
         f'<label>Cc<input name="cc" value="{attr(cc)}" autocomplete="off"></label>'
         f'<label>Bcc<input name="bcc" value="{attr(bcc)}" autocomplete="off"></label>'
         f'<label>Subject<input name="subject" value="{attr(subject)}"></label>'
-        f'<label>Message<textarea name="body" rows="16">{esc(body)}</textarea></label>'
+        f'<label>Message<textarea name="body" rows="16">\n{esc(body)}</textarea></label>'
         f'{fwd}<label>Attachments<input type="file" name="attachment" multiple></label>'
         '<button class="primary">Send</button></form>'
     )

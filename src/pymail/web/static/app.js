@@ -61,6 +61,11 @@
   source.addEventListener("mailbox", (e) => {
     const data = JSON.parse(e.data);
     setCount(data.unseen);
+    const range = document.querySelector("nav.pages span");
+    if (range && page === "0") {
+      const shown = Math.min(50, data.exists);
+      range.textContent = (shown ? "1" : "0") + "\u2013" + shown + " of " + data.exists;
+    }
     refreshRows();
   });
   source.addEventListener("hello", () => {

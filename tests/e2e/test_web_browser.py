@@ -1,0 +1,242 @@
+"""
+The webmail in a real headless browser (Debian's chromium driven by
+Selenium through chromedriver) against the real ``twistd pymail`` process:
+sign in, read a message delivered over SMTP, reply to another local
+account, see new mail appear live, and screenshots of the main pages.
+
+Screenshots go to a temporary directory; with ``PYMAIL_SCREENSHOTS=DIR``
+they are kept there (``PYMAIL_SCREENSHOTS=docs/images`` refreshes the
+pictures in docs/webmail.md).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import PymailProcess, free_port, tool
+
+selenium = pytest.importorskip("selenium") if not os.environ.get("CI") else __import__("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+USERS = {"alice@example.org": "alice-web-pw1", "bob@example.org": "bob-web-pw22"}
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Seconds to wait for anything in the browser.
+WAIT = 15
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                  "--window-size=1280,860")
+
+HTML_MAIL = (
+    "From: Newsletter <news@example.net>\r\nTo: alice@example.org\r\n"
+    "Subject: November newsletter\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+    "--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nOur news, in plain text.\r\n"
+    "--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    "<h2 style=\"color:#2f5bea\">November news</h2><p>Hello Alice,</p>"
+    "<p>Here is what happened this month. <b>Bold</b> claims, <i>italic</i> doubts.</p>"
+    "<img src=\"https://tracker.example/open.gif?id=42\" width=\"1\" height=\"1\">"
+    "<script>document.title='pwned'</script>"
+    "<p><a href=\"https://example.net/more\">Read more</a></p>\r\n--alt--\r\n"
+)
+
+
+def plain_mail(subject: str, body: str, sender: str = "carol@example.net") -> str:
+    return (f"From: Carol <{sender}>\r\nTo: alice@example.org\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{abs(hash(subject))}@example.net>\r\n\r\n{body}\r\n")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymailProcess]:
+    root = tmp_path_factory.mktemp("web")
+    web_port = free_port()
+    proc = PymailProcess(root, extra_config=(
+        f'[web]\nlisten = ["tcp:{web_port}:interface=127.0.0.1"]\n'
+        'admins = ["alice@example.org"]\n'), users=USERS)
+    proc.start()
+    proc.ports["web"] = web_port
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", web_port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.stop()
+                raise
+            time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = tool("chromium")
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(tool("chromedriver")))
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("PYMAIL_SCREENSHOTS")
+    # A relative directory is taken from the checkout (tests run in a temporary cwd).
+    path = (REPO / wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def url(server: PymailProcess, path: str) -> str:
+    return f"http://127.0.0.1:{server.ports['web']}{path}"
+
+
+def smtp_send(server: PymailProcess, text: str, to: str = "alice@example.org") -> None:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.net", [to], text.encode())
+
+
+def sign_in(driver: Any, server: PymailProcess, address: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(url(server, "/signin"))
+    driver.find_element(By.NAME, "username").send_keys(address)
+    driver.find_element(By.NAME, "password").send_keys(USERS[address])
+    driver.find_element(By.CSS_SELECTOR, "section.signin button").click()
+    try:
+        WebDriverWait(driver, WAIT).until(EC.presence_of_element_located((By.ID, "rows")))
+    except TimeoutException:
+        raise AssertionError(f"sign-in did not reach the inbox: {driver.current_url}\n"
+                             f"{driver.page_source[:3000]}") from None
+
+
+def save(driver: Any, shots: Path, name: str) -> Path:
+    path = shots / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+    return path
+
+
+def csp_violations(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser")
+            if "Content Security Policy" in e.get("message", "")
+            and "tracker" not in e.get("message", "")]
+
+
+def test_sign_in_and_read_a_message_sent_over_smtp(server: PymailProcess, browser: Any,
+                                                   shots: Path) -> None:
+    """Alice signs in, sees the SMTP-delivered message in her inbox, opens it and reads it."""
+    smtp_send(server, plain_mail("Quarterly numbers", "Revenue is up 12%.\r\nDetails Monday."))
+    browser.get(url(server, "/signin"))
+    save(browser, shots, "signin")
+    sign_in(browser, server, "alice@example.org")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#rows tr.unread td.subject")
+    assert [r.text for r in rows] == ["Quarterly numbers"]
+    assert browser.find_element(By.CSS_SELECTOR, "header.top").value_of_css_property(
+        "background-color") == "rgba(255, 255, 255, 1)"  # the stylesheet loaded under the CSP
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    body = WebDriverWait(browser, WAIT).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "pre.text-body")))
+    assert body.text == "Revenue is up 12%.\nDetails Monday."
+    assert csp_violations(browser) == []
+
+
+def test_reply_arrives_in_another_account(server: PymailProcess, browser: Any,
+                                          shots: Path) -> None:
+    """Alice replies to Bob's message from the web; the reply arrives in Bob's IMAP INBOX."""
+    smtp_send(server, plain_mail("Lunch?", "Thai or pizza?", sender="bob@example.org"))
+    sign_in(browser, server, "alice@example.org")
+    link = WebDriverWait(browser, WAIT).until(
+        EC.element_to_be_clickable((By.LINK_TEXT, "Lunch?")))
+    link.click()
+    browser.find_element(By.LINK_TEXT, "Reply").click()
+    to = browser.find_element(By.NAME, "to")
+    assert to.get_attribute("value") == "bob@example.org"
+    assert browser.find_element(By.NAME, "subject").get_attribute("value") == "Re: Lunch?"
+    text = browser.find_element(By.NAME, "body")
+    text.send_keys(Keys.CONTROL, Keys.HOME)
+    text.send_keys("Pizza, at one.")
+    save(browser, shots, "compose")
+    browser.find_element(By.CSS_SELECTOR, "form.compose button.primary").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Your message was sent"))
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    try:
+        imap.login("bob@example.org", USERS["bob@example.org"])
+        imap.select("INBOX")
+        _, found = imap.search(None, "SUBJECT", '"Re: Lunch?"')
+        assert found[0].split(), "the reply did not arrive in Bob's INBOX"
+        _, data = imap.fetch(found[0].split()[-1], "(BODY.PEEK[])")
+        reply = message_from_bytes(data[0][1], policy=policy.default)
+    finally:
+        imap.logout()
+    assert reply["From"] == "alice@example.org"
+    assert reply["In-Reply-To"] == f"<{abs(hash('Lunch?'))}@example.net>"
+    assert reply.get_body(("plain",)).get_content() == (
+        "Pizza, at one.\r\n\r\nCarol <bob@example.org> wrote:\r\n> Thai or pizza?\r\n")
+
+
+def test_new_message_appears_live(server: PymailProcess, browser: Any, shots: Path) -> None:
+    """With the inbox open, a message delivered over SMTP shows up without a reload."""
+    sign_in(browser, server, "alice@example.org")
+    WebDriverWait(browser, WAIT).until(
+        lambda d: d.execute_script("return document.body.dataset.live") == "1")
+    browser.execute_script("window.pymailNoReload = 'still here';")
+    smtp_send(server, plain_mail("Live one", "Arrived while you watched."))
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.ID, "rows"), "Live one"))
+    assert browser.execute_script("return window.pymailNoReload") == "still here"
+    count = browser.find_element(By.CSS_SELECTOR, "aside.folders li.current .count")
+    assert int(count.text) >= 1
+    save(browser, shots, "inbox")
+
+
+def test_screenshots_of_the_main_pages(server: PymailProcess, browser: Any,
+                                       shots: Path) -> None:
+    """The message view (sanitised HTML, tracker blocked), settings and admin pages render."""
+    smtp_send(server, HTML_MAIL)
+    sign_in(browser, server, "alice@example.org")
+    browser.find_element(By.LINK_TEXT, "November newsletter").click()
+    notice = WebDriverWait(browser, WAIT).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "p.notice")))
+    assert "1 remote image(s) blocked" in notice.text
+    frame = browser.find_element(By.CSS_SELECTOR, "iframe.html-body")
+    browser.switch_to.frame(frame)
+    assert "Here is what happened" in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_elements(By.TAG_NAME, "script") == []
+    browser.switch_to.default_content()
+    assert browser.title != "pwned"
+    save(browser, shots, "message")
+    for name, path, heading in (("settings", "/settings", "Mail client settings"),
+                                ("admin", "/admin", "Administration")):
+        browser.get(url(server, path))
+        assert browser.find_element(By.TAG_NAME, "h1").text == heading
+        save(browser, shots, name)
+    assert csp_violations(browser) == []
