@@ -288,7 +288,9 @@ class SMTPServer(LineReceiver):
         if count and reply.permanent:
             self._errors += 1
             if self._errors >= self.factory.max_errors:
-                self._close(R.TOO_MANY_ERRORS.format(hostname=self.factory.hostname))
+                closing = R.TOO_MANY_ERRORS.format(hostname=self.factory.hostname)
+                maillog.rejected(self._client, None, (), closing, stage="SESSION")
+                self._close(closing)
 
     # Input ------------------------------------------------------------------
 
@@ -328,7 +330,9 @@ class SMTPServer(LineReceiver):
             self._buffer = line[end + 2 :] + self._buffer
             self._refeed = True
         self._auth_step = None
-        self._reply(R.LINE_TOO_LONG.format(limit=COMMAND_LINE_LIMIT))
+        reply = R.LINE_TOO_LONG.format(limit=COMMAND_LINE_LIMIT)
+        maillog.rejected(self._client, None, (), reply, stage="COMMAND")
+        self._reply(reply)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing or self._lost:
@@ -403,7 +407,9 @@ class SMTPServer(LineReceiver):
         verb = verb.upper()
         limit = _LINE_LIMITS.get(verb, COMMAND_LINE_LIMIT)
         if len(line) + 2 > limit:
-            self._reply(R.LINE_TOO_LONG.format(limit=limit))
+            reply = R.LINE_TOO_LONG.format(limit=limit)
+            maillog.rejected(self._client, None, (), reply, stage="COMMAND")
+            self._reply(reply)
             return None
         handler = self._commands.get(verb)
         if handler is None:
