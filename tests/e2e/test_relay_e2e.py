@@ -255,7 +255,7 @@ def test_delivery_to_remote_pymail_with_swaks(relay: Relay) -> None:
     assert b"Subject: via swaks\r\n" in stored
     # The sender's Received header (with its queue id) travelled with the message.
     assert b"by mx.test.example (pymail) with ESMTPA id" in stored
-    assert relay.log_has(f"mail.sent id=") and relay.log_has("to=<carol@good.test>")
+    assert relay.log_has("mail.sent id=") and relay.log_has("to=<carol@good.test>")
 
 
 def test_s_nail_submission(relay: Relay) -> None:
