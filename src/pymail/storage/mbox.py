@@ -251,6 +251,18 @@ def _wire(stripped: bytes, quoted: bool = True) -> bytes:
 
 
 @attrs.define
+class _PendingAppend:
+    stripped: bytes
+    flags: frozenset[str]
+    when: datetime
+    size: int
+    from_line: bytes
+    uid: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+
+@attrs.define
 class _Disk:
     uidvalidity: int = 0
     next_uid: int = 1
@@ -323,6 +335,8 @@ class MboxMailbox:
         self._lock = threading.Lock()
         self._disk = _Disk()
         self._cache: dict[tuple[int, str], Any] = {}
+        self._pending: list[_PendingAppend] = []
+        self._pending_lock = threading.Lock()
         self._view = MailboxView(self)
 
     # -- the view ---------------------------------------------------------
@@ -537,6 +551,8 @@ class MboxMailbox:
             e = self._disk.entries[uid]
             e.start, e.body_start, e.end, e.quoted = start, body_start, end, True
         self._disk.stamp = self._stamp()
+        # UIDs of removed messages must never come back after a restart.
+        self._write_state()
 
     def _sync_locked(self) -> bytes:
         """Under both locks: rescan if another program changed the file; the file's bytes."""
@@ -577,41 +593,71 @@ class MboxMailbox:
     def _append(self, message: bytes, flags: frozenset[str], when: datetime) -> int:
         stripped = _QUOTED_FROM.sub(rb">\1", to_lf(message))
         from_line = b"From MAILER-DAEMON " + when.strftime(_ASCTIME).encode()
-        with self._lock, _Locked(self.path):
-            self._sync_locked()
-            uid = self._disk.next_uid
-            self._disk.next_uid += 1
-            self._write_state()
-            block = _with_meta(stripped, flags, uid)
+        mine = _PendingAppend(stripped, flags, when, len(message), from_line)
+        with self._pending_lock:
+            self._pending.append(mine)
+        # Group commit: whoever holds the folder lock writes every queued
+        # message with one write and one fsync.
+        with self._lock:
+            if not mine.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    with _Locked(self.path):
+                        self._commit_locked(batch)
+                except BaseException as e:
+                    for p in batch:
+                        p.error, p.done = e, True
+        if mine.error is not None:
+            if isinstance(mine.error, StorageError):
+                raise mine.error
+            raise StorageError(f"could not append to {self.name}: {mine.error}")
+        return mine.uid
+
+    def _commit_locked(self, batch: list[_PendingAppend]) -> None:
+        self._sync_locked()
+        size = os.path.getsize(self.path)
+        lead = b""
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, size - 2))
+                tail = f.read()
+            lead = b"" if tail.endswith(b"\n\n") else (b"\n" if tail.endswith(b"\n")
+                                                        else b"\n\n")
+        chunks = [lead]
+        pos = size + len(lead)
+        entries = []
+        next_uid = self._disk.next_uid
+        for p in batch:
+            # UIDs live in each message's X-UID header; the state file
+            # catches up at the next rewrite or scan.
+            uid = next_uid
+            next_uid += 1
+            block = _with_meta(p.stripped, p.flags, uid)
             if not block.endswith(b"\n"):
                 block += b"\n"
-            size = os.path.getsize(self.path)
-            lead = b""
-            if size:
-                with open(self.path, "rb") as f:
-                    f.seek(max(0, size - 2))
-                    tail = f.read()
-                lead = b"" if tail.endswith(b"\n\n") else (b"\n" if tail.endswith(b"\n")
-                                                            else b"\n\n")
-            chunk = lead + from_line + b"\n" + block + b"\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except BaseException:
-                os.ftruncate(fd, size)
-                raise
-            finally:
-                os.close(fd)
-            start = size + len(lead)
-            entry = _Entry(uid, start, start + len(from_line) + 1, size + len(chunk) - 1,
-                           flags, when, len(message), from_line)
-            self._disk.entries[uid] = entry
-            self._disk.stamp = self._stamp()
-            self._to_reactor(self._view.apply_added, [self._info(entry)])
-        return uid
+            chunk = p.from_line + b"\n" + block + b"\n"
+            entries.append(_Entry(uid, pos, pos + len(p.from_line) + 1, pos + len(chunk) - 1,
+                                  p.flags, p.when, p.size, p.from_line))
+            chunks.append(chunk)
+            pos += len(chunk)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(b"".join(chunks))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+        finally:
+            os.close(fd)
+        self._disk.next_uid = next_uid
+        for p, entry in zip(batch, entries):
+            self._disk.entries[entry.uid] = entry
+            p.uid, p.done = entry.uid, True
+        self._disk.stamp = self._stamp()
+        self._to_reactor(self._view.apply_added, [self._info(e) for e in entries])
 
     # -- flags and expunge ------------------------------------------------
 
