@@ -11,7 +11,6 @@ connection may be let off (``allow_plaintext_on_loopback``).
 from __future__ import annotations
 
 import binascii
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -38,11 +37,7 @@ MAX_SASL_RESPONSE = 8 * 1024
 
 def is_loopback(transport: Any) -> bool:
     """Whether the peer of ``transport`` is on 127.0.0.0/8 or ::1."""
-    try:
-        host = transport.getPeer().host
-        return bool(ipaddress.ip_address(host.split("%", 1)[0]).is_loopback)
-    except (AttributeError, ValueError):
-        return False
+    return sasl.is_loopback(getattr(transport.getPeer(), "host", None))
 
 
 def is_tls(conn: IMAPServerProtocol) -> bool:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 import pymail
-from pymail.imap.commands import Command
+from pymail.imap.commands import Command, no_args
 from pymail.imap.dispatch import ANY_STATE, AUTHENTICATED, SELECTED, CommandSpec, Reply
 from pymail.imap.parser import Cursor, ParseError
 from pymail.imap.responses import string
@@ -92,8 +92,8 @@ async def handle_enable(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
 
 
 COMMANDS = {
-    "UNSELECT": CommandSpec(lambda cur: None, handle_unselect, SELECTED),
-    "NAMESPACE": CommandSpec(lambda cur: None, handle_namespace, AUTHENTICATED),
+    "UNSELECT": CommandSpec(no_args, handle_unselect, SELECTED),
+    "NAMESPACE": CommandSpec(no_args, handle_namespace, AUTHENTICATED),
     "ID": CommandSpec(parse_id, handle_id, ANY_STATE),
     "ENABLE": CommandSpec(parse_enable, handle_enable, AUTHENTICATED),
 }

@@ -27,7 +27,7 @@ from pymail.imap.commands import (
     parse_store,
     parse_uid_expunge,
 )
-from pymail.imap.condstore import changed_since, need_condstore, vanished_earlier
+from pymail.imap.condstore import need_condstore, vanished_earlier
 from pymail.imap.dispatch import SELECTED, CommandSpec, Reply
 from pymail.imap.errors import bad, no, reply_for_storage_error
 from pymail.imap.fetch import FetchItem, renderer
