@@ -51,7 +51,7 @@ class SignInTests(SynchronousTestCase):
         self.browser = self.world.browser()
 
     def test_sign_in_sets_a_strict_http_only_cookie(self) -> None:
-        """Signing in sets an HttpOnly, SameSite=Strict session cookie (not Secure over plain HTTP)."""
+        """Sign-in sets an HttpOnly, SameSite=Strict cookie (not Secure over plain HTTP)."""
         reply = self.browser.sign_in("alice@example.org")
         self.assertEqual(reply.status, 303)
         self.assertEqual(reply.header("location"), "/mail/INBOX")
@@ -149,7 +149,7 @@ class CSRFTests(SynchronousTestCase):
 
 class HeaderTests(SynchronousTestCase):
     def test_every_page_has_the_strict_policy(self) -> None:
-        """Sign-in, list, message, compose, settings and errors carry CSP, nosniff and a same-origin referrer policy."""
+        """Every page, errors too, carries the CSP, nosniff and a same-origin referrer policy."""
         world = make_world()
         world.deliver("alice@example.org", message())
         browser = world.browser()

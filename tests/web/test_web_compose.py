@@ -40,7 +40,7 @@ class SendTests(SynchronousTestCase):
         return self.alice.post_multipart("/compose", form, files or [])
 
     def test_message_arrives_and_is_filed_in_sent(self) -> None:
-        """A sent message is in Bob's INBOX and, byte for byte the same, in Alice's Sent (\\Seen)."""
+        """A sent message is in Bob's INBOX and, byte for byte, in Alice's Sent (\\Seen)."""
         reply = self.alice.post_multipart("/compose", {
             "csrf": self.csrf, "to": "Bob <bob@example.org>", "cc": "", "bcc": "carol@example.org",
             "subject": "Plans for Friday", "body": "Lunch at one?\nBring the slides."},
@@ -53,8 +53,14 @@ class SendTests(SynchronousTestCase):
         sent = self.world.mailbox("alice@example.org", "Sent")
         delivered = bob.read(bob.messages()[0].uid)
         self.assertEqual(carol.read(carol.messages()[0].uid), delivered)
-        self.assertEqual(sent.read(sent.messages()[0].uid), delivered)
+        composed = sent.read(sent.messages()[0].uid)
         self.assertEqual(sent.messages()[0].flags, {"\\Seen"})
+        # Delivered copies are the Sent copy plus the trace headers of submission.
+        trace, _, rest = delivered.partition(b"\r\nFrom: ")
+        self.assertEqual(b"From: " + rest, composed)
+        self.assertRegex(trace.decode(), r"^Return-Path: <alice@example.org>\r\nReceived: from "
+                         r"webmail \(\[127\.0\.0\.1\]\)\r\n\tby mail\.example\.org \(pymail\) "
+                         r"with HTTP id [0-9A-F]{12}; .*$")
         parsed = parse_mail(delivered)
         self.assertEqual(parsed["From"], "alice@example.org")
         self.assertEqual(parsed["To"], "bob@example.org")
@@ -66,7 +72,8 @@ class SendTests(SynchronousTestCase):
                  for p in parsed.iter_attachments()}
         self.assertEqual(parts, {"slides.pdf": ("application/pdf", b"%PDF-1.4 slides"),
                                  "notes.txt": ("text/plain", b"plain notes\n")})
-        self.assertTrue(delivered.endswith(b"\r\n") and b"\n" not in delivered.replace(b"\r\n", b""))
+        self.assertTrue(delivered.endswith(b"\r\n"))
+        self.assertNotIn(b"\n", delivered.replace(b"\r\n", b""))
 
     def test_injection_in_subject_sends_nothing(self) -> None:
         """A subject with CRLF is refused with 400 and nothing is delivered or filed."""
@@ -89,7 +96,7 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 0)
 
     def test_reply_all_and_forward(self) -> None:
-        """Reply-all addresses sender and other recipients, threads, sets \\Answered; forward attaches."""
+        """Reply-all goes to everyone, threads and sets \\Answered; forward attaches."""
         original = message("Team sync", "Agenda attached.", sender="carol@example.org",
                            extra="Cc: bob@example.org\r\n")
         uid = self.world.deliver("alice@example.org", original)

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request as IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -44,8 +44,8 @@ from pymail.web.http import (
     same_origin,
     security_headers,
 )
-from pymail.web.messages import FolderOrder, SummaryCache, folder_list
-from pymail.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, SessionStore, WebSession
+from pymail.web.messages import FolderOrder, SummaryCache, UnseenCounts, folder_list
+from pymail.web.sessions import SESSION_COOKIE, SessionStore, WebSession
 
 log = Logger()
 
@@ -85,6 +85,7 @@ class WebApp:
     throttle: LoginThrottle | None = None
     summaries: SummaryCache = attrs.Factory(SummaryCache)
     order: FolderOrder = attrs.Factory(FolderOrder)
+    counts: UnseenCounts = attrs.Factory(UnseenCounts)
     router: Router = attrs.Factory(Router)
 
     def __attrs_post_init__(self) -> None:
@@ -201,7 +202,7 @@ class WebApp:
                    body_data: dict[str, str] | None = None, status: int = 200) -> Response:
         """``body`` in the signed-in layout (folder list with unread counts)."""
         session = ctx.require_session()
-        folders = await folder_list(session.account.store)
+        folders = await folder_list(session.account.store, self.counts)
         html = views.layout(title, body, address=session.address, csrf=session.csrf,
                             folders=folders, current=current,
                             is_admin=session.address in self.admins, body_data=body_data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import email.policy
 import mimetypes
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid
 
@@ -25,10 +25,10 @@ import attrs
 from twisted.logger import Logger
 
 from pymail import maillog
-from pymail.address import Address, AddressError
+from pymail.address import Address, AddressError, Envelope, EnvelopeRecipient
 from pymail.interfaces import IAccount
 from pymail.smtp import replies
-from pymail.smtp.delivery import IDeliveryPolicy
+from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
 from pymail.smtp.replies import ReplyError
 from pymail.web.messages import role_folder
 
@@ -94,7 +94,7 @@ def parse_recipients(name: str, value: str) -> tuple[str, ...]:
     if not value:
         return ()
     found = []
-    for display, spec in getaddresses([value]):
+    for _display, spec in getaddresses([value]):
         if not spec:
             raise ComposeError(f"{name}: {value!r} holds an empty or malformed address")
         try:
@@ -172,6 +172,7 @@ class Sent:
 
     queue_id: str
     delivered_to: tuple[str, ...]
+    queued_for: tuple[str, ...]
     sent_uid: int | None
 
 
@@ -179,7 +180,9 @@ class Sent:
 class Submitter:
     """
     Sends a message for a signed-in account through the submission policy
-    and files a copy in its Sent folder.
+    (local recipients delivered durably, remote ones queued for the relay,
+    each with Return-Path and Received trace headers as the submission port
+    adds them) and files the message as composed in its Sent folder.
 
     :ivar policy: the same policy the submission port uses.
     """
@@ -198,17 +201,27 @@ class Submitter:
         own = str(account.address)
         sender = Address.parse(own)
         self._policy.check_sender(sender, authenticated_as=own)
-        targets: list[str] = []
+        recipients = []
         for recipient in draft.recipients:
             found = await _maybe_deferred(
                 self._policy.check_recipient(recipient, authenticated_as=own))
-            targets.extend(found)
+            recipients.append(EnvelopeRecipient(Address.parse(recipient), tuple(found)))
         queue_id = secrets.token_hex(6).upper()
-        copies = await self._policy.deliver(targets, message)
-        for copy in copies:
+        envelope = Envelope(queue_id=queue_id, sender=sender, recipients=tuple(recipients),
+                            client=client)
+        targets = [t for r in recipients for t in r.targets]
+        now = datetime.now(UTC)
+        trace = (f"Return-Path: {sender.path}\r\n"
+                 f"Received: from webmail ([{client}])\r\n\tby {self.hostname} (pymail) "
+                 f"with HTTP id {queue_id}; {format_datetime(now)}\r\n").encode()
+        copies = await self._policy.deliver(targets, trace + message, internaldate=now,
+                                            envelope=envelope)
+        stored = [c for c in copies if isinstance(c, StoredCopy)]
+        queued = [r for c in copies if isinstance(c, QueuedCopy) for r in c.recipients]
+        for copy in stored:
             maillog.delivered(queue_id, sender, [copy.account], copy.folder, len(message))
         maillog.accepted(queue_id, f"web:{client}", sender,
-                         [Address.parse(r) for r in draft.recipients], len(message),
+                         [r.address for r in recipients], len(message),
                          replies.QUEUED.format(queue_id=queue_id))
         sent_uid: int | None = None
         try:
@@ -219,7 +232,7 @@ class Submitter:
             # user send it again.
             log.failure("could not file the Sent copy of {queue_id} for {account}",
                         queue_id=queue_id, account=own)
-        return Sent(queue_id, tuple(c.account for c in copies), sent_uid)
+        return Sent(queue_id, tuple(c.account for c in stored), tuple(queued), sent_uid)
 
 
 async def _maybe_deferred(value: object) -> list[str]:

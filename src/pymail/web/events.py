@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request as IRequest
 from zope.interface import implementer
 
 from pymail.interfaces import IMailbox, IMailboxListener, MailboxChange

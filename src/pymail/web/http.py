@@ -11,11 +11,10 @@ import email.policy
 import re
 from collections.abc import Awaitable, Callable
 from email.parser import BytesParser
-from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import attrs
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request as IRequest
 
 from pymail.web.compose import Upload, guess_type
 from pymail.web.sessions import WebSession
@@ -101,6 +100,8 @@ def parse_body(request: IRequest, limit: int) -> Form:
     :raises HTTPError: 413 over ``limit`` octets; 400 for another type.
     """
     content = request.content
+    if content is None:
+        return Form()
     content.seek(0, 2)
     if content.tell() > limit:
         raise HTTPError(413, f"The request is too large (at most {limit} octets).")
@@ -121,7 +122,8 @@ def parse_body(request: IRequest, limit: int) -> Form:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
-        payload = part.get_payload(decode=True) or b""
+        raw = part.get_payload(decode=True)
+        payload = raw if isinstance(raw, bytes) else b""
         filename = part.get_filename()
         if filename is not None:
             if filename or payload:
@@ -225,4 +227,4 @@ def same_origin(request: IRequest) -> bool:
 
 
 __all__ = ["PAGE_CSP", "Context", "Form", "HTTPError", "Response", "Route", "Router",
-           "body_csp", "parse_body", "parse_query", "same_origin", "security_headers", "Any"]
+           "body_csp", "parse_body", "parse_query", "same_origin", "security_headers"]

@@ -102,7 +102,7 @@ def add_routes(app: WebApp) -> None:
             number = 0
         page = page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
         session = ctx.require_session()
-        folders = await folder_list(session.account.store)
+        folders = await folder_list(session.account.store, app.counts)
         body = views.message_list(mailbox.name, page, folders, session.csrf,
                                   views_notice(ctx))
         data = {"folder": mailbox.name, "page": str(page.number),
@@ -229,7 +229,7 @@ def add_routes(app: WebApp) -> None:
             found = await search(mailbox, app.order.newest_first(mailbox), field, query,
                                  app.summaries, app.pause)
         session = ctx.require_session()
-        folders = await folder_list(session.account.store)
+        folders = await folder_list(session.account.store, app.counts)
         body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
         return await app.page(ctx, "Search", body, mailbox.name)
 
@@ -299,8 +299,8 @@ def add_routes(app: WebApp) -> None:
         if original_box is not None and mode != "forward" and _exists(original_box,
                                                                       original_uid):
             await original_box.set_flags([original_uid], ["\\Answered"], "add")
-        return await app.page(ctx, "Sent", views.sent_page(sent.queue_id,
-                                                           len(sent.delivered_to)))
+        return await app.page(ctx, "Sent", views.sent_page(
+            sent.queue_id, len(sent.delivered_to), len(sent.queued_for)))
 
     async def events(ctx: Context) -> None:
         (name,) = ctx.params

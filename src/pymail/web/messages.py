@@ -81,7 +81,7 @@ def summarise(message: bytes) -> tuple[str, str, str, int | None, int]:
             else:
                 sender = str(raw_from)
     except Exception:  # a malformed header is shown as it came
-        sender = str(parsed.get("From", "", failobj=""))
+        sender = str(parsed.get("From", ""))
     try:
         subject = str(parsed.get("Subject", "") or "")
     except Exception:
@@ -165,8 +165,29 @@ class FolderEntry:
     role: str | None
 
 
-async def folder_list(store: IMailStore) -> list[FolderEntry]:
+@attrs.define
+class UnseenCounts:
+    """
+    Unread counts per open folder, recounted only when the folder changed
+    (its HIGHESTMODSEQ or size moved), so a page of a 100,000-message
+    folder does not walk every message for the folder list.
+    """
+
+    _counts: dict[int, tuple[tuple[int, int, int], int]] = attrs.Factory(dict)
+
+    def unseen(self, mailbox: IMailbox) -> int:
+        stamp = (mailbox.uidvalidity(), mailbox.highestmodseq(), len(mailbox.messages()))
+        found = self._counts.get(id(mailbox))
+        if found is None or found[0] != stamp:
+            found = (stamp, unseen_count(mailbox))
+            self._counts[id(mailbox)] = found
+        return found[1]
+
+
+async def folder_list(store: IMailStore, counts: UnseenCounts | None = None
+                      ) -> list[FolderEntry]:
     """Every folder with its unread and total counts, INBOX and special-use first."""
+    counts = counts if counts is not None else UnseenCounts()
     roles = _special_use(store)
     order = {name: i for i, (name, _) in enumerate(sorted(roles.items(), key=lambda x: x[1]))}
     names = sorted(store.list_mailboxes(),
@@ -174,7 +195,7 @@ async def folder_list(store: IMailStore) -> list[FolderEntry]:
     entries = []
     for name in names:
         mailbox = await store.get_mailbox(name)
-        entries.append(FolderEntry(name, unseen_count(mailbox), len(mailbox.messages()),
+        entries.append(FolderEntry(name, counts.unseen(mailbox), len(mailbox.messages()),
                                    roles.get(name)))
     return entries
 
@@ -310,7 +331,7 @@ def walk_parts(message: EmailMessage) -> Iterator[tuple[int, Message]]:
         if part.is_multipart() and part.get_content_type() != "message/rfc822":
             children = part.get_payload()
             if isinstance(children, list):
-                stack[0:0] = children
+                stack[0:0] = [c for c in children if isinstance(c, Message)]
 
 
 def take_apart(message: bytes) -> ParsedMessage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from pymail.web.messages import (
     PAGE_SIZE,
@@ -74,8 +74,8 @@ def layout(title: str, body: str, *, address: str | None = None, csrf: str = "",
         for f in folders:
             cls = ' class="current"' if f.name == current else ""
             count = f'<span class="count">{f.unseen}</span>' if f.unseen else ""
-            items.append(f'<li{cls} data-folder="{attr(f.name)}"><a href="{attr(folder_url(f.name))}">'
-                         f'{esc(f.name)}</a>{count}</li>')
+            items.append(f'<li{cls} data-folder="{attr(f.name)}">'
+                         f'<a href="{attr(folder_url(f.name))}">{esc(f.name)}</a>{count}</li>')
         side = f'<aside class="folders"><ul>{"".join(items)}</ul></aside>'
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -278,9 +278,10 @@ def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subjec
     )
 
 
-def sent_page(queue_id: str, delivered: int) -> str:
-    return (f'<h1>Sent</h1><p class="notice">Your message was sent (queue id {esc(queue_id)}, '
-            f'{delivered} local copy(ies) delivered) and filed in Sent.</p>'
+def sent_page(queue_id: str, delivered: int, queued: int) -> str:
+    remote = f", {queued} remote recipient(s) queued for delivery" if queued else ""
+    return (f'<h1>Sent</h1><p class="notice">Your message was sent (queue id {esc(queue_id)}: '
+            f'{delivered} local copy(ies) delivered{remote}) and filed in Sent.</p>'
             '<p><a href="/">Back to your inbox</a></p>')
 
 
