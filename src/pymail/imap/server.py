@@ -16,7 +16,8 @@ in any state and before login are here.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
