@@ -124,3 +124,49 @@ class SendTests(SynchronousTestCase):
         inner = attached[0].get_content()
         self.assertEqual(inner["Subject"], "Team sync")
         self.assertEqual(inner.get_content(), "Agenda attached.\r\n")
+
+
+class FakeQueue:
+    """An outbound queue that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[object, list[tuple[str, object]], bytes]] = []
+
+    def submit(self, envelope: object, remote: list[tuple[str, object]], message: bytes) -> object:
+        from twisted.internet.defer import succeed
+
+        self.submitted.append((envelope, remote, message))
+        return succeed(None)
+
+
+class RelayTests(SynchronousTestCase):
+    def test_remote_recipients_go_to_the_relay_queue(self) -> None:
+        """With a relay queue, a remote recipient is queued once and a local one delivered."""
+        world = make_world()
+        queue = FakeQueue()
+        world.delivery.queue = queue  # type: ignore[assignment]
+        alice = world.browser()
+        alice.sign_in("alice@example.org")
+        reply = alice.post_multipart("/compose", {
+            "csrf": alice.csrf(), "to": "friend@remote.example, bob@example.org", "cc": "",
+            "bcc": "", "subject": "Both", "body": "One local, one remote."})
+        self.assertEqual(reply.status, 200, reply.text)
+        self.assertIn("1 remote recipient(s) queued", reply.text)
+        self.assertEqual(len(queue.submitted), 1)
+        envelope, remote, data = queue.submitted[0]
+        self.assertEqual([r for r, _ in remote], ["friend@remote.example"])
+        self.assertEqual(str(envelope.sender), "alice@example.org")  # type: ignore[attr-defined]
+        bob = world.mailbox("bob@example.org")
+        self.assertEqual(bob.read(bob.messages()[0].uid), data)
+
+    def test_remote_recipient_without_relay_sends_nothing(self) -> None:
+        """Without a relay queue a remote recipient is refused and nobody gets the message."""
+        world = make_world()
+        alice = world.browser()
+        alice.sign_in("alice@example.org")
+        reply = alice.post_multipart("/compose", {
+            "csrf": alice.csrf(), "to": "bob@example.org, friend@remote.example", "cc": "",
+            "bcc": "", "subject": "x", "body": "y"})
+        self.assertEqual(reply.status, 400)
+        self.assertIn("Outbound relay is not enabled", reply.text)
+        self.assertEqual(len(world.mailbox("bob@example.org").messages()), 0)
