@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""
+POP3 load generator for any POP3 server given host:port, a user and a
+password: USER/PASS, STAT, UIDL, then RETR of every message, once one
+command at a time (as poplib does) and once pipelined (RFC 2449
+PIPELINING: windows of commands written at once).  Never DELE: the
+maildrop is left as it was.
+
+    python benchmarks/load_pop3.py 127.0.0.1:1110 --user bench@example.org --password pw
+
+asyncio with raw sockets: poplib reads multi-line responses line by line in
+Python and would bound the throughput it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+STREAM_LIMIT = 1 << 24
+PIPELINE_WINDOW = 64
+MULTI_END = b"\r\n.\r\n"
+
+
+class POP3Error(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> Client:
+        reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+        greeting = await reader.readline()
+        if not greeting.startswith(b"+OK"):
+            raise POP3Error(f"greeting: {greeting!r}")
+        return cls(reader, writer)
+
+    async def status(self, what: str) -> bytes:
+        line = await self.reader.readline()
+        if not line.startswith(b"+OK"):
+            raise POP3Error(f"{what}: {line!r}")
+        return line
+
+    async def multi(self, what: str) -> int:
+        """A +OK status line and its multi-line body; returns the body's octets."""
+        await self.status(what)
+        first = await self.reader.readline()
+        if first == b".\r\n":
+            return 0
+        rest = await self.reader.readuntil(MULTI_END)
+        return len(first) + len(rest) - 3
+
+    async def simple(self, line: str) -> bytes:
+        self.writer.write(line.encode() + b"\r\n")
+        return await self.status(line.split()[0])
+
+    async def quit(self) -> None:
+        try:
+            await self.simple("QUIT")
+        finally:
+            self.writer.close()
+
+
+async def session(host: str, port: int, user: str, password: str, pipelined: bool) -> dict[str, float]:
+    label = "pipelined" if pipelined else "sequential"
+    out: dict[str, float] = {}
+    c = await Client.connect(host, port)
+    t0 = time.perf_counter()
+    await c.simple(f"USER {user}")
+    await c.simple(f"PASS {password}")
+    out["login_ms"] = (time.perf_counter() - t0) * 1000
+    t1 = time.perf_counter()
+    count = int((await c.simple("STAT")).split()[1])
+    out["stat_ms"] = (time.perf_counter() - t1) * 1000
+    t1 = time.perf_counter()
+    c.writer.write(b"UIDL\r\n")
+    await c.multi("UIDL")
+    out["uidl_ms"] = (time.perf_counter() - t1) * 1000
+    out["login_stat_uidl_ms"] = (time.perf_counter() - t0) * 1000
+    out["messages"] = count
+    octets = 0
+    t0 = time.perf_counter()
+    if pipelined:
+        for start in range(1, count + 1, PIPELINE_WINDOW):
+            batch = range(start, min(count, start + PIPELINE_WINDOW - 1) + 1)
+            c.writer.write(b"".join(f"RETR {i}\r\n".encode() for i in batch))
+            for _ in batch:
+                octets += await c.multi("RETR")
+    else:
+        for i in range(1, count + 1):
+            c.writer.write(f"RETR {i}\r\n".encode())
+            octets += await c.multi("RETR")
+    took = time.perf_counter() - t0
+    out[f"retr_{label}_s"] = took
+    out[f"retr_{label}_mb_s"] = octets / took / 1e6
+    out[f"retr_{label}_msgs_s"] = count / took
+    await c.quit()
+    return out
+
+
+async def run(host: str, port: int, user: str, password: str) -> dict[str, float]:
+    figures = await session(host, port, user, password, pipelined=False)
+    # Let the server release the maildrop lock of the first session.
+    await asyncio.sleep(0.2)
+    piped = await session(host, port, user, password, pipelined=True)
+    figures.update({k: v for k, v in piped.items() if k.startswith("retr_")})
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("server", help="host:port of the POP3 server")
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    host, _, port = args.server.rpartition(":")
+    figures = asyncio.run(run(host, int(port), args.user, args.password))
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:28} {value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
