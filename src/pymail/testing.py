@@ -478,3 +478,35 @@ class MailStoreContract:
             pass
         else:
             raise AssertionError("cached() of an unknown UID must raise NoSuchMessage")
+
+    def test_odd_messages_byte_exact(self) -> None:
+        """Messages with no headers, no body, broken MIME, 8-bit bytes or "From " lines read back exactly."""
+        odd = [
+            b"\r\nno headers at all\r\n",
+            b"Subject: no body, no blank line\r\n",
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nbroken\r\n",
+            b"Subject: \xff\xfe 8-bit \x00 NUL\r\n\r\n\xe9t\xe9\r\n",
+            b"Subject: f\r\n\r\nFrom me\r\n>From you\r\n>>From them\r\n\r\nFrom \r\n",
+            b"Subject: lone\rCR\r\n\r\nx\r\n",
+        ]
+        box = self.inbox()
+        uids = [self._result(box.append(m)) for m in odd]
+        for uid, m in zip(uids, odd):
+            assert box.read(uid) == m, (uid, box.read(uid), m)
+            assert box.info(uid).size == len(m)
+        again = self._result(self.reopen_store().get_mailbox("INBOX"))
+        for uid, m in zip(uids, odd):
+            assert again.read(uid) == m
+            assert again.info(uid).size == len(m)
+
+    def test_hostile_names_in_every_operation(self) -> None:
+        """DELETE, RENAME and SUBSCRIBE refuse names that could leave the account, touching nothing."""
+        from pymail.errors import BadMailboxName
+
+        before = sorted(self.store.list_mailboxes())
+        for name in ["../../etc", "a/../../b", "x\x00", "\x1b[31m", "Work..", ".."]:
+            self.failureResultOf(self.store.delete_mailbox(name), BadMailboxName)
+            self.failureResultOf(self.store.rename_mailbox("INBOX", name), BadMailboxName)
+            self.failureResultOf(self.store.rename_mailbox(name, "Safe"), BadMailboxName)
+            self.failureResultOf(self.store.subscribe(name), BadMailboxName)
+        assert sorted(self.store.list_mailboxes()) == before

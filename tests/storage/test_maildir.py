@@ -160,3 +160,17 @@ class ThreadedAppendTests(SynchronousTestCase):
             f(*a)
         assert [i.uid for i in box.messages()] == list(range(1, 21))
         assert len(os.listdir(os.path.join(data, "m", "new"))) == 20
+
+
+class BadNamesOnDiskTests(SynchronousTestCase):
+    def test_undecodable_and_dotted_directories_are_not_folders(self) -> None:
+        """Directories with invalid modified UTF-7 or empty levels are skipped, not listed or opened."""
+        reactor = ThreadlessReactor()
+        data = self.mktemp()
+        store = MaildirStoreFactory(reactor).open_store("alice@example.org", data)
+        root = os.path.join(data, "mail", "example.org", "alice")
+        for bad in (".&Jjo!", "..hidden", ".a..b", ".trailing."):
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(root, bad, sub))
+        names = store.list_mailboxes()
+        assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]

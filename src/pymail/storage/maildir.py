@@ -899,6 +899,18 @@ def _decode_folder(name: str) -> str:
     return name.encode("ascii").decode("imap4-utf-7")
 
 
+def _decode_folder_strict(name: str) -> str:
+    """
+    Decode a file name, refusing anything that is not exactly what pymail
+    (or Dovecot) would write for the folder: the codec is lenient, and a
+    name that does not round-trip would open a different file.
+    """
+    decoded = _decode_folder(name)
+    if _encode_folder(decoded) != name:
+        raise ValueError(f"{name!r} is not canonical modified UTF-7")
+    return decoded
+
+
 @implementer(IMailStore)
 class MaildirStore:
     """The folders of one account in one Maildir++ directory."""
@@ -928,7 +940,7 @@ class MaildirStore:
                 os.path.join(self.root, entry, "cur")
             ):
                 try:
-                    names.append(check_mailbox_name(_decode_folder(entry[1:])))
+                    names.append(check_mailbox_name(_decode_folder_strict(entry[1:])))
                 except (UnicodeError, ValueError, StorageError):
                     log.warn("Maildir {root}: skipping folder with an unusable name {entry!r}",
                              root=self.root, entry=entry)

@@ -767,6 +767,18 @@ def _decode_folder(name: str) -> str:
     return name.encode("ascii").decode("imap4-utf-7")
 
 
+def _decode_folder_strict(name: str) -> str:
+    """
+    Decode a file name, refusing anything that is not exactly what pymail
+    (or Dovecot) would write for the folder: the codec is lenient, and a
+    name that does not round-trip would open a different file.
+    """
+    decoded = _decode_folder(name)
+    if _encode_folder(decoded) != name:
+        raise ValueError(f"{name!r} is not canonical modified UTF-7")
+    return decoded
+
+
 @implementer(IMailStore)
 class MboxStore:
     """The folders of one account: an INBOX file and a directory of folder files."""
@@ -804,7 +816,7 @@ class MboxStore:
             if not os.path.isfile(os.path.join(self.folders, entry)):
                 continue
             try:
-                names.append(check_mailbox_name(_decode_folder(entry)))
+                names.append(check_mailbox_name(_decode_folder_strict(entry)))
             except (UnicodeError, ValueError, StorageError):
                 log.warn("mbox {dir}: skipping a file with an unusable folder name {entry!r}",
                          dir=self.folders, entry=entry)
