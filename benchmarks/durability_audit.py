@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""
+Durability audit: trace a running pymail with strace while one message is
+delivered over SMTP and one is APPENDed over IMAP, and check from the trace
+that the 250 (and the APPEND OK) is written to the socket only after
+
+- the message file was fsynced (the file that ends up in new/ or cur/),
+- it was renamed out of tmp/,
+- the uidlist was fsynced, and
+- the directory it was renamed into was fsynced.
+
+    python benchmarks/durability_audit.py            # starts its own pymail
+    python benchmarks/durability_audit.py --keep-trace /tmp/trace.txt
+
+Needs strace (apt-get install strace) and root (or ptrace rights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import anchors  # noqa: E402
+import load_imap  # noqa: E402
+import load_smtp  # noqa: E402
+
+SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev"
+ATTACH_WAIT_S = 1.5
+_LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(\S+)\s+(.*)$")
+_CALL = re.compile(r"^(\w+)\((.*)$")
+_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
+_FD_PATH = re.compile(r"^\d+<([^>]*)>")
+
+
+def parse(trace: str) -> list[tuple[str, str, str]]:
+    """Completed calls in completion order: (name, first argument, whole text)."""
+    pending: dict[str, tuple[str, str]] = {}
+    done: list[tuple[str, str, str]] = []
+    for raw in trace.splitlines():
+        m = _LINE.match(raw)
+        if not m:
+            continue
+        pid, _, rest = m.groups()
+        if (r := _RESUMED.match(rest)) is not None:
+            name, args = pending.pop(pid, (r.group(1), ""))
+            done.append((name, args, args + r.group(2)))
+            continue
+        c = _CALL.match(rest)
+        if c is None:
+            continue
+        name, args = c.groups()
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = (name, args)
+        else:
+            done.append((name, args, rest))
+    return done
+
+
+def _socket_write(call: tuple[str, str, str], marker: str) -> bool:
+    name, args, text = call
+    return name in ("sendto", "write", "sendmsg", "writev") and "TCP" in args and marker in text
+
+
+def check(calls: list[tuple[str, str, str]], after_marker: str,
+          reply_marker: str) -> dict[str, object]:
+    """
+    Was everything durable before the first socket write holding
+    ``reply_marker`` that follows the one holding ``after_marker`` (the 354
+    or the literal's continuation)?
+    """
+    start = next((i for i, c in enumerate(calls) if _socket_write(c, after_marker)), None)
+    if start is None:
+        return {"ok": False, "why": f"no socket write containing {after_marker!r} in the trace"}
+    reply = next((i for i in range(start + 1, len(calls))
+                  if _socket_write(calls[i], reply_marker)), None)
+    if reply is None:
+        return {"ok": False, "why": f"no socket write containing {reply_marker!r} in the trace"}
+    renames = [(i, t) for i, (n, a, t) in enumerate(calls[:reply])
+               if n.startswith("rename") and "/tmp/" in t and ("/new/" in t or "/cur/" in t)]
+    if not renames:
+        return {"ok": False, "why": "no rename out of tmp/ before the reply"}
+    ri, rtext = renames[-1]
+    target = re.findall(r'"([^"]+)"', rtext)[-1]
+    base = target.rsplit("/", 1)[1].split(":")[0]
+    folder = target.rsplit("/", 2)[0]
+    subdir = target.rsplit("/", 2)[1]
+
+    def fsynced(pred: object, start: int, end: int) -> bool:
+        for n, a, t in calls[start:end]:
+            if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0"):
+                m = _FD_PATH.match(a)
+                if m and pred(m.group(1)):  # type: ignore[operator]
+                    return True
+        return False
+    file_ok = fsynced(lambda p: base in p, 0, ri)
+    dir_ok = fsynced(lambda p: p == f"{folder}/{subdir}", ri, reply)
+    uidlist_ok = fsynced(lambda p: "uidlist" in p and p.startswith(folder), 0, reply)
+    return {"ok": file_ok and dir_ok and uidlist_ok, "file_fsync_before_rename": file_ok,
+            "dir_fsync_before_reply": dir_ok, "uidlist_fsync_before_reply": uidlist_ok,
+            "message": target}
+
+
+async def _traffic(server: anchors.Server) -> None:
+    await load_smtp.run("127.0.0.1", server.ports["smtp"], 1, 4096, 1)
+    await asyncio.sleep(0.3)
+    c = await load_imap.Client.connect("127.0.0.1", server.ports["imap"])
+    await c.command(f'LOGIN "{anchors.APPEND_USER}" "{anchors.PASSWORD}"')
+    await c.command("APPEND INBOX (\\Seen)", load_smtp.wire_messages(4096, "x@example.org")[0][:-3])
+    await asyncio.sleep(0.3)
+    await c.close()
+
+
+def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
+    """Trace ``server`` (a started PymailServer) through one SMTP delivery and one APPEND."""
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-tt", "-yy", "-s", "120", "-e", f"trace={SYSCALLS}",
+             "-o", out.name, "-p", str(server.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(ATTACH_WAIT_S)
+        try:
+            asyncio.run(_traffic(server))
+            time.sleep(0.3)
+        finally:
+            anchors.stop_pid(tracer.pid)
+        trace = Path(out.name).read_text(errors="replace")
+    if keep:
+        Path(keep).write_text(trace)
+    calls = parse(trace)
+    return {"backend": "maildir",
+            "smtp_250": check(calls, "354 ", "\"250 "),
+            "imap_append_ok": check(calls, "\"+ ", " OK ")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep-trace", metavar="FILE", help="save the raw strace output")
+    args = parser.parse_args(argv)
+    anchors.ensure_installed()
+    with tempfile.TemporaryDirectory(prefix="pymail-audit-") as tmp:
+        server = anchors.PymailServer(Path(tmp) / "pymail")
+        server.start()
+        try:
+            result = audit(server, args.keep_trace)
+        finally:
+            server.stop()
+    print(json.dumps(result, indent=2))
+    ok = all(v["ok"] for v in result.values() if isinstance(v, dict))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
