@@ -156,6 +156,7 @@ class _Pending:
     base: str
     info: MessageInfo
     uid: int = 0
+    done: bool = False
     error: BaseException | None = None
 
 
@@ -209,6 +210,7 @@ class MaildirMailbox:
         self._lock = threading.Lock()
         self._disk = _DiskState()
         self._pending: list[_Pending] = []
+        self._pending_lock = threading.Lock()
         self._cache: dict[tuple[int, str], Any] = {}
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self._index = FolderIndex(path)
@@ -681,15 +683,25 @@ class MaildirMailbox:
         os.rename(tmp, os.path.join(self.path, relpath))
         when = datetime.fromtimestamp(stamp, UTC)
         entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
-        with self._lock:
+        # Queue first, then wait for the folder lock: appends that queue while
+        # another thread commits are all committed by the next lock holder
+        # (one uidlist fsync and one directory fsync for the whole group).
+        with self._pending_lock:
             self._pending.append(entry)
-            self._commit_pending_locked()
+        with self._lock:
+            if not entry.done:
+                try:
+                    self._commit_pending_locked()
+                except BaseException:
+                    if entry.error is None:
+                        raise
         if entry.error is not None:
             raise StorageError(f"could not commit message to {self.name}: {entry.error}")
         return entry.uid
 
     def _commit_pending_locked(self) -> None:
-        batch, self._pending = self._pending, []
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
         if not batch:
             return
         try:
@@ -711,8 +723,10 @@ class MaildirMailbox:
                 fsync_dir(os.path.join(self.path, sub))
         except BaseException as e:
             for p in batch:
-                p.error = e
+                p.error, p.done = e, True
             raise
+        for p in batch:
+            p.done = True
         infos = [attrs.evolve(p.info, uid=p.uid) for p in batch]
         self._to_reactor(self._view.apply_added, infos)
 
