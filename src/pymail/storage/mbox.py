@@ -106,6 +106,7 @@ _UNQUOTE_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _X_STATUS = {"\\Answered": "A", "\\Flagged": "F", "\\Draft": "T", "\\Deleted": "D"}
 _X_STATUS_FLAGS = {v: k for k, v in _X_STATUS.items()}
 _ASCTIME = "%a %b %d %H:%M:%S %Y"
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 @attrs.define
@@ -211,7 +212,9 @@ def _parse_meta(raw: bytes) -> tuple[bytes, frozenset[str], int | None]:
                     continue
         elif name == b"x-uid" and value.isdigit():
             uid = int(value)
-    return b"".join(kept) + rest, frozenset(flags), uid
+    shared = frozenset(flags)
+    # Most messages share a few flag sets: share the objects (memory of big folders).
+    return b"".join(kept) + rest, _FLAG_SETS.setdefault(shared, shared), uid
 
 
 def _meta_headers(flags: frozenset[str], uid: int) -> bytes:
