@@ -157,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
                 "list page 0 (newest 50)": timed(client, "/mail/INBOX", args.requests, deadline),
                 "list page 1000": timed(client, "/mail/INBOX?page=1000", args.requests, deadline),
             }
+            after_new: list[float] = []
+            with smtplib.SMTP("127.0.0.1", proc.ports["smtp"], timeout=60) as smtp:
+                # New mail changes the folder: the next page re-sorts it.
+                for n in range(min(args.requests, 10)):
+                    smtp.sendmail("new@remote.example", [USER],
+                                  f"Subject: new {n}\r\n\r\nnew\r\n".encode())
+                    time.sleep(0.05)  # the delivery reaches the server's view
+                    after_new += timed(client, "/mail/INBOX", 1, deadline)
+            figures["list page 0 right after new mail"] = after_new
             with smtplib.SMTP("127.0.0.1", proc.ports["smtp"], timeout=60) as smtp:
                 for kind in ("text", "html"):
                     smtp.sendmail("big@remote.example", [USER], big_message(kind, args.size))

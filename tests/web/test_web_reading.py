@@ -196,3 +196,42 @@ class IDORTests(SynchronousTestCase):
             "reply": "INBOX/1", "mode": "forward"})
         self.assertEqual(reply.status, 404)
         self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 0)
+
+
+class FolderOrderTests(SynchronousTestCase):
+    def test_order_is_kept_right_across_changes(self) -> None:
+        """New mail on top, older INTERNALDATEs sorted in, expunges dropped: as a full sort."""
+        world = make_world()
+        box = world.mailbox("alice@example.org")
+        order = FolderOrder()
+        base = datetime(2026, 11, 1, tzinfo=UTC)
+
+        def append(days: int) -> None:
+            box.append(message(f"d{days}"), (), base + timedelta(days=days))
+            world.reactor.advance(0)
+
+        def full() -> list[int]:
+            ranked = sorted(box.messages(), key=lambda i: (i.internaldate, i.uid), reverse=True)
+            return [i.uid for i in ranked]
+
+        for days in (1, 2, 3):
+            append(days)
+        self.assertEqual(order.newest_first(box), full())
+        append(5)  # newest: goes on top
+        append(5)  # same time, higher UID: on top
+        self.assertEqual(order.newest_first(box), full())
+        append(0)  # older than everything: a full sort places it
+        self.assertEqual(order.newest_first(box), full())
+        box.set_flags([2], ["\\Deleted"], "add")
+        box.expunge([2])
+        append(9)
+        world.reactor.advance(0)
+        self.assertEqual(order.newest_first(box), full())
+        self.assertEqual(order.newest_first(box)[0], 7)
+        box.set_flags([3], ["\\Deleted"], "add")
+        box.expunge([3])
+        append(10)
+        append(11)
+        world.reactor.advance(0)
+        self.assertEqual(order.newest_first(box), full())
+        self.assertNotIn(3, order.newest_first(box))

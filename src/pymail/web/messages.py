@@ -13,6 +13,7 @@ folder's index), else in a bounded in-process cache.
 
 from __future__ import annotations
 
+import bisect
 import email.policy
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -145,11 +146,37 @@ class FolderOrder:
         infos = mailbox.messages()
         stamp = (mailbox.uidvalidity(), mailbox.uidnext(), len(infos))
         order = self._orders.get(id(mailbox))
+        if order is not None and order.stamp != stamp:
+            order = self._extended(mailbox, order, stamp)
         if order is None or order.stamp != stamp:
             ranked = sorted(infos, key=lambda i: (i.internaldate, i.uid), reverse=True)
             order = _Order(stamp, [i.uid for i in ranked])
-            self._orders[id(mailbox)] = order
+        self._orders[id(mailbox)] = order
         return order.uids
+
+    @staticmethod
+    def _extended(mailbox: IMailbox, old: _Order, stamp: tuple[int, int, int]) -> _Order | None:
+        """
+        The common case without a full sort: only new mail arrived (nothing
+        expunged), all of it no older than the newest message already
+        ordered, so it goes on top.  ``None`` when that is not the case.
+        """
+        infos = mailbox.messages()
+        added = stamp[2] - old.stamp[2]
+        if stamp[0] != old.stamp[0] or added <= 0 or not old.uids:
+            return None
+        first_new = bisect.bisect_left(infos, old.stamp[1], key=lambda i: i.uid)
+        if len(infos) - first_new != added:
+            return None  # something was expunged as well
+        new = infos[first_new:]
+        try:
+            newest = mailbox.info(old.uids[0])
+        except NoSuchMessage:
+            return None
+        ranked = sorted(new, key=lambda i: (i.internaldate, i.uid), reverse=True)
+        if (ranked[-1].internaldate, ranked[-1].uid) < (newest.internaldate, newest.uid):
+            return None
+        return _Order(stamp, [i.uid for i in ranked] + old.uids)
 
 
 def unseen_count(mailbox: IMailbox) -> int:
