@@ -16,10 +16,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.directory.files import FileDirectory
-from pymail.directory.passwords import verify_password
+from pymail.directory.passwords import hash_password, needs_rehash, scheme_of, verify_password
+
+log = Logger(namespace="pymail.auth")
 
 
 @implementer(ICredentialsChecker)
@@ -31,6 +34,11 @@ class AccountsChecker:
     The avatar id is the account's canonical address (``str``).  Password
     verification (argon2id, tens of milliseconds) runs in the reactor's
     thread pool.  An unknown user costs as much as a wrong password.
+
+    A password stored in another scheme (bcrypt, SHA512-CRYPT, a Dovecot
+    ``{SCHEME}``: see :mod:`pymail.directory.passwords`) is replaced by an
+    argon2id hash after it matched, so imported accounts move to argon2id
+    as their users log in.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -54,11 +62,30 @@ class AccountsChecker:
 
         def check() -> str:
             ok = verify_password(stored, password)
-            if not ok or entry is None or entry.disabled:
+            if not ok or entry is None or entry.disabled or stored is None:
                 raise UnauthorizedLogin("authentication failed")
+            if needs_rehash(stored):
+                self._rehash(entry.address, stored, password)
             return entry.address
 
         return deferToThreadPool(reactor, reactor.getThreadPool(), check)
+
+    def _rehash(self, address: str, old: str, password: str) -> None:
+        # In the thread pool, after a successful check.  The hash is only
+        # replaced if it is still the one that matched (a password changed
+        # meanwhile by `pymail user passwd` wins).  A failure here never
+        # fails the login.
+        try:
+            new = hash_password(password)
+            current = self._directory.user(address)
+            if current is None or current.password_hash != old:
+                return
+            self._directory.set_password(address, new)
+        except Exception:
+            log.failure("could not rehash the password of {address}", address=address)
+            return
+        log.info("rehashed the password of {address} from {scheme} to argon2id",
+                 address=address, scheme=scheme_of(old) or "an old scheme")
 
 
 @implementer(ICheckerFactory)
