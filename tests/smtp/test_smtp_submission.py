@@ -308,3 +308,20 @@ class FakeServerTLS:
     """Stands in for pymail.tls.ServerTLS: only ``creator`` is used by STARTTLS."""
 
     creator = object()
+
+
+class ThrottleTests(SynchronousTestCase):
+    def test_failed_auth_is_throttled(self) -> None:
+        """With a throttle, a failed AUTH is answered only after the padding delay."""
+        from pymail.auth.throttle import LoginThrottle
+
+        h = make_server(mode="submission")
+        h.factory.throttle = LoginThrottle(h.clock, failure_min=0.4, delay=0.5)
+        h.replies()
+        h.ehlo()
+        h.send(b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0wrong") + b"\r\n")
+        self.assertEqual(h.replies(), [])
+        h.clock.advance(0.4)
+        h.clock.advance(0.5)
+        self.assertEqual(h.codes(), ["535 5.7.8"])
+        h.login()

@@ -46,6 +46,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from pymail import maillog
+from pymail.auth.throttle import LoginThrottle
 from pymail.address import (
     Address,
     AddressError,
@@ -129,6 +130,8 @@ class SMTPFactory(ServerFactory):
         (nowhere), ``"loopback"`` (from 127.0.0.0/8 and ::1), ``"always"``.
     :param postmaster: the address ``RCPT TO:<Postmaster>`` (no domain,
         RFC 5321 section 4.1.1.3) goes to.
+    :param throttle: failed-login throttling shared with IMAP and POP3
+        (:class:`pymail.auth.throttle.LoginThrottle`), or ``None``.
     """
 
     # The listener logs its own start ("[smtp] listening on ..."); the
@@ -151,6 +154,7 @@ class SMTPFactory(ServerFactory):
         tls: Any = None,
         cleartext_auth: str = "always",
         postmaster: str | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         if mode not in (MX, SUBMISSION):
             raise ValueError(f"SMTP mode {mode!r} must be 'mx' or 'submission'")
@@ -170,6 +174,7 @@ class SMTPFactory(ServerFactory):
             raise ValueError(f"cleartext_auth {cleartext_auth!r} must be one of "
                              f"{', '.join(CLEARTEXT_AUTH_POLICIES)}")
         self.tls = tls
+        self.throttle = throttle
         self.cleartext_auth = cleartext_auth
         self.postmaster = (
             postmaster or getattr(delivery, "postmaster", None) or f"postmaster@{hostname}"
@@ -815,7 +820,13 @@ class SMTPServer(LineReceiver):
     def _check_credentials(self, username: bytes, password: bytes) -> Deferred[None]:
         portal = self.factory.portal
         assert portal is not None
-        d = portal.login(UsernamePassword(username, password), None, IAccount)
+        credentials = UsernamePassword(username, password)
+        if self.factory.throttle is not None:
+            d = self.factory.throttle.login(
+                portal, credentials, IAccount, peer=self._client, service="submission"
+            )
+        else:
+            d = portal.login(credentials, None, IAccount)
 
         def logged_in(result: tuple[Any, Any, Callable[[], None]]) -> None:
             _, account, logout = result
