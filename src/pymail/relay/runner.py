@@ -209,6 +209,7 @@ class QueueRunner(Service):
         for queue_id in list(self._entries):
             if queue_id not in ids and queue_id not in self._active:
                 del self._entries[queue_id]
+                self._stamps.pop(queue_id, None)
                 timer = self._timers.pop(queue_id, None)
                 if timer is not None and timer.active():
                     timer.cancel()
