@@ -61,6 +61,20 @@ class SignInTests(SynchronousTestCase):
         self.assertNotIn("Secure", cookie)
         self.assertEqual(self.browser.get("/mail/INBOX").status, 200)
 
+    def test_cookie_is_secure_over_tls(self) -> None:
+        """Over TLS the session cookie also gets the Secure attribute."""
+        browser = self.world.browser()
+        browser.secure = True
+        browser.host = "mail.example.org"
+        browser.get("/signin")
+        form = browser.get("/signin").text
+        reply = browser.post("/signin", {"csrf": csrf_of(form), "username": "alice@example.org",
+                                         "password": "alice-secret-1"},
+                             headers={"Origin": "https://mail.example.org"})
+        cookie = next(c for c in reply.headers["set-cookie"] if c.startswith("pymail_session="))
+        self.assertIn("Secure", cookie)
+        self.assertIn("HttpOnly", cookie)
+
     def test_wrong_password_is_refused(self) -> None:
         """A wrong password gets 401, the form again, and no session."""
         reply = self.browser.sign_in("alice@example.org", "wrong-password")

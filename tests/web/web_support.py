@@ -16,7 +16,9 @@ from urllib.parse import urlencode
 
 import attrs
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from pymail.smtp.delivery import LocalDelivery
 from pymail.storage.memory import MemoryStoreFactory
@@ -30,6 +32,17 @@ PASSWORDS = {"alice@example.org": "alice-secret-1", "bob@example.org": "bob-secr
 
 SETTINGS = ClientSettings("mail.example.org", imap=((143, "starttls"), (993, "tls")),
                           pop3=((110, "starttls"),), submission=((587, "starttls"),))
+
+
+@implementer(ISSLTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport that says it is TLS, as a TLS connection's transport does."""
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
 
 
 @attrs.define
@@ -99,11 +112,13 @@ class Browser:
     cookies: dict[str, str] = attrs.Factory(dict)
     host: str = "127.0.0.1:8080"
     client_ip: str = "127.0.0.1"
+    secure: bool = False
 
     def open(self, method: str, path: str, body: bytes = b"",
              headers: dict[str, str] | None = None) -> tuple[Reply, StringTransport]:
-        transport = StringTransport(peerAddress=IPv4Address("TCP", self.client_ip, 40000),
-                                    hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        kind = TLSStringTransport if self.secure else StringTransport
+        transport = kind(peerAddress=IPv4Address("TCP", self.client_ip, 40000),
+                         hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
         channel = self.world.site.buildProtocol(transport.getPeer())
         channel.makeConnection(transport)
         all_headers = {"Host": self.host}
