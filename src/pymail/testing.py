@@ -10,6 +10,8 @@ Public fakes for plugin authors, embedders and pymail's own tests.
   backend runs (see docs/plugins.md).
 - :func:`memory_portal`: a twisted.cred portal over plain-text test
   passwords, the same realm the server uses, and in-memory mail stores.
+- :class:`CheckerContract`: the contract test mixin for password checkers
+  (``auth = [...]`` plugins; see docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -510,3 +512,76 @@ class MailStoreContract:
             self.failureResultOf(self.store.rename_mailbox(name, "Safe"), BadMailboxName)
             self.failureResultOf(self.store.subscribe(name), BadMailboxName)
         assert sorted(self.store.list_mailboxes()) == before
+
+
+class CheckerContract:
+    """
+    What pymail needs from a password checker (a ``twisted.cred``
+    ``ICredentialsChecker``, e.g. an ``auth = [...]`` strcred plugin), as a
+    test mixin for a ``SynchronousTestCase``.  Define :meth:`make_checker`::
+
+        class MyCheckerTests(CheckerContract, SynchronousTestCase):
+            def make_checker(self, users):
+                # users: canonical address -> clear-text password
+                return MyChecker(self.reactor, users_table_with(users))
+
+    Thread-pool work (``deferToThreadPool``) runs at once on ``self.reactor``.
+    """
+
+    reactor: ThreadlessReactor
+
+    #: The accounts every test sees: canonical address -> password.
+    USERS = {"alice@example.org": "correct horse", "bob@example.org": "b0b pa55 wörd"}
+
+    def make_checker(self, users: Mapping[str, str]) -> Any:
+        raise NotImplementedError("define make_checker(users) in the test case")
+
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.checker = self.make_checker(dict(self.USERS))
+
+    def _login(self, username: bytes, password: bytes) -> Any:
+        from twisted.cred.credentials import UsernamePassword
+        from twisted.internet.defer import maybeDeferred
+
+        return maybeDeferred(self.checker.requestAvatarId, UsernamePassword(username, password))
+
+    def _avatar_id(self, username: bytes, password: bytes) -> str:
+        result = self.successResultOf(self._login(username, password))  # type: ignore[attr-defined]
+        return result.decode("utf-8") if isinstance(result, bytes) else str(result)
+
+    def _refused(self, username: bytes, password: bytes) -> None:
+        from twisted.cred.error import UnauthorizedLogin
+
+        self.failureResultOf(self._login(username, password), UnauthorizedLogin)  # type: ignore[attr-defined]
+
+    def test_provides_icredentialschecker_for_passwords(self) -> None:
+        """The checker provides ICredentialsChecker and takes IUsernamePassword."""
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from zope.interface.verify import verifyObject
+
+        assert verifyObject(ICredentialsChecker, self.checker)
+        assert IUsernamePassword in self.checker.credentialInterfaces
+
+    def test_right_password_gives_canonical_address(self) -> None:
+        """The right password gives the account's canonical address as the avatar id."""
+        for address, password in self.USERS.items():
+            assert self._avatar_id(address.encode(), password.encode("utf-8")) == address
+
+    def test_user_name_case_does_not_matter(self) -> None:
+        """A user name in another case logs in as the canonical (lower-case) address."""
+        assert self._avatar_id(b"Alice@Example.ORG", b"correct horse") == "alice@example.org"
+
+    def test_wrong_password_unknown_user_and_empty_password_are_refused(self) -> None:
+        """Wrong password, unknown account and empty password fail with UnauthorizedLogin."""
+        self._refused(b"alice@example.org", b"correct horsE")
+        self._refused(b"nobody@example.org", b"correct horse")
+        self._refused(b"alice@example.org", b"")
+        self._refused(b"alice@example.org", "b0b pa55 wörd".encode())
+
+    def test_hostile_user_names_are_refused_cleanly(self) -> None:
+        """NUL, CR/LF, path characters and invalid UTF-8 in a user name are a plain refusal."""
+        for name in (b"alice@example.org\x00", b"alice@example.org\r\nx", b"../../etc/passwd",
+                     b"\xff\xfe@example.org", b"", b"a" * 5000):
+            self._refused(name, b"correct horse")

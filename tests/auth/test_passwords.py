@@ -20,7 +20,7 @@ from pymail.directory.passwords import (
     sha_crypt,
     verify_password,
 )
-from pymail.testing import ThreadlessReactor
+from pymail.testing import CheckerContract, ThreadlessReactor
 
 # Published test vectors of "Unix crypt using SHA-256 and SHA-512" (Drepper).
 SHA512_VECTORS = [
@@ -118,3 +118,14 @@ class RehashTests(SynchronousTestCase):
         entry = directory.user("carol@example.org")
         assert entry is not None
         self.assertEqual(entry.password_hash, stored)
+
+
+class AccountsCheckerContract(CheckerContract, SynchronousTestCase):
+    """pymail's own accounts-file checker keeps the checker contract."""
+
+    def make_checker(self, users: dict[str, str]) -> AccountsChecker:
+        directory = FileDirectory(self.mktemp())
+        directory.ensure_domains(["example.org"])
+        for address, password in users.items():
+            directory.add_user(address, hash_password(password))
+        return AccountsChecker(directory, self.reactor)
