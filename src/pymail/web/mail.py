@@ -22,6 +22,7 @@ from pymail.web.events import EventStream
 from pymail.web.http import Context, HTTPError, Response, body_csp
 from pymail.web.messages import (
     SEARCH_FIELDS,
+    Page,
     attachment,
     folder_list,
     page_of,
@@ -93,14 +94,17 @@ def add_routes(app: WebApp) -> None:
         app.set_cookie(ctx.request, SESSION_COOKIE, "", 0)
         return Response.redirect("/signin")
 
-    async def folder(ctx: Context) -> Response:
+    async def requested_page(ctx: Context) -> tuple[IMailbox, Page]:
         (name,) = ctx.params
         mailbox = await app.mailbox(ctx, name)
         try:
             number = int(ctx.query.get("page", "0"))
         except ValueError:
             number = 0
-        page = page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
+        return mailbox, page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
+
+    async def folder(ctx: Context) -> Response:
+        mailbox, page = await requested_page(ctx)
         session = ctx.require_session()
         folders = await folder_list(session.account.store, app.counts)
         body = views.message_list(mailbox.name, page, folders, session.csrf,
@@ -111,13 +115,7 @@ def add_routes(app: WebApp) -> None:
 
     async def rows(ctx: Context) -> Response:
         """Just the rows of one page (the live update fetches this)."""
-        (name,) = ctx.params
-        mailbox = await app.mailbox(ctx, name)
-        try:
-            number = int(ctx.query.get("page", "0"))
-        except ValueError:
-            number = 0
-        page = page_of(mailbox, app.order.newest_first(mailbox), number, app.summaries)
+        mailbox, page = await requested_page(ctx)
         return Response.html(views.message_rows(mailbox.name, page.rows))
 
     async def message(ctx: Context) -> Response:
