@@ -203,6 +203,10 @@ class _IndexWriter:
 class MaildirMailbox:
     """One Maildir folder."""
 
+    #: ``read()`` may be called from the thread pool (it only looks up the
+    #: file name and reads the file); IMAP FETCH reads bodies there.
+    threadsafe_read = True
+
     def __init__(self, path: str, name: str, reactor: Any) -> None:
         self.name = name
         self.path = path
