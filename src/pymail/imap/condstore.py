@@ -97,7 +97,9 @@ def vanished_earlier(
     return [b"* VANISHED (EARLIER) " + ranges_bytes(gaps) + b"\r\n"]
 
 
-def changed_since(view: SelectedMailbox, modseq: int, indexes: Sequence[int] | None = None) -> list[bytes]:
+def changed_since(
+    view: SelectedMailbox, modseq: int, indexes: Sequence[int] | None = None
+) -> list[bytes]:
     """``* n FETCH (UID u FLAGS (...) MODSEQ (m))`` for messages changed after ``modseq``."""
     lines = []
     mailbox = view.mailbox

@@ -68,7 +68,7 @@ async def handle_select(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     mailbox = await _open(conn, args.mailbox)
     if conn.state is not State.AUTHENTICATED:
         return None  # logged out meanwhile
-    view = SelectedMailbox(mailbox, readonly, conn.recent_tracker)
+    view = SelectedMailbox(mailbox, readonly, conn.recent_tracker, conn.derived_cache)
     view.condstore = "CONDSTORE" in conn.enabled
     view.qresync = "QRESYNC" in conn.enabled
     conn.selected = view
@@ -358,7 +358,7 @@ async def handle_append(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     except NoSuchMailbox as e:
         raise reply_for_storage_error(e, trycreate=True) from None
     # UIDPLUS (RFC 4315 3).
-    return Reply("APPEND completed", "APPENDUID %d %d" % (mailbox.uidvalidity(), uid))
+    return Reply("APPEND completed", f"APPENDUID {mailbox.uidvalidity()} {uid}")
 
 
 COMMANDS = {

@@ -3,19 +3,23 @@ SEARCH (RFC 3501 section 6.4.4): the grammar of search keys, and their
 compilation into a predicate over one message.
 
 Keys that need only :class:`~pymail.interfaces.MessageInfo` (flags, size,
-INTERNALDATE, sequence and UID sets) never read the message; header and
-text keys read it once per message, lazily.
+INTERNALDATE, sequence and UID sets) never read the message.  SUBJECT,
+FROM, TO, CC and BCC use the decoded fields kept by the derived-value cache
+(:mod:`pymail.imap.cache`, backed by the storage index), so they read a
+message only the first time it is searched; other header and text keys
+read it once per message, lazily.
 """
 
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import cast
 
 import attrs
 
+from pymail.imap.cache import DerivedCache
 from pymail.imap.message import decoded_value, field_value, header_fields, split_message
 from pymail.imap.parser import Cursor, ParseError, SequenceSet
 from pymail.interfaces import IMailbox, MessageInfo
@@ -36,6 +40,24 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _HEADER_KEYS = {"BCC": b"bcc", "CC": b"cc", "FROM": b"from", "SUBJECT": b"subject", "TO": b"to"}
+#: The fields kept, decoded and case-folded, by :func:`searched_fields`.
+CACHED_FIELDS = (b"subject", b"from", b"to", b"cc", b"bcc")
+_CACHED_INDEX = {name: i for i, name in enumerate(CACHED_FIELDS)}
+#: The derived-value name of :func:`searched_fields` (bump on any change).
+SEARCH_FIELDS_NAME = "imap.search-fields.1"
+
+
+def searched_fields(message: bytes) -> tuple[tuple[str, ...], ...]:
+    """
+    For each of :data:`CACHED_FIELDS`, the decoded (RFC 2047) and
+    case-folded values of every such field of ``message``, in order.
+    """
+    found: list[list[str]] = [[] for _ in CACHED_FIELDS]
+    for name, raw in header_fields(split_message(message)[0]):
+        i = _CACHED_INDEX.get(name)
+        if i is not None:
+            found[i].append(decoded_value(field_value(raw)).casefold())
+    return tuple(tuple(values) for values in found)
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
@@ -136,15 +158,19 @@ def uses_modseq(key: Key) -> bool:
 class Candidate:
     """One message being tested: its info and, on demand, its bytes and header."""
 
-    __slots__ = ("info", "index", "recent", "_mailbox", "_message", "_fields")
+    __slots__ = ("info", "index", "recent", "_mailbox", "_message", "_fields", "_cache")
 
-    def __init__(self, mailbox: IMailbox, info: MessageInfo, index: int, recent: bool) -> None:
+    def __init__(
+        self, mailbox: IMailbox, info: MessageInfo, index: int, recent: bool,
+        cache: DerivedCache | None = None,
+    ) -> None:
         self.info = info
         self.index = index
         self.recent = recent
         self._mailbox = mailbox
         self._message: bytes | None = None
         self._fields: list[tuple[bytes, bytes]] | None = None
+        self._cache = cache
 
     def message(self) -> bytes:
         if self._message is None:
@@ -158,6 +184,15 @@ class Candidate:
 
     def header_values(self, name: bytes) -> list[str]:
         return [decoded_value(field_value(raw)) for n, raw in self.fields() if n == name]
+
+    def folded_values(self, name: bytes) -> Sequence[str]:
+        """The decoded, case-folded values of the fields called ``name``."""
+        i = _CACHED_INDEX.get(name)
+        if i is None or self._cache is None:
+            return [v.casefold() for v in self.header_values(name)]
+        fields = self._cache.get(self._mailbox, self.info.uid, SEARCH_FIELDS_NAME,
+                                 searched_fields, self._message)
+        return fields[i]
 
 
 Predicate = Callable[[Candidate], bool]
@@ -257,7 +292,7 @@ def compile_key(
         else:
             name = _HEADER_KEYS[op]
             needle = text(args[0])
-        return lambda c: any(needle in v.casefold() for v in c.header_values(name))  # type: ignore[arg-type]
+        return lambda c: any(needle in v for v in c.folded_values(name))  # type: ignore[arg-type]
     if op in ("BODY", "TEXT"):
         needle = text(args[0])
 

@@ -10,7 +10,11 @@ back after FETCH, STORE and SEARCH.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.imap.commands import (
@@ -125,27 +129,115 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     renderers = [renderer(item) for item in items]
     needs_message = any(item.needs_message for item in items)
     has_flags = any(item.name == "FLAGS" for item in items)
-    missing = 0
     info_of = mailbox.info
-    read = mailbox.read
-    add = conn.writer.add
-    for index in indexes:
+    writer = conn.writer
+    missing = 0
+
+    def render(index: int, message: bytes | None) -> None:
+        nonlocal missing
         uid = uids[index]
         try:
             info = info_of(uid)
-            message = read(uid) if needs_message else None
-            parts = [render(view, info, message) for render in renderers]
+            parts = [draw(view, info, message) for draw in renderers]
         except NoSuchMessage:
             missing += 1
-            continue
+            return
         if uid in marked and not has_flags:
             parts.append(b"FLAGS " + view.flags_of(info))
-        add(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))
+        writer.add(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))
+
+    if not needs_message:
+        for index in indexes:
+            render(index, None)
+    else:
+        missing += await _fetch_with_messages(conn, view, indexes, render)
     if marked:
         view.forget_flag_updates(marked)
     if missing:
         raise no(f"{missing} of the messages were expunged and could not be fetched", _EXPUNGED)
     return None
+
+
+#: Messages read per batch when a FETCH needs message bytes, and the bytes
+#: after which a batch ends early: the next batch is read (in the thread
+#: pool, where the backend allows) while this one is written.
+FETCH_BATCH_MESSAGES = 256
+FETCH_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _read_batch(mailbox: IMailbox, uids: list[int]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    read = mailbox.read
+    for uid in uids:
+        try:
+            out.append(read(uid))
+        except NoSuchMessage:
+            out.append(None)
+    return out
+
+
+async def _fetch_with_messages(
+    conn: IMAPServerProtocol, view: SelectedMailbox, indexes: Sequence[int],
+    render: Callable[[int, bytes | None], None],
+) -> int:
+    """
+    Render the messages of ``indexes`` in batches: the next batch is read
+    while this one is written (in the reactor's thread pool when the
+    mailbox says its ``read`` is thread-safe, ``threadsafe_read``), and the
+    transport's back-pressure is respected, so memory stays bounded.
+    Returns how many messages were gone.
+    """
+    mailbox = view.mailbox
+    uids = view.uids
+    threaded = bool(getattr(mailbox, "threadsafe_read", False))
+    reactor = conn.reactor
+    infos = mailbox.info
+
+    def batches() -> Iterator[list[int]]:
+        batch: list[int] = []
+        size = 0
+        for index in indexes:
+            batch.append(index)
+            try:
+                size += infos(uids[index]).size
+            except NoSuchMessage:
+                pass
+            if len(batch) >= FETCH_BATCH_MESSAGES or size >= FETCH_BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    def start(batch: list[int]) -> Deferred[list[bytes | None]]:
+        wanted = [uids[i] for i in batch]
+        if threaded:
+            return deferToThreadPool(
+                reactor, reactor.getThreadPool(), _read_batch, mailbox, wanted  # type: ignore[attr-defined]
+            )
+        return succeed(_read_batch(mailbox, wanted))
+
+    missing = 0
+    throttle = conn.start_streaming()
+    try:
+        pending = batches()
+        batch = next(pending, None)
+        reading = start(batch) if batch is not None else None
+        while batch is not None and reading is not None:
+            messages = await reading
+            following = next(pending, None)
+            reading = start(following) if following is not None else None
+            for index, message in zip(batch, messages, strict=True):
+                if message is None:
+                    missing += 1
+                else:
+                    render(index, message)
+            batch = following
+            conn.writer.flush()
+            if throttle is not None:
+                await throttle.drained()
+    finally:
+        conn.stop_streaming(throttle)
+    return missing
 
 
 async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
@@ -259,9 +351,7 @@ def copyuid(target: IMailbox, copied: list[int], new: list[int]) -> str | None:
     """The COPYUID response code (RFC 4315 section 3)."""
     if not copied:
         return None
-    return "COPYUID %d %s %s" % (
-        target.uidvalidity(), _uid_list(copied), _uid_list(new),
-    )
+    return f"COPYUID {target.uidvalidity()} {_uid_list(copied)} {_uid_list(new)}"
 
 
 def _uid_list(uids: list[int]) -> str:
@@ -273,7 +363,9 @@ async def handle_copy(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     args = cmd.args
     assert isinstance(args, Copy)
     view = _view(conn)
-    target, copied, new = await _copy(conn, view, args.sequence, cmd.name == "UID COPY", args.mailbox)
+    target, copied, new = await _copy(
+        conn, view, args.sequence, cmd.name == "UID COPY", args.mailbox
+    )
     return Reply(f"{cmd.name} completed", copyuid(target, copied, new))
 
 
@@ -282,7 +374,9 @@ async def handle_move(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     assert isinstance(args, Copy)
     view = _view(conn)
     _require_writable(view, "MOVE")
-    target, copied, new = await _copy(conn, view, args.sequence, cmd.name == "UID MOVE", args.mailbox)
+    target, copied, new = await _copy(
+        conn, view, args.sequence, cmd.name == "UID MOVE", args.mailbox
+    )
     if not copied:
         return None
     code = copyuid(target, copied, new)
@@ -318,14 +412,15 @@ async def handle_search(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     for index, uid in enumerate(view.uids):
         try:
             info = mailbox.info(uid)
-            if predicate(Candidate(mailbox, info, index, uid in view.recent)):
+            if predicate(Candidate(mailbox, info, index, uid in view.recent, view.cache)):
                 found.append(uid if uid_mode else index + 1)
                 if info.modseq > top_modseq:
                     top_modseq = info.modseq
         except NoSuchMessage:
             continue
     if args.returns is not None:
-        conn.writer.untagged(esearch(cmd.tag, uid_mode, args.returns, found, top_modseq if with_modseq else None))
+        modseq = top_modseq if with_modseq else None
+        conn.writer.untagged(esearch(cmd.tag, uid_mode, args.returns, found, modseq))
         return None
     line = b" ".join([b"SEARCH"] + [b"%d" % n for n in found])
     if with_modseq and found:

@@ -21,14 +21,16 @@ from collections.abc import Callable
 
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pymail.errors import StorageError
 from pymail.imap import access, extensions, idle, mailboxes, selected
 from pymail.imap import condstore as condstore_mod
+from pymail.imap.cache import DerivedCache
 from pymail.imap.commands import (
     Command,
     no_args,
@@ -56,6 +58,44 @@ if TYPE_CHECKING:
     from pymail.tls import ServerTLS
 
 log = Logger()
+
+
+@implementer(IPushProducer)
+class OutputThrottle:
+    """
+    Back-pressure for long responses (FETCH of many message bodies): while
+    registered as the transport's streaming producer, :meth:`drained` waits
+    whenever the transport has more queued than its buffer size, so a
+    command never holds more than about one batch of output in memory.
+    """
+
+    __slots__ = ("paused", "_waiters")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiters: list[Deferred[None]] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        # The connection is gone: let the command finish (writes are dropped).
+        self.resumeProducing()
+
+    def drained(self) -> Deferred[None]:
+        """Fires at once, or when the transport asks for more output."""
+        d: Deferred[None] = Deferred()
+        if self.paused:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
 
 
 class IMAPServerProtocol(LiteralReader):
@@ -92,11 +132,13 @@ class IMAPServerProtocol(LiteralReader):
         allow_plaintext_on_loopback: bool = True,
         cleartext_auth: str | None = None,
         throttle: Any = None,
+        derived_cache: DerivedCache | None = None,
     ) -> None:
         self.portal = portal
         self.reactor = reactor
         self.hostname = hostname
         self.table = table
+        self.derived_cache = derived_cache if derived_cache is not None else DerivedCache()
         self.recent_tracker = recent
         self.max_literal_size = max_literal_size
         self.max_line_length = max_line_length
@@ -155,6 +197,28 @@ class IMAPServerProtocol(LiteralReader):
             except Exception:
                 log.failure("avatar logout failed")
         self.state = State.LOGOUT
+
+    def start_streaming(self) -> OutputThrottle | None:
+        """
+        Before writing a long response: register an :class:`OutputThrottle`
+        with the transport (None when the transport cannot take one).
+        End with :meth:`stop_streaming`.
+        """
+        transport = self.transport
+        if transport is None or self.writer.closed or getattr(transport, "producer", None):
+            return None
+        throttle = OutputThrottle()
+        try:
+            transport.registerProducer(throttle, True)  # type: ignore[attr-defined]
+        except (RuntimeError, AttributeError):
+            return None
+        return throttle
+
+    def stop_streaming(self, throttle: OutputThrottle | None) -> None:
+        """Unregister what :meth:`start_streaming` registered."""
+        if throttle is not None and self.transport is not None and not self.writer.closed:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            throttle.resumeProducing()
 
     def close(self, bye: bytes | None = None) -> None:
         """Say BYE (if given), send everything queued and drop the connection."""
@@ -494,6 +558,8 @@ class IMAPFactory(ServerFactory):
         # RFC 7889: the biggest APPEND accepted, same for every folder.
         self.table.add_capabilities([f"APPENDLIMIT={max_literal_size}"])
         self.recent = RecentTracker()
+        #: Rendered ENVELOPEs etc., shared by every connection (pymail.imap.cache).
+        self.derived_cache = DerivedCache()
         self.poller = RefreshPoller(reactor, idle_poll_interval)
 
     def buildProtocol(self, addr: object) -> IMAPServerProtocol:
@@ -512,6 +578,7 @@ class IMAPFactory(ServerFactory):
             allow_plaintext_on_loopback=self.allow_plaintext_on_loopback,
             cleartext_auth=self.cleartext_auth,
             throttle=self.throttle,
+            derived_cache=self.derived_cache,
         )
         proto.factory = self
         return proto

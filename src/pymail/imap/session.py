@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.errors import NoSuchMessage
+from pymail.imap.cache import DerivedCache
 from pymail.imap.errors import bad
 from pymail.imap.parser import SequenceSet
 from pymail.interfaces import IMailbox, IMailboxListener, MailboxChange, MessageInfo
@@ -71,10 +72,16 @@ class SelectedMailbox:
     :ivar qresync: QRESYNC is on (RFC 7162 section 3.2): expunges are
         reported as ``VANISHED``.
     :ivar on_change: called after each change arrives (IDLE pushes then).
+    :ivar cache: the process's :class:`~pymail.imap.cache.DerivedCache`
+        (ENVELOPE, BODYSTRUCTURE, SEARCH headers), or a private one.
     """
 
-    def __init__(self, mailbox: IMailbox, readonly: bool, tracker: RecentTracker) -> None:
+    def __init__(
+        self, mailbox: IMailbox, readonly: bool, tracker: RecentTracker,
+        cache: DerivedCache | None = None,
+    ) -> None:
         self.mailbox = mailbox
+        self.cache = cache if cache is not None else DerivedCache()
         self.readonly = readonly
         self._tracker = tracker
         self.uids: list[int] = [info.uid for info in mailbox.messages()]
@@ -197,12 +204,10 @@ class SelectedMailbox:
         """
         The wire form of a value derived from message ``uid`` (ENVELOPE,
         BODYSTRUCTURE), kept by the storage backend's ``cached()`` so it is
-        computed once per message, not once per FETCH.
+        computed once per message, not once per FETCH, and in memory by
+        :attr:`cache`.
         """
-        mailbox = self.mailbox
-        if message is None:
-            return mailbox.cached(uid, name, compute)  # type: ignore[no-any-return]
-        return mailbox.cached(uid, name, lambda _: compute(message))  # type: ignore[no-any-return]
+        return self.cache.get(self.mailbox, uid, name, compute, message)
 
     # -- reporting changes -----------------------------------------------------
 
