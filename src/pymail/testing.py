@@ -482,7 +482,7 @@ class MailStoreContract:
             raise AssertionError("cached() of an unknown UID must raise NoSuchMessage")
 
     def test_odd_messages_byte_exact(self) -> None:
-        """Messages with no headers, no body, broken MIME, 8-bit bytes or "From " lines read back exactly."""
+        """Odd messages (no headers, broken MIME, 8-bit, "From " lines) read back exactly."""
         odd = [
             b"\r\nno headers at all\r\n",
             b"Subject: no body, no blank line\r\n",
@@ -493,16 +493,16 @@ class MailStoreContract:
         ]
         box = self.inbox()
         uids = [self._result(box.append(m)) for m in odd]
-        for uid, m in zip(uids, odd):
+        for uid, m in zip(uids, odd, strict=True):
             assert box.read(uid) == m, (uid, box.read(uid), m)
             assert box.info(uid).size == len(m)
         again = self._result(self.reopen_store().get_mailbox("INBOX"))
-        for uid, m in zip(uids, odd):
+        for uid, m in zip(uids, odd, strict=True):
             assert again.read(uid) == m
             assert again.info(uid).size == len(m)
 
     def test_hostile_names_in_every_operation(self) -> None:
-        """DELETE, RENAME and SUBSCRIBE refuse names that could leave the account, touching nothing."""
+        """DELETE, RENAME and SUBSCRIBE refuse names that could leave the account."""
         from pymail.errors import BadMailboxName
 
         before = sorted(self.store.list_mailboxes())

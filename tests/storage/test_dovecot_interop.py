@@ -1,4 +1,4 @@
-"""Dovecot reads a pymail-written Maildir with the same UIDs, flags, keywords and subscriptions, and back."""
+"""Dovecot reads a pymail Maildir with the same UIDs, flags, keywords and subscriptions."""
 
 from __future__ import annotations
 
@@ -39,12 +39,11 @@ class DovecotInteropTests(SynchronousTestCase):
                     "ssl = no\n")
         command = f"env -i HOME={self.work} USER=nobody {DOVECOT_IMAP} -c {conf}"
         if os.getuid() == 0:
-            for dirpath, dirnames, filenames in os.walk(self.work):
-                for name in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
-                    shutil.chown(name, "nobody", "nogroup")
-            command = ("env -i HOME={w} USER=nobody setpriv --reuid=nobody --regid=nogroup "
-                       "--clear-groups {imap} -c {conf}").format(w=self.work, imap=DOVECOT_IMAP,
-                                                                 conf=conf)
+            for dirpath, _, filenames in os.walk(self.work):
+                for path in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+                    shutil.chown(path, "nobody", "nogroup")
+            command = (f"env -i HOME={self.work} USER=nobody setpriv --reuid=nobody "
+                       f"--regid=nogroup --clear-groups {DOVECOT_IMAP} -c {conf}")
         client = imaplib.IMAP4_stream(command)
         self.addCleanup(client.shutdown)
         return client
@@ -63,7 +62,7 @@ class DovecotInteropTests(SynchronousTestCase):
         return out
 
     def test_dovecot_sees_pymail_uids_flags_keywords(self) -> None:
-        """UIDVALIDITY, UIDs, flags, keywords, bodies, folders and subscriptions match in Dovecot."""
+        """UIDVALIDITY, UIDs, flags, keywords, bodies, folders, subscriptions match in Dovecot."""
         inbox: Any = self.successResultOf(self.store.get_mailbox("INBOX"))
         when = datetime(2022, 3, 4, 5, 6, 7, tzinfo=UTC)
         msgs = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(4)]

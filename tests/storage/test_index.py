@@ -1,4 +1,4 @@
-"""The Maildir folder index: MODSEQ and cache persistence, and rebuilding a lost or corrupt index."""
+"""The Maildir folder index: MODSEQ and cache persistence, rebuilding a lost or corrupt index."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class IndexTests(SynchronousTestCase):
         assert decode_value(encode_value(value)) == value
 
     def test_deleted_index_of_busy_folder_rebuilds(self) -> None:
-        """With writers busy, deleting the index loses no message, flag or UID; MODSEQ stays above."""
+        """With writers busy, deleting the index loses no message, flag or UID."""
         box = self.open_inbox()
         uids = [self.successResultOf(box.append(message(n))) for n in range(40)]
         self.successResultOf(box.set_flags(uids[::3], ["\\Seen", "$Work"], "add"))

@@ -76,7 +76,7 @@ class MaildirTests(SynchronousTestCase):
         """mutt renaming a file (flags) or deleting it is seen at refresh."""
         box = self.open_inbox()
         a = self.successResultOf(box.append(MSG))
-        b = self.successResultOf(box.append(MSG))
+        self.successResultOf(box.append(MSG))
         md = mailbox.Maildir(self.root, factory=None, create=False)
         keys = sorted(md.keys())
         msg = md[keys[0]]
@@ -164,7 +164,7 @@ class ThreadedAppendTests(SynchronousTestCase):
 
 class BadNamesOnDiskTests(SynchronousTestCase):
     def test_undecodable_and_dotted_directories_are_not_folders(self) -> None:
-        """Directories with invalid modified UTF-7 or empty levels are skipped, not listed or opened."""
+        """Directories with invalid modified UTF-7 or empty levels are not listed."""
         reactor = ThreadlessReactor()
         data = self.mktemp()
         store = MaildirStoreFactory(reactor).open_store("alice@example.org", data)

@@ -37,7 +37,7 @@ class MboxTests(SynchronousTestCase):
         return os.path.join(self.spool, "alice")
 
     def test_inbox_at_spool_path_in_mboxrd(self) -> None:
-        """INBOX is the spool file; "From " lines in bodies are mboxrd-quoted and read back exactly."""
+        """INBOX is the spool file; body "From " lines are mboxrd-quoted and read back exactly."""
         box = self.open_inbox()
         uid = self.successResultOf(box.append(MSG, ["\\Seen", "\\Answered", "$Work"]))
         data = Path(self.path).read_bytes()
@@ -102,7 +102,7 @@ class MboxTests(SynchronousTestCase):
         repaired.close()
 
     def test_expunge_rewrite_is_atomic(self) -> None:
-        """Expunge writes a new file and renames it: a leftover temp file from a crash is harmless."""
+        """Expunge writes a new file and renames it; a leftover temp file is harmless."""
         box = self.open_inbox()
         a = self.successResultOf(box.append(MSG))
         b = self.successResultOf(box.append(b"Subject: keep\r\n\r\nk\r\n"))
@@ -120,7 +120,7 @@ class MboxTests(SynchronousTestCase):
         md.close()
 
     def test_dotlock_is_respected(self) -> None:
-        """A fresh dotlock held by another program makes pymail wait (here: give up with an error)."""
+        """A fresh dotlock held by another program makes pymail wait, then give up."""
         box = self.open_inbox()
         Path(self.path + ".lock").write_bytes(b"12345")
         import pymail.storage.mbox as mbox_module
@@ -137,7 +137,7 @@ class MboxTests(SynchronousTestCase):
 
 class MuttInteropTests(SynchronousTestCase):
     def test_mutt_written_mbox_is_read(self) -> None:
-        """A message mutt saves (batch mode, fcc with Content-Length and an unquoted From line) reads back exactly."""
+        """A message mutt saves (fcc: Content-Length, unquoted From line) reads back exactly."""
         mutt = shutil.which("mutt")
         assert mutt, "mutt is not installed (apt-get install mutt)"
         work = os.path.abspath(self.mktemp())

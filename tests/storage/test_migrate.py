@@ -1,4 +1,4 @@
-"""`pymail migrate`: an account copied between Maildir and mbox keeps folders, flags, dates and UIDs."""
+"""`pymail migrate`: Maildir <-> mbox keeps folders, flags, dates and UIDs."""
 
 from __future__ import annotations
 

@@ -45,7 +45,6 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # Importing twisted.mail.imap4 registers the 'imap4-utf-7' codec (RFC 3501 5.1.3)
@@ -60,7 +59,6 @@ from pymail.errors import (
     StorageError,
 )
 from pymail.interfaces import (
-    SPECIAL_USE_FOLDERS,
     IMailbox,
     IMailboxListener,
     IMailboxRestore,
@@ -73,14 +71,11 @@ from pymail.storage.base import (
     apply_flag_mode,
     canonical_name,
     check_mailbox_name,
-    decode_roles,
-    decode_subscriptions,
-    encode_roles,
-    encode_subscriptions,
     keywords_of,
     normalise_flags,
     rename_plan,
 )
+from pymail.storage.account import AccountFiles, OpenMailboxes
 from pymail.storage.index import FolderIndex, decode_value, encode_value, rebuild_modseq
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 
@@ -936,6 +931,8 @@ class MaildirStore:
     def __init__(self, root: str, factory: MaildirStoreFactory) -> None:
         self.root = root
         self._factory = factory
+        self._files = AccountFiles(root, SUBSCRIPTIONS, ROLES,
+                                   factory.registry.account_lock(root))
 
     def _folder_path(self, name: str) -> str:
         if name.upper() == "INBOX":
@@ -1011,7 +1008,7 @@ class MaildirStore:
             return fail(e)
         if not os.path.isdir(os.path.join(path, "cur")):
             return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
-        live = self._factory.forget(path)
+        live = self._factory.registry.forget(path)
 
         def delete() -> None:
             # Rename first (atomic: the folder is gone for every reader at
@@ -1023,9 +1020,7 @@ class MaildirStore:
                 raise NoSuchMailbox(f"no mailbox named {name!r}") from None
             fsync_dir(self.root)
             shutil.rmtree(doomed, ignore_errors=True)
-            roles = self._read_roles()
-            if roles.pop(name, None) is not None:
-                self._write_roles(roles)
+            self._files.roles_moved([(name, None)])
 
         def tell(_: None) -> None:
             if live is not None:
@@ -1041,61 +1036,40 @@ class MaildirStore:
             return fail(e)
         if plan[0][0] != "INBOX" and not os.path.isdir(os.path.join(paths[0][0], "cur")):
             return fail(NoSuchMailbox(f"no mailbox named {old!r}"))
-        for (_, target), (_, target_path) in zip(plan, paths):
+        for (_, target), (_, target_path) in zip(plan, paths, strict=True):
             if os.path.exists(target_path):
                 return fail(MailboxExists(f"mailbox {target!r} exists already"))
         if plan[0][0] == "INBOX":
-            d = self._factory.mailbox_at(self.root, "INBOX")
-            return d.addCallback(
-                lambda inbox: self._in_thread(inbox._move_all_to, paths[0][1])
-            )
+            def move(inbox: Any) -> Deferred[None]:
+                return self._in_thread(inbox._move_all_to, paths[0][1])
+
+            return self._factory.mailbox_at(self.root, "INBOX").addCallback(move)
 
         def rename() -> None:
             for source, target in paths:
                 os.rename(source, target)
             fsync_dir(self.root)
-            roles = self._read_roles()
-            if any(a in roles for a, _ in plan):
-                for a, b in plan:
-                    if a in roles:
-                        roles[b] = roles.pop(a)
-                self._write_roles(roles)
+            self._files.roles_moved(plan)
 
-        def moved(_: None) -> None:
-            for (_, target), (source_path, target_path) in zip(plan, paths):
-                self._factory.moved(source_path, target_path, target)
+        def moved(result: None) -> None:
+            for (_, target), (source_path, target_path) in zip(plan, paths, strict=True):
+                box = self._factory.registry.moved(source_path, target_path)
+                if box is not None:
+                    box.path, box.name = target_path, target
 
         return self._in_thread(rename).addCallback(moved)
 
     # -- subscriptions and special use -------------------------------------
 
     def subscriptions(self) -> list[str]:
-        try:
-            with open(os.path.join(self.root, SUBSCRIPTIONS), "rb") as f:
-                return decode_subscriptions(f.read())
-        except FileNotFoundError:
-            return []
+        return self._files.subscriptions()
 
     def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
         try:
             name = check_mailbox_name(canonical_name(name))
         except StorageError as e:
             return fail(e)
-
-        def change() -> None:
-            with self._factory.account_lock(self.root):
-                names = set(self.subscriptions())
-                if (name in names) == add:
-                    return
-                if add:
-                    names.add(name)
-                else:
-                    names.discard(name)
-                os.makedirs(self.root, mode=0o700, exist_ok=True)
-                write_file_durably(os.path.join(self.root, SUBSCRIPTIONS),
-                                   encode_subscriptions(names))
-
-        return self._in_thread(change)
+        return self._in_thread(self._files.change_subscription, name, add)
 
     def subscribe(self, name: str) -> Deferred[None]:
         return self._change_subscriptions(name, True)
@@ -1103,43 +1077,21 @@ class MaildirStore:
     def unsubscribe(self, name: str) -> Deferred[None]:
         return self._change_subscriptions(name, False)
 
-    def _read_roles(self) -> dict[str, str]:
-        try:
-            with open(os.path.join(self.root, ROLES), "rb") as f:
-                return decode_roles(f.read())
-        except FileNotFoundError:
-            return {}
-
-    def _write_roles(self, roles: dict[str, str]) -> None:
-        write_file_durably(os.path.join(self.root, ROLES), encode_roles(roles))
-
     def special_use(self) -> dict[str, str]:
         existing = set(self.list_mailboxes())
-        return {name: role for name, role in self._read_roles().items() if name in existing}
+        return {name: role for name, role in self._files.roles().items() if name in existing}
 
     def ensure_account(self) -> None:
-        """
-        Give a new account its INBOX and special-use folders (subscribed).
-        Done once: the special-use file marks an account as set up; folders
-        that exist already (a Maildir from another server) keep their mail.
-        """
-        if os.path.exists(os.path.join(self.root, ROLES)):
-            return
-        with self._factory.account_lock(self.root):
-            if os.path.exists(os.path.join(self.root, ROLES)):
-                return
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-            roles = {}
-            for name, role in SPECIAL_USE_FOLDERS:
-                path = self._folder_path(name)
-                if not os.path.isdir(os.path.join(path, "cur")):
-                    self._make_folder_dirs(path)
-                roles[name] = role
-            subscribed = set(self.subscriptions()) | {"INBOX"} | set(roles)
-            write_file_durably(os.path.join(self.root, SUBSCRIPTIONS),
-                               encode_subscriptions(subscribed))
-            self._write_roles(roles)
+        """Give a new account its INBOX and special-use folders (see AccountFiles.set_up)."""
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+
+        def create(name: str) -> None:
+            path = self._folder_path(name)
+            if not os.path.isdir(os.path.join(path, "cur")):
+                self._make_folder_dirs(path)
+
+        self._files.set_up(create)
 
 
 @implementer(IMailStoreFactory)
@@ -1160,11 +1112,7 @@ class MaildirStoreFactory:
 
             reactor = default_reactor  # type: ignore[assignment]
         self.reactor: Any = reactor
-        self._open: dict[str, MaildirMailbox] = {}
-        self._opening: dict[str, list[Deferred[IMailbox]]] = {}
-        self._ready: set[str] = set()
-        self._account_locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self.registry = OpenMailboxes()
 
     @staticmethod
     def account_root(address: str, data_dir: str) -> str:
@@ -1175,57 +1123,17 @@ class MaildirStoreFactory:
 
     def open_store(self, address: str, data_dir: str) -> IMailStore:
         store = MaildirStore(self.account_root(address, data_dir), self)
-        if store.root not in self._ready:
+        if store.root not in self.registry.ready:
             # Once per account and process: a stat, and for a new account a
             # few mkdirs and two small files.
             try:
                 store.ensure_account()
             except OSError as e:
                 raise StorageError(f"cannot set up the mail folders of {address}: {e}") from e
-            self._ready.add(store.root)
+            self.registry.ready.add(store.root)
         return store
-
-    def account_lock(self, root: str) -> threading.Lock:
-        """The lock serialising changes to one account's small files."""
-        with self._locks_lock:
-            return self._account_locks.setdefault(root, threading.Lock())
-
-    def forget(self, path: str) -> MaildirMailbox | None:
-        """Drop a deleted folder from the registry; returns its live object."""
-        return self._open.pop(path, None)
-
-    def moved(self, old_path: str, new_path: str, new_name: str) -> None:
-        """A folder directory was renamed: its live object follows."""
-        box = self._open.pop(old_path, None)
-        if box is not None:
-            box.path = new_path
-            box.name = new_name
-            self._open[new_path] = box
 
     def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:
         """The live mailbox for a folder directory, opened once per process."""
-        result: Deferred[IMailbox] = Deferred()
-        mailbox = self._open.get(path)
-        if mailbox is not None:
-            result.callback(mailbox)
-            return result
-        waiters = self._opening.setdefault(path, [])
-        waiters.append(result)
-        if len(waiters) == 1:
-
-            def done(outcome: Any) -> None:
-                everyone = self._opening.pop(path, [])
-                if isinstance(outcome, Failure):
-                    if isinstance(outcome.value, OSError):
-                        outcome = Failure(
-                            StorageError(f"cannot open mailbox {name!r}: {outcome.value}")
-                        )
-                    for waiter in everyone:
-                        waiter.errback(outcome)
-                else:
-                    self._open[path] = outcome
-                    for waiter in everyone:
-                        waiter.callback(outcome)
-
-            MaildirMailbox(path, name, self.reactor).open().addBoth(done)
-        return result
+        return self.registry.get(path, name,
+                                 lambda: MaildirMailbox(path, name, self.reactor).open())

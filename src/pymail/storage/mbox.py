@@ -63,7 +63,6 @@ from pymail.errors import (
     StorageError,
 )
 from pymail.interfaces import (
-    SPECIAL_USE_FOLDERS,
     IMailbox,
     IMailboxListener,
     IMailboxRestore,
@@ -76,14 +75,11 @@ from pymail.storage.base import (
     apply_flag_mode,
     canonical_name,
     check_mailbox_name,
-    decode_roles,
-    decode_subscriptions,
-    encode_roles,
-    encode_subscriptions,
     keywords_of,
     normalise_flags,
     rename_plan,
 )
+from pymail.storage.account import AccountFiles, OpenMailboxes
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, write_file_durably
 from pymail.storage.maildir import new_uidvalidity
 
@@ -557,8 +553,11 @@ class MboxMailbox:
         # UIDs of removed messages must never come back after a restart.
         self._write_state()
 
-    def _sync_locked(self) -> bytes:
-        """Under both locks: rescan if another program changed the file; the file's bytes."""
+    def _sync_locked(self, read: bool = True) -> bytes:
+        """
+        Under both locks: rescan if another program changed the file; the
+        file's bytes (``b""`` when ``read`` is false: appends need none).
+        """
         if self._stamp() != self._disk.stamp:
             before = {u: e.flags for u, e in self._disk.entries.items()}
             self._scan_locked()
@@ -572,6 +571,8 @@ class MboxMailbox:
                 self._to_reactor(self._view.apply_flags, changed)
             if added:
                 self._to_reactor(self._view.apply_added, added)
+        if not read:
+            return b""
         with open(self.path, "rb") as f:
             return f.read()
 
@@ -618,7 +619,7 @@ class MboxMailbox:
         return mine.uid
 
     def _commit_locked(self, batch: list[_PendingAppend]) -> None:
-        self._sync_locked()
+        self._sync_locked(read=False)
         size = os.path.getsize(self.path)
         lead = b""
         if size:
@@ -656,7 +657,7 @@ class MboxMailbox:
         finally:
             os.close(fd)
         self._disk.next_uid = next_uid
-        for p, entry in zip(batch, entries):
+        for p, entry in zip(batch, entries, strict=True):
             self._disk.entries[entry.uid] = entry
             p.uid, p.done = entry.uid, True
         self._disk.stamp = self._stamp()
@@ -790,6 +791,8 @@ class MboxStore:
         self.inbox_path = inbox
         self.folders = folders
         self._factory = factory
+        self._files = AccountFiles(folders, SUBSCRIPTIONS, ROLES,
+                                   factory.registry.account_lock(folders))
 
     def _paths(self, name: str) -> tuple[str, str, str]:
         """(canonical name, mbox file, state file) of a folder."""
@@ -862,17 +865,14 @@ class MboxStore:
             return fail(e)
         if not os.path.isfile(path):
             return fail(NoSuchMailbox(f"no mailbox named {name!r}"))
-        live = self._factory.forget(path)
+        live = self._factory.registry.forget(path)
 
         def delete() -> None:
             with _Locked(path):
                 os.unlink(path)
             _remove(state)
             fsync_dir(self.folders)
-            with self._factory.account_lock(self.folders):
-                roles = self._read_roles()
-                if roles.pop(canonical, None) is not None:
-                    self._write_roles(roles)
+            self._files.roles_moved([(canonical, None)])
 
         def tell(_: None) -> None:
             if live is not None:
@@ -888,17 +888,17 @@ class MboxStore:
             return fail(e)
         if plan[0][0] != "INBOX" and not os.path.isfile(paths[0][0][1]):
             return fail(NoSuchMailbox(f"no mailbox named {old!r}"))
-        for (_, target), (_, (_, target_path, _)) in zip(plan, paths):
+        for (_, target), (_, (_, target_path, _)) in zip(plan, paths, strict=True):
             if os.path.exists(target_path):
                 return fail(MailboxExists(f"mailbox {target!r} exists already"))
         if plan[0][0] == "INBOX":
-            target = paths[0][1]
+            dest = paths[0][1]
 
-            def move(inbox: MboxMailbox) -> Deferred[None]:
+            def move(inbox: Any) -> Deferred[None]:
                 def work() -> None:
                     os.makedirs(self.folders, mode=0o700, exist_ok=True)
-                    os.close(os.open(target[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                    inbox._move_all_to(MboxMailbox(target[1], target[2], target[0],
+                    os.close(os.open(dest[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    inbox._move_all_to(MboxMailbox(dest[1], dest[2], dest[0],
                                                    self._factory.reactor))
 
                 return self._in_thread(work)
@@ -913,44 +913,25 @@ class MboxStore:
                     if os.path.exists(source_state):
                         os.rename(source_state, target_state)
             fsync_dir(self.folders)
-            with self._factory.account_lock(self.folders):
-                roles = self._read_roles()
-                if any(a in roles for a, _ in plan):
-                    for a, b in plan:
-                        if a in roles:
-                            roles[b] = roles.pop(a)
-                    self._write_roles(roles)
+            self._files.roles_moved(plan)
 
-        def moved(_: None) -> None:
+        def moved(result: None) -> None:
             for (_, source, _), (name, target, target_state) in paths:
-                self._factory.moved(source, target, target_state, name)
+                box = self._factory.registry.moved(source, target)
+                if box is not None:
+                    box.path, box.state_path, box.name = target, target_state, name
 
         return self._in_thread(rename).addCallback(moved)
 
     def subscriptions(self) -> list[str]:
-        try:
-            with open(os.path.join(self.folders, SUBSCRIPTIONS), "rb") as f:
-                return decode_subscriptions(f.read())
-        except FileNotFoundError:
-            return []
+        return self._files.subscriptions()
 
     def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
         try:
             name = check_mailbox_name(canonical_name(name))
         except StorageError as e:
             return fail(e)
-
-        def change() -> None:
-            with self._factory.account_lock(self.folders):
-                names = set(self.subscriptions())
-                if (name in names) == add:
-                    return
-                (names.add if add else names.discard)(name)
-                os.makedirs(self.folders, mode=0o700, exist_ok=True)
-                write_file_durably(os.path.join(self.folders, SUBSCRIPTIONS),
-                                   encode_subscriptions(names))
-
-        return self._in_thread(change)
+        return self._in_thread(self._files.change_subscription, name, add)
 
     def subscribe(self, name: str) -> Deferred[None]:
         return self._change_subscriptions(name, True)
@@ -958,39 +939,20 @@ class MboxStore:
     def unsubscribe(self, name: str) -> Deferred[None]:
         return self._change_subscriptions(name, False)
 
-    def _read_roles(self) -> dict[str, str]:
-        try:
-            with open(os.path.join(self.folders, ROLES), "rb") as f:
-                return decode_roles(f.read())
-        except FileNotFoundError:
-            return {}
-
-    def _write_roles(self, roles: dict[str, str]) -> None:
-        write_file_durably(os.path.join(self.folders, ROLES), encode_roles(roles))
-
     def special_use(self) -> dict[str, str]:
         existing = set(self.list_mailboxes())
-        return {n: r for n, r in self._read_roles().items() if n in existing}
+        return {n: r for n, r in self._files.roles().items() if n in existing}
 
     def ensure_account(self) -> None:
         """Give a new account its INBOX file and special-use folders, once."""
-        if os.path.exists(os.path.join(self.folders, ROLES)):
-            return
-        with self._factory.account_lock(self.folders):
-            if os.path.exists(os.path.join(self.folders, ROLES)):
-                return
-            os.makedirs(self.folders, mode=0o700, exist_ok=True)
-            os.makedirs(os.path.dirname(self.inbox_path), mode=0o700, exist_ok=True)
-            os.close(os.open(self.inbox_path, os.O_WRONLY | os.O_CREAT, 0o600))
-            roles = {}
-            for name, role in SPECIAL_USE_FOLDERS:
-                path = self._paths(name)[1]
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-                roles[name] = role
-            subscribed = set(self.subscriptions()) | {"INBOX"} | set(roles)
-            write_file_durably(os.path.join(self.folders, SUBSCRIPTIONS),
-                               encode_subscriptions(subscribed))
-            self._write_roles(roles)
+        os.makedirs(self.folders, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self.inbox_path), mode=0o700, exist_ok=True)
+        os.close(os.open(self.inbox_path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+        def create(name: str) -> None:
+            os.close(os.open(self._paths(name)[1], os.O_WRONLY | os.O_CREAT, 0o600))
+
+        self._files.set_up(create)
 
 
 def _remove(path: str) -> None:
@@ -1027,11 +989,7 @@ class MboxStoreFactory:
         self.reactor: Any = reactor
         self._inbox_path = inbox_path
         self._folders_path = folders_path
-        self._open: dict[str, MboxMailbox] = {}
-        self._opening: dict[str, list[Deferred[IMailbox]]] = {}
-        self._ready: set[str] = set()
-        self._account_locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self.registry = OpenMailboxes()
 
     def paths(self, address: str, data_dir: str) -> tuple[str, str]:
         """(INBOX file, folders directory) of an account."""
@@ -1049,51 +1007,15 @@ class MboxStoreFactory:
     def open_store(self, address: str, data_dir: str) -> IMailStore:
         inbox, folders = self.paths(address, data_dir)
         store = MboxStore(inbox, folders, self)
-        if folders not in self._ready:
+        if folders not in self.registry.ready:
             try:
                 store.ensure_account()
             except OSError as e:
                 raise StorageError(f"cannot set up the mail folders of {address}: {e}") from e
-            self._ready.add(folders)
+            self.registry.ready.add(folders)
         return store
-
-    def account_lock(self, key: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._account_locks.setdefault(key, threading.Lock())
-
-    def forget(self, path: str) -> MboxMailbox | None:
-        return self._open.pop(path, None)
-
-    def moved(self, old: str, new: str, state: str, name: str) -> None:
-        box = self._open.pop(old, None)
-        if box is not None:
-            box.path, box.state_path, box.name = new, state, name
-            self._open[new] = box
 
     def mailbox_at(self, path: str, state: str, name: str) -> Deferred[IMailbox]:
         """The live mailbox for an mbox file, opened once per process."""
-        result: Deferred[IMailbox] = Deferred()
-        box = self._open.get(path)
-        if box is not None:
-            result.callback(box)
-            return result
-        waiters = self._opening.setdefault(path, [])
-        waiters.append(result)
-        if len(waiters) == 1:
-
-            def done(outcome: Any) -> None:
-                everyone = self._opening.pop(path, [])
-                if not isinstance(outcome, MboxMailbox):
-                    error = outcome.value
-                    if isinstance(error, OSError):
-                        error = StorageError(f"cannot open mailbox {name!r}: {error}")
-                    for waiter in everyone:
-                        waiter.errback(error)
-                    return None
-                self._open[path] = outcome
-                for waiter in everyone:
-                    waiter.callback(outcome)
-                return None
-
-            MboxMailbox(path, state, name, self.reactor).open().addBoth(done)
-        return result
+        return self.registry.get(path, name,
+                                 lambda: MboxMailbox(path, state, name, self.reactor).open())
