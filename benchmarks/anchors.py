@@ -39,8 +39,9 @@ DOMAIN = "example.org"
 BENCH_USER = f"bench@{DOMAIN}"   # the prefilled folder (IMAP, POP3)
 SINK_USER = f"sink@{DOMAIN}"     # where SMTP load is delivered
 APPEND_USER = f"append@{DOMAIN}"  # where IMAP APPEND load goes
+PUSH_USER = f"push@{DOMAIN}"  # where IDLE sessions wait for new mail
 PASSWORD = "bench-pw"
-USERS = (BENCH_USER, SINK_USER, APPEND_USER)
+USERS = (BENCH_USER, SINK_USER, APPEND_USER, PUSH_USER)
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 APT_PACKAGES = {"postconf": "postfix", "smtp-sink": "postfix", "dovecot": "dovecot-imapd",
@@ -131,13 +132,24 @@ class Server:
         stop_pid(self.pid)
 
 
+# Every load comes from 127.0.0.1: lift the per-address connection limit.
+PYMAIL_EXTRA_CONFIG = """
+[security]
+max_connections = 20000
+max_connections_per_ip = 20000
+"""
+
+
 class PymailServer(Server):
     name = "pymail"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str = "maildir") -> None:
         self.root = root
+        self.backend = backend
         root.mkdir(parents=True, exist_ok=True)
-        self.proc = PymailProcess(root, users={u: PASSWORD for u in USERS})
+        extra = PYMAIL_EXTRA_CONFIG + f'[storage]\nbackend = "{backend}"\n'
+        self.proc = PymailProcess(root, extra_config=extra,
+                                  users={u: PASSWORD for u in USERS})
         self.ports = dict(self.proc.ports)
 
     def maildir(self, address: str) -> Path:

@@ -9,8 +9,11 @@ that the 250 (and the APPEND OK) is written to the socket only after
 - the uidlist was fsynced, and
 - the directory it was renamed into was fsynced.
 
-    python benchmarks/durability_audit.py            # starts its own pymail
-    python benchmarks/durability_audit.py --keep-trace /tmp/trace.txt
+    python benchmarks/durability_audit.py     # starts its own pymail, once per backend
+    python benchmarks/durability_audit.py --keep-trace /tmp/trace   # trace.maildir, trace.mbox
+
+mbox: the check is that the folder file was fsynced after the 354 (or the
+APPEND literal's continuation) and before the reply.
 
 Needs strace (apt-get install strace) and root (or ptrace rights).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +39,7 @@ import load_smtp  # noqa: E402
 
 SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev"
 ATTACH_WAIT_S = 1.5
+BACKENDS = ("maildir", "mbox")
 _LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(\S+)\s+(.*)$")
 _CALL = re.compile(r"^(\w+)\((.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
@@ -84,10 +89,10 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
                   if _socket_write(calls[i], reply_marker)), None)
     if reply is None:
         return {"ok": False, "why": f"no socket write containing {reply_marker!r} in the trace"}
-    renames = [(i, t) for i, (n, a, t) in enumerate(calls[:reply])
+    renames = [(i, t) for i, (n, a, t) in enumerate(calls[start:reply], start)
                if n.startswith("rename") and "/tmp/" in t and ("/new/" in t or "/cur/" in t)]
     if not renames:
-        return {"ok": False, "why": "no rename out of tmp/ before the reply"}
+        return check_mbox(calls, start, reply)
     ri, rtext = renames[-1]
     target = re.findall(r'"([^"]+)"', rtext)[-1]
     base = target.rsplit("/", 1)[1].split(":")[0]
@@ -107,6 +112,17 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
     return {"ok": file_ok and dir_ok and uidlist_ok, "file_fsync_before_rename": file_ok,
             "dir_fsync_before_reply": dir_ok, "uidlist_fsync_before_reply": uidlist_ok,
             "message": target}
+
+
+def check_mbox(calls: list[tuple[str, str, str]], start: int, reply: int) -> dict[str, object]:
+    """mbox: the folder file was fsynced between the 354/continuation and the reply."""
+    synced = [m.group(1) for n, a, t in calls[start:reply]
+              if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0")
+              and (m := _FD_PATH.match(a)) is not None and "/mbox/" in m.group(1)]
+    folder_files = [p for p in synced if os.path.isfile(p)
+                    and not os.path.basename(p).startswith(".")]
+    return {"ok": bool(folder_files), "mbox_fsync_before_reply": bool(folder_files),
+            "fsynced": sorted(set(synced)), "message": folder_files[-1] if folder_files else None}
 
 
 async def _traffic(server: anchors.Server) -> None:
@@ -136,7 +152,7 @@ def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
     if keep:
         Path(keep).write_text(trace)
     calls = parse(trace)
-    return {"backend": "maildir",
+    return {"backend": getattr(server, "backend", "maildir"),
             "smtp_250": check(calls, "354 ", "\"250 "),
             "imap_append_ok": check(calls, "\"+ ", " OK ")}
 
@@ -147,15 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-trace", metavar="FILE", help="save the raw strace output")
     args = parser.parse_args(argv)
     anchors.ensure_installed()
-    with tempfile.TemporaryDirectory(prefix="pymail-audit-") as tmp:
-        server = anchors.PymailServer(Path(tmp) / "pymail")
-        server.start()
-        try:
-            result = audit(server, args.keep_trace)
-        finally:
-            server.stop()
-    print(json.dumps(result, indent=2))
-    ok = all(v["ok"] for v in result.values() if isinstance(v, dict))
+    ok = True
+    for backend in BACKENDS:
+        with tempfile.TemporaryDirectory(prefix="pymail-audit-") as tmp:
+            server = anchors.PymailServer(Path(tmp) / "pymail", backend)
+            server.start()
+            try:
+                keep = f"{args.keep_trace}.{backend}" if args.keep_trace else None
+                result = audit(server, keep)
+            finally:
+                server.stop()
+        print(json.dumps(result, indent=2))
+        ok = ok and all(v["ok"] for v in result.values() if isinstance(v, dict))
     return 0 if ok else 1
 
 
