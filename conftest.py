@@ -1,4 +1,4 @@
-"""Shared pytest set-up."""
+"""Shared pytest set-up for tests/ and the examples' own tests."""
 
 from __future__ import annotations
 
