@@ -486,14 +486,20 @@ class PipeliningTests(SynchronousTestCase):
         self.assertTrue(stored.endswith(b"Subject: p\r\n\r\nbody\r\n"))
 
     def test_transport_paused_while_waiting(self) -> None:
-        """The transport stops reading while a command waits, and resumes after."""
+        """While a command waits, input is buffered; past the hold limit the socket pauses."""
+        from pymail.smtp.server import HOLD_BUFFER_LIMIT
+
         h = make_server()
         policy = AsyncDelivery(h.factory.delivery)  # type: ignore[arg-type]
         h.factory.delivery = policy
         h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\n")
+        self.assertEqual(h.transport.producerState, "producing")
+        h.send(b"NOOP\r\n" * (HOLD_BUFFER_LIMIT // 6 + 1))
         self.assertEqual(h.transport.producerState, "paused")
+        h.replies()
         policy.answer()
         self.assertEqual(h.transport.producerState, "producing")
+        self.assertEqual(h.codes()[:3], ["250 2.1.5", "250 2.0.0", "250 2.0.0"])
 
 
 class DurabilityTests(SynchronousTestCase):

@@ -278,12 +278,16 @@ class LocalDelivery:
         """
         if count_received(message) > self.max_received:
             return fail(ReplyError(replies.MAIL_LOOP.format(limit=self.max_received)))
-        targets = list(dict.fromkeys(a.lower() if self._is_local(a) else a for a in accounts))
-        local = [t for t in targets if self._is_local(t)]
-        remote = [t for t in targets if not self._is_local(t)]
+        # One directory look-up per target (each may stat the account files).
+        targets: dict[str, bool] = {}
+        for a in accounts:
+            is_local = self._is_local(a)
+            targets.setdefault(a.lower() if is_local else a, is_local)
+        local = [t for t, is_local in targets.items() if is_local]
+        remote = [t for t, is_local in targets.items() if not is_local]
         if not targets:
             return succeed([])
-        tags = self._tagged_recipients(envelope)
+        tags = self._tagged_recipients(envelope, set(local))
         writes: list[Deferred[Any]] = [
             self._deliver_one(a, tags.get(a, b"") + message, internaldate) for a in local
         ]
@@ -302,7 +306,7 @@ class LocalDelivery:
     def _is_local(self, target: str) -> bool:
         return self._directory.is_local_domain(target.rpartition("@")[2])
 
-    def _tagged_recipients(self, envelope: Envelope | None) -> dict[str, bytes]:
+    def _tagged_recipients(self, envelope: Envelope | None, local: set[str]) -> dict[str, bytes]:
         """``Delivered-To`` lines for accounts reached through a ``+tag`` address."""
         out: dict[str, bytes] = {}
         if envelope is None:
@@ -311,7 +315,7 @@ class LocalDelivery:
             if "+" not in rcpt.address.local:
                 continue
             for target in rcpt.targets:
-                if self._is_local(target) and target.lower() not in out:
+                if target.lower() in local and target.lower() not in out:
                     line = f"Delivered-To: {rcpt.address}\r\n"
                     out[target.lower()] = line.encode("utf-8")
         return out

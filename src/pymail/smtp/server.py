@@ -80,6 +80,10 @@ PARAMETER_LINE_LIMIT = 1024
 #: RFC 4954 section 4: AUTH lines and responses may be 12288 octets.
 AUTH_LINE_LIMIT = 12288
 
+#: Octets a client may pipeline while a command waits for its answer before
+#: the server stops reading from its socket.
+HOLD_BUFFER_LIMIT = 64 * 1024
+
 _LINE_LIMITS = {"AUTH": AUTH_LINE_LIMIT, "MAIL": PARAMETER_LINE_LIMIT, "RCPT": PARAMETER_LINE_LIMIT}
 
 _HELO_NAME = re.compile(r"[A-Za-z0-9._-]+\Z|\[[A-Za-z0-9.:]+\]\Z")
@@ -218,6 +222,7 @@ class SMTPServer(LineReceiver):
         self._errors = 0
         self._busy = False
         self._paused_for_command = False
+        self._transport_paused = False
         self._timeout_call: IDelayedCall | None = None
         self._closing = False
         self._lost = False
@@ -309,6 +314,10 @@ class SMTPServer(LineReceiver):
             if not data:
                 return
         super().dataReceived(data)
+        if (self._paused_for_command and not self._transport_paused
+                and len(self._buffer) > HOLD_BUFFER_LIMIT):
+            self._transport_paused = True
+            self._transport.pauseProducing()  # type: ignore[attr-defined]
         # LineReceiver stops after lineLengthExceeded; carry on with the
         # lines that followed the long one.
         while self._refeed and not self._busyReceiving and not self.paused:
@@ -386,13 +395,21 @@ class SMTPServer(LineReceiver):
             self._reset_timeout()
             if self._paused_for_command:
                 self._paused_for_command = False
+                self.paused = False
                 if not self._lost:
-                    self.resumeProducing()
+                    if self._transport_paused:
+                        self._transport_paused = False
+                        self._transport.resumeProducing()  # type: ignore[attr-defined]
+                    self.dataReceived(b"")
 
         d.addErrback(unexpected).addBoth(done)
         if self._busy:
+            # Stop taking lines from the buffer (LineReceiver's flag), but
+            # keep the socket reading: stopping and restarting it costs two
+            # epoll syscalls per message.  The socket is paused only when a
+            # client pipelines more than HOLD_BUFFER_LIMIT octets meanwhile.
             self._paused_for_command = True
-            self.pauseProducing()
+            self.paused = True
 
     def _line(self, line: bytes) -> Deferred[Any] | None:
         if self._auth_step is not None:
