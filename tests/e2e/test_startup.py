@@ -105,7 +105,7 @@ def test_port_in_use(tmp_path: Path) -> None:
 
 
 def test_embedded_default(tmp_path: Path) -> None:
-    """With no --config: loopback high ports, ./pymail-data, and a hint to add an account."""
+    """With no --config: loopback high ports (webmail on 8080), ./pymail-data, and a hint."""
     proc = subprocess.Popen([tool("twistd"), "-n", "--pidfile=", "pymail"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -116,7 +116,7 @@ def test_embedded_default(tmp_path: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        for port in (2525, 2587, 1143, 1110):
+        for port in (2525, 2587, 1143, 1110, 8080):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         assert (tmp_path / "pymail-data" / "domains").read_text().splitlines()[-1] == "localhost"
     finally:
