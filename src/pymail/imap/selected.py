@@ -10,7 +10,9 @@ back after FETCH, STORE and SEARCH.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
@@ -34,7 +36,7 @@ from pymail.imap.commands import (
 from pymail.imap.condstore import need_condstore, vanished_earlier
 from pymail.imap.dispatch import SELECTED, CommandSpec, Reply
 from pymail.imap.errors import bad, no, reply_for_storage_error
-from pymail.imap.fetch import FetchItem, renderer
+from pymail.imap.fetch import FetchItem, Section, renderer
 from pymail.imap.parser import SequenceSet
 from pymail.imap.search import CHARSETS, Candidate, compile_key, uses_modseq
 from pymail.imap.responses import string
@@ -133,6 +135,17 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     writer = conn.writer
     missing = 0
 
+    # The whole message as the last item (BODY[], BODY.PEEK[], RFC822) is
+    # written as its own chunk, not copied into the response line.
+    last = items[-1]
+    tail: bytes | None = None
+    if last.name == "RFC822":
+        tail = b"RFC822"
+    elif last.name == "BODY[]" and last.section == Section() and last.partial is None:
+        tail = b"BODY[]"
+    if tail is not None:
+        renderers.pop()
+
     def render(index: int, message: bytes | None) -> None:
         nonlocal missing
         uid = uids[index]
@@ -142,9 +155,17 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         except NoSuchMessage:
             missing += 1
             return
+        flags = b""
         if uid in marked and not has_flags:
-            parts.append(b"FLAGS " + view.flags_of(info))
-        writer.add(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))
+            flags = b" FLAGS " + view.flags_of(info)
+        if tail is None:
+            writer.add(b"* %d FETCH (%s%s)\r\n" % (index + 1, b" ".join(parts), flags))
+            return
+        body = message or b""
+        parts.append(tail)
+        writer.add(b"* %d FETCH (%s {%d}\r\n" % (index + 1, b" ".join(parts), len(body)))
+        writer.add(body)
+        writer.add(flags + b")\r\n")
 
     if not needs_message:
         for index in indexes:
@@ -161,8 +182,10 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
 #: Messages read per batch when a FETCH needs message bytes, and the bytes
 #: after which a batch ends early: the next batch is read (in the thread
 #: pool, where the backend allows) while this one is written.
-FETCH_BATCH_MESSAGES = 256
+FETCH_BATCH_MESSAGES = 128
 FETCH_BATCH_BYTES = 4 * 1024 * 1024
+#: Batches read at once in the thread pool (file opens overlap).
+FETCH_READERS = 3
 
 
 def _read_batch(mailbox: IMailbox, uids: list[int]) -> list[bytes | None]:
@@ -220,18 +243,20 @@ async def _fetch_with_messages(
     throttle = conn.start_streaming()
     try:
         pending = batches()
-        batch = next(pending, None)
-        reading = start(batch) if batch is not None else None
-        while batch is not None and reading is not None:
-            messages = await reading
+        reading: deque[tuple[list[int], Deferred[list[bytes | None]]]] = deque()
+        for batch in islice(pending, FETCH_READERS if threaded else 1):
+            reading.append((batch, start(batch)))
+        while reading:
+            batch, d = reading.popleft()
+            messages = await d
             following = next(pending, None)
-            reading = start(following) if following is not None else None
+            if following is not None:
+                reading.append((following, start(following)))
             for index, message in zip(batch, messages, strict=True):
                 if message is None:
                     missing += 1
                 else:
                     render(index, message)
-            batch = following
             conn.writer.flush()
             if throttle is not None:
                 await throttle.drained()
