@@ -56,7 +56,8 @@ class GreetingTests(SynchronousTestCase):
                 "250-8BITMIME",
                 "250-ENHANCEDSTATUSCODES",
                 "250-SMTPUTF8",
-                "250 DSN",
+                "250-DSN",
+                "250 CHUNKING",
             ],
         )
 
@@ -598,3 +599,55 @@ class FactoryTests(SynchronousTestCase):
         expected = R.RELAY_DENIED.format(address="x@elsewhere.example").lines()
         self.assertEqual(h.replies()[-1:], expected)
         self.assertIn("alice@example.com", USERS)
+
+
+class ChunkingTests(SynchronousTestCase):
+    def test_bdat_chunks_stored_byte_exact(self) -> None:
+        """BDAT chunks (pipelined, split anywhere) make one message, stored byte for byte."""
+        h = make_server()
+        h.replies()
+        message = corpus_message("msg_07.txt")
+        first, second = message[:100], message[100:]
+        wire = (ENVELOPE + b"RCPT TO:<alice@example.com>\r\n"
+                + b"BDAT %d\r\n" % len(first) + first
+                + b"BDAT %d LAST\r\n" % len(second) + second + b"NOOP\r\n")
+        for i in range(0, len(wire), 37):
+            h.send(wire[i:i + 37])
+        codes = h.codes()
+        self.assertEqual(codes[-4:], ["250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0"])
+        [stored] = h.inbox("alice@example.com")
+        self.assertEqual(strip_trace_headers(stored), message)
+
+    def test_bdat_refusals_consume_the_chunk(self) -> None:
+        """A BDAT without recipients is refused after its octets are read, not run as commands."""
+        h = make_server()
+        h.replies()
+        h.send(ENVELOPE + b"BDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\n")
+        self.assertEqual(h.codes()[-2:], ["503 5.5.1", "250 2.0.0"])
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_bdat_bare_lf_and_size(self) -> None:
+        """A BDAT message with a bare LF is 550 5.6.0; one past the limit 552 5.3.4."""
+        h = make_server(max_message_size=1024)
+        h.replies()
+        rcpt = b"RCPT TO:<alice@example.com>\r\n"
+        h.send(ENVELOPE + rcpt + b"BDAT 8 LAST\r\na\nb\r\nc\r\n")
+        self.assertEqual(h.codes()[-1], "550 5.6.0")
+        h.send(ENVELOPE + rcpt + b"BDAT 2000\r\n" + b"x" * 2000 + b"NOOP\r\n")
+        self.assertEqual(h.codes()[-2:], ["552 5.3.4", "250 2.0.0"])
+        self.assertEqual(h.inbox("alice@example.com"), [])
+
+    def test_bdat_bad_size_closes(self) -> None:
+        """A BDAT whose size cannot be read closes the connection (the data cannot be skipped)."""
+        h = make_server()
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nBDAT lots\r\nRCPT TO:<x@y.z>\r\n")
+        self.assertEqual(h.codes()[-1], "501 5.5.4")
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_data_after_bdat_refused(self) -> None:
+        """DATA in a transaction that started with BDAT is a bad sequence."""
+        h = make_server()
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nBDAT 3\r\nab\nDATA\r\n")
+        self.assertEqual(h.codes()[-2:], ["250 2.0.0", "503 5.5.1"])

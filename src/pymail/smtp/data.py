@@ -93,3 +93,38 @@ class DataReader:
             self._parts = []
         else:
             self._parts.append(segment)
+
+
+class ChunkCollector:
+    """
+    Collects the chunks of one BDAT transaction (RFC 3030): binary-exact,
+    no dot-stuffing, no terminator.  Offers the same :attr:`too_big`,
+    :attr:`bare_line_ending` and :meth:`message` as :class:`DataReader`,
+    with the same rule: a message with a bare CR or LF is refused, so no
+    message whose line structure is ambiguous is ever stored or relayed
+    (the relay sends with DATA).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._max_size = max_size
+        self._parts: list[bytes] = []
+        self.size = 0
+        self.too_big = False
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._max_size:
+            self.too_big = True
+            self._parts = []
+        elif not self.too_big:
+            self._parts.append(chunk)
+
+    @property
+    def bare_line_ending(self) -> bool:
+        data = b"".join(self._parts)
+        crlf = data.count(_CRLF)
+        return data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+    def message(self) -> bytes:
+        """The message as sent (empty if too big)."""
+        return b"".join(self._parts)

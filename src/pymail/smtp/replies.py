@@ -96,7 +96,7 @@ HELO_OK = Reply(250, None, "{hostname} Hello {helo}")
 HELP = Reply(
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS\n"
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH STARTTLS\n"
     "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)",
 )
 VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
@@ -142,6 +142,10 @@ DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Cannot look up recipients now, try 
 
 # DATA ------------------------------------------------------------------------
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+CHUNK_OK = Reply(250, "2.0.0", "{size} octets received")
+BAD_BDAT = Reply(
+    501, "5.5.4", "Syntax: BDAT <size> [LAST]; closing, as the chunk cannot be skipped"
+)
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big (max {limit} octets)")
 MAIL_LOOP = Reply(554, "5.4.6", "Mail loop detected (more than {limit} Received headers)")

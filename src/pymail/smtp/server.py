@@ -57,7 +57,7 @@ from pymail.address import (
 )
 from pymail.interfaces import IAccount
 from pymail.smtp import replies as R
-from pymail.smtp.data import DataReader
+from pymail.smtp.data import ChunkCollector, DataReader
 from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
 from pymail.smtp.replies import Reply, ReplyError
 
@@ -196,6 +196,7 @@ class _Transaction:
     recipients: list[EnvelopeRecipient] = attrs.Factory(list)
     rcpt_attempted: bool = False
     smtputf8: bool = False
+    chunks: ChunkCollector | None = None
     ret: str | None = None
     envid: str | None = None
     body: str | None = None
@@ -223,6 +224,10 @@ class SMTPServer(LineReceiver):
         self._busy = False
         self._paused_for_command = False
         self._transport_paused = False
+        self._in_chunk = False
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_error: Reply | None = None
         self._timeout_call: IDelayedCall | None = None
         self._closing = False
         self._lost = False
@@ -243,6 +248,7 @@ class SMTPServer(LineReceiver):
             "HELP": self._help,
             "AUTH": self._auth,
             "STARTTLS": self._starttls,
+            "BDAT": self._bdat,
         }
 
     # Connection -------------------------------------------------------------
@@ -363,6 +369,8 @@ class SMTPServer(LineReceiver):
             self._wait_for(result)
 
     def rawDataReceived(self, data: bytes) -> None:
+        if self._in_chunk:
+            return self._chunk_data(data)
         assert self._reader is not None
         rest = self._reader.feed(data)
         if rest is None:
@@ -465,6 +473,7 @@ class SMTPServer(LineReceiver):
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
             "DSN",
+            "CHUNKING",
         ]
         if self.factory.tls is not None and not self._tls:
             lines.append("STARTTLS")
@@ -656,12 +665,89 @@ class SMTPServer(LineReceiver):
             if self._transaction.rcpt_attempted:
                 return self._reply(R.NO_VALID_RECIPIENTS)
             return self._reply(R.RCPT_FIRST)
+        if self._transaction.chunks is not None:
+            return self._reply(R.BAD_SEQUENCE.format(why="DATA after BDAT; send BDAT ... LAST"))
         self._queue_id = self.factory.queue_ids()
         self._reader = DataReader(self.factory.max_message_size)
         self._reply(R.START_DATA)
         self.setRawMode()
 
-    def _end_of_data(self, reader: DataReader) -> Deferred[None] | None:
+    # BDAT (RFC 3030) --------------------------------------------------------
+
+    def _bdat(self, arg: str) -> None:
+        parts = arg.split(" ")
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20 or (
+            len(parts) == 2 and parts[1].upper() != "LAST"
+        ):
+            # The chunk's length is unknown, so its octets would be read
+            # as commands: close rather than interpret message data.
+            maillog.rejected(self._client, None, (), R.BAD_BDAT, stage="BDAT")
+            self._close(R.BAD_BDAT)
+            return
+        self._chunk_left = int(parts[0])
+        self._chunk_last = len(parts) == 2
+        transaction = self._transaction
+        if transaction is None:
+            self._chunk_error = R.MAIL_FIRST if self._helo is not None else R.HELO_FIRST
+        elif not transaction.recipients:
+            self._chunk_error = (
+                R.NO_VALID_RECIPIENTS if transaction.rcpt_attempted else R.RCPT_FIRST
+            )
+        else:
+            self._chunk_error = None
+            if transaction.chunks is None:
+                transaction.chunks = ChunkCollector(self.factory.max_message_size)
+                self._queue_id = self.factory.queue_ids()
+        self._in_chunk = True
+        if self._chunk_left == 0:
+            self._end_of_chunk(b"")
+        else:
+            self.setRawMode()
+
+    def _chunk_data(self, data: bytes) -> None:
+        take, rest = data[: self._chunk_left], data[self._chunk_left :]
+        self._chunk_left -= len(take)
+        transaction = self._transaction
+        if self._chunk_error is None and transaction is not None and (
+            transaction.chunks is not None
+        ):
+            transaction.chunks.add(take)
+        if self._chunk_left == 0:
+            self._end_of_chunk(rest)
+
+    def _end_of_chunk(self, rest: bytes) -> None:
+        self._in_chunk = False
+        error, self._chunk_error = self._chunk_error, None
+        transaction = self._transaction
+        result = None
+        if error is not None:
+            if transaction is not None:
+                self._transaction = None  # RFC 3030 section 2: a failed BDAT ends it
+            self._reply(error)
+        elif transaction is not None and transaction.chunks is not None:
+            chunks = transaction.chunks
+            if chunks.too_big:
+                self._transaction = None
+                reply = R.MESSAGE_TOO_BIG.format(limit=self.factory.max_message_size)
+                maillog.rejected(self._client, transaction.sender,
+                                 [r.address for r in transaction.recipients], reply,
+                                 queue_id=self._queue_id, stage="BDAT")
+                self._reply(reply)
+            elif self._chunk_last:
+                try:
+                    result = self._end_of_data(chunks)
+                except Exception:
+                    self.log.failure("Unexpected error ending BDAT from {client}",
+                                     client=self._client)
+                    self._reply(R.LOCAL_ERROR)
+                    self._transaction = None
+            else:
+                self._reply(R.CHUNK_OK.format(size=chunks.size))
+        if result is not None:
+            self._wait_for(result)
+        self.setLineMode(rest)
+
+    def _end_of_data(self, reader: DataReader | ChunkCollector) -> Deferred[None] | None:
         transaction, self._transaction = self._transaction, None
         assert transaction is not None
         recipients = [r.address for r in transaction.recipients]
