@@ -89,3 +89,62 @@ class ClientTests(SynchronousTestCase):
         reply = parse_reply([b"250-mx Hello", b"250-PIPELINING", b"250 2.0.0 SIZE 10"])
         self.assertEqual((reply.code, reply.enhanced), (250, "2.0.0"))
         self.assertEqual(reply.text, "mx Hello\nPIPELINING\nSIZE 10")
+
+
+class _IOSimTLS:
+    """
+    TLS for ``twisted.test.iosim``, which pretends to negotiate (the
+    handshake itself is Twisted's business; this tests the STARTTLS
+    dialogue, the EHLO after it and what each side then believes).
+    """
+
+    def __init__(self, accept: bool = True) -> None:
+        self.creator = self
+        self.accept = accept
+
+    def iosimVerify(self, other: object) -> bool:
+        return self.accept
+
+
+def _iosim_tls(hostname: str, verify: bool) -> _IOSimTLS:
+    return _IOSimTLS()
+
+
+class TLSClientTests(SynchronousTestCase):
+    def test_opportunistic_starttls(self) -> None:
+        """A peer offering STARTTLS gets the message over TLS (certificate not checked)."""
+        peer = make_peer(tls=_IOSimTLS())
+        client = SMTPClient(ThreadlessReactor(), "mx.example.com", client_tls=_iosim_tls)
+        [result], _ = run_transaction(client, peer, outbound("carol@remote.example"))
+        self.assertTrue(result.tls)
+        [stored] = peer.inbox("carol@remote.example")
+        self.assertIn(b"with ESMTPS id", stored)
+
+    def test_required_tls_missing(self) -> None:
+        """A smarthost that offers no STARTTLS is not sent to when TLS is required."""
+        client = SMTPClient(ThreadlessReactor(), "mx.example.com", client_tls=_iosim_tls,
+                            require_tls=True)
+        [failure], _ = run_transaction(client, make_peer(), outbound("carol@remote.example"))
+        self.assertEqual(failure.value.reply.enhanced, "4.7.5")
+
+    def test_smarthost_auth(self) -> None:
+        """With a user name, the client logs in with AUTH PLAIN (over TLS) before MAIL."""
+        from relay_support import REMOTE_USERS
+
+        from pymail.testing import memory_portal
+
+        peer = make_peer(tls=_IOSimTLS(), mode="submission", cleartext_auth="tls",
+                         portal=memory_portal(REMOTE_USERS)[0])
+        client = SMTPClient(ThreadlessReactor(), "mx.example.com", client_tls=_iosim_tls,
+                            require_tls=True, username="carol@remote.example", password="x")
+        [result], _ = run_transaction(
+            client, peer, OutboundMessage("carol@remote.example",
+                                          (OutboundRecipient("dave@remote.example"),), MESSAGE))
+        self.assertEqual([r.code for r in result.replies], [250])
+        [stored] = peer.inbox("dave@remote.example")
+        self.assertIn(b"with ESMTPSA id", stored)
+        bad = SMTPClient(ThreadlessReactor(), "mx.example.com", client_tls=_iosim_tls,
+                         username="carol@remote.example", password="wrong")
+        [failure], _ = run_transaction(bad, peer, outbound("dave@remote.example"))
+        self.assertEqual((failure.value.reply.code, failure.value.reply.enhanced),
+                         (554, "5.7.8"))
