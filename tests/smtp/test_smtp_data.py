@@ -92,3 +92,21 @@ def test_size_limit() -> None:
     assert reader.feed(b"more\r\n.\r\nNOOP") == b"NOOP"
     assert reader.message() == b""
     assert reader.size == 18
+
+
+def test_text_line_limit() -> None:
+    """A line of 998 octets (1000 with CRLF) passes; 999 is flagged, however it is chunked."""
+    from pymail.smtp.data import MAX_TEXT_LINE
+
+    for extra, flagged in ((0, False), (1, True)):
+        body = b"a\r\n" + b"x" * (MAX_TEXT_LINE + extra) + b"\r\nb\r\n.\r\n"
+        for step in (1, 7, 500, 999, 5000, 20000):
+            reader = DataReader(10**6)
+            for i in range(0, len(body), step):
+                reader.feed(body[i:i + step])
+            assert reader.line_too_long is flagged, (extra, step)
+    long_line = b"y" * 20000 + b"\r\n.\r\n"
+    reader = DataReader(10**6)
+    for i in range(0, len(long_line), 3000):
+        reader.feed(long_line[i:i + 3000])
+    assert reader.line_too_long

@@ -651,3 +651,14 @@ class ChunkingTests(SynchronousTestCase):
         h.replies()
         h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nBDAT 3\r\nab\nDATA\r\n")
         self.assertEqual(h.codes()[-2:], ["250 2.0.0", "503 5.5.1"])
+
+
+class TextLineLimitTests(SynchronousTestCase):
+    def test_long_text_line_refused(self) -> None:
+        """A DATA line over 1000 octets gets 500 5.5.2 after the end of data; nothing stored."""
+        h = make_server()
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nDATA\r\n")
+        h.send(b"Subject: x\r\n\r\n" + b"z" * 999 + b"\r\n.\r\nNOOP\r\n")
+        self.assertEqual(h.codes()[-2:], ["500 5.5.2", "250 2.0.0"])
+        self.assertEqual(h.inbox("alice@example.com"), [])

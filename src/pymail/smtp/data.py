@@ -18,6 +18,9 @@ from __future__ import annotations
 
 _TERMINATOR = b"\r\n.\r\n"
 _CRLF = b"\r\n"
+#: RFC 5321 section 4.5.3.1.6: a text line is at most 1000 octets with
+#: its CRLF (on the wire, before dot-unstuffing).
+MAX_TEXT_LINE = 998
 # A partial line longer than this is processed before its end arrives, so a
 # client cannot make the reader hold an arbitrarily long line in memory.
 _HOLD_LIMIT = 8192
@@ -43,6 +46,9 @@ class DataReader:
         self._seen = 0
         self.too_big = False
         self.bare_line_ending = False
+        self.line_too_long = False
+        # The length of the line the last segment ended in.
+        self._tail = 0
 
     @property
     def size(self) -> int:
@@ -80,7 +86,22 @@ class DataReader:
         """The message, dot-unstuffed, in wire form (empty if too big)."""
         return b"".join(self._parts)[2:]
 
+    def _check_lines(self, segment: bytes) -> None:
+        # A segment is whole lines, each preceded by its CRLF, except that
+        # its first piece continues the line the previous segment ended in.
+        if len(segment) + self._tail <= MAX_TEXT_LINE:
+            cut = segment.rfind(_CRLF)
+            self._tail = self._tail + len(segment) if cut < 0 else len(segment) - cut - 2
+            return
+        lengths = [len(piece) for piece in segment.split(_CRLF)]
+        lengths[0] += self._tail
+        if max(lengths) > MAX_TEXT_LINE:
+            self.line_too_long = True
+        self._tail = lengths[-1]
+
     def _take(self, segment: bytes) -> None:
+        if not self.line_too_long:
+            self._check_lines(segment)
         crlf = segment.count(_CRLF)
         if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
             self.bare_line_ending = True
@@ -110,6 +131,8 @@ class ChunkCollector:
         self._parts: list[bytes] = []
         self.size = 0
         self.too_big = False
+        # BDAT chunks are not text lines: no line-length rule.
+        self.line_too_long = False
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)

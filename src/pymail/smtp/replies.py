@@ -142,6 +142,9 @@ DIRECTORY_UNAVAILABLE = Reply(451, "4.3.0", "Cannot look up recipients now, try 
 
 # DATA ------------------------------------------------------------------------
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+TEXT_LINE_TOO_LONG = Reply(
+    500, "5.5.2", "Message has a line longer than 1000 octets (RFC 5321 section 4.5.3.1.6)"
+)
 CHUNK_OK = Reply(250, "2.0.0", "{size} octets received")
 BAD_BDAT = Reply(
     501, "5.5.4", "Syntax: BDAT <size> [LAST]; closing, as the chunk cannot be skipped"

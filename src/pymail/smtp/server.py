@@ -756,6 +756,8 @@ class SMTPServer(LineReceiver):
             reply = R.MESSAGE_TOO_BIG.format(limit=self.factory.max_message_size)
         elif reader.bare_line_ending:
             reply = R.BARE_LINE_ENDING
+        elif reader.line_too_long:
+            reply = R.TEXT_LINE_TOO_LONG
         else:
             reply = None
         if reply is not None:
