@@ -54,6 +54,8 @@ ZONES = {
                       "A('mx2.failover.test', '127.0.0.2')"],
     "peer.test": ["MX('peer.test', 10, 'mx.peer.test')", "A('mx.peer.test', '127.0.0.2')"],
     "nullmx.test": ["MX('nullmx.test', 0, '')"],
+    # IPv6 only: the peer's second socket on ::1.
+    "six.test": ["MX('six.test', 10, 'mx.six.test')", "AAAA('mx.six.test', '::1')"],
 }
 
 
@@ -64,18 +66,23 @@ class ScriptedPeer:
     :attr:`deferring` is true; anything else is accepted.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, also: str | None = None) -> None:
         self.sock = socket.create_server((host, port))
+        self.extra = []
+        if also is not None:
+            six = socket.create_server((also, port), family=socket.AF_INET6)
+            self.extra.append(six)
+            threading.Thread(target=self._serve, args=(six,), daemon=True).start()
         self.deferring = True
         self.received: list[tuple[str, list[str], bytes]] = []
         self.rcpt_log: list[tuple[str, str]] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self._serve, args=(self.sock,), daemon=True)
         self.thread.start()
 
-    def _serve(self) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
@@ -139,7 +146,8 @@ class ScriptedPeer:
             conn.close()
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in (self.sock, *self.extra):
+            sock.close()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -179,7 +187,7 @@ class Relay:
                                      *zones], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.dns.stdout is not None
         assert self.dns.stdout.readline().strip() == b"ready"
-        self.peer = ScriptedPeer("127.0.0.2", self.mx_port)
+        self.peer = ScriptedPeer("127.0.0.2", self.mx_port, also="::1")
         (root / "remote").mkdir()
         self.remote = PymailProcess(root / "remote")
         self.remote.pymail("domain", "add", "good.test")
@@ -315,3 +323,23 @@ def test_retry_after_4xx_and_restart_with_queued_mail(relay: Relay) -> None:
                                                 if "defer1@peer.test" in m[1]])
     wait_for("an empty queue", lambda: "The queue is empty."
              in relay.sender.pymail("queue", "list").stdout)
+
+
+def test_ipv6_mx(relay: Relay) -> None:
+    """An MX with only an AAAA record is reached over IPv6."""
+    relay.submit("v6@six.test", extra="ipv6")
+    wait_for("delivery over IPv6", lambda: [m for m in relay.peer.received
+                                            if "v6@six.test" in m[1]])
+    assert "[::1]" in relay.sender.log()
+
+
+def test_kill9_loses_nothing_acknowledged(relay: Relay) -> None:
+    """Every message acknowledged before a kill -9 is delivered after the restart."""
+    count = 15
+    for i in range(count):
+        relay.submit(f"k{i}@peer.test", extra=f"kill {i}")
+    relay.sender.kill9()
+    relay.sender.start()
+    wanted = {f"k{i}@peer.test" for i in range(count)}
+    wait_for("every acknowledged message", lambda: wanted <= {
+        r for m in relay.peer.received for r in m[1]})
