@@ -84,5 +84,7 @@ class SQLiteCheckerFactory:
 
     def generateChecker(self, argstring: str = "") -> SQLiteChecker:
         if not argstring:
-            raise ValueError("sqlite needs the path of the database, e.g. sqlite:/var/lib/users.sqlite")
+            raise ValueError(
+                "sqlite needs the path of the database, e.g. sqlite:/var/lib/users.sqlite"
+            )
         return SQLiteChecker(argstring)

@@ -312,7 +312,7 @@ def make_service(config: Config, reactor: Any) -> PymailService:
             (d, True) for d in implicit
         ]:
             endpoint = serverFromString(reactor, description)
-            factory: Factory = factories[label]
+            factory: Any = factories[label]
             if secure:
                 assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
                 factory = tls.wrap(factory)
@@ -369,5 +369,5 @@ def _security_kwargs(factory_class: type, **offered: Any) -> dict[str, Any]:
     ``factory_class`` accepts: each protocol takes them once it does
     STARTTLS and SASL, and nothing breaks before.
     """
-    params = inspect.signature(factory_class.__init__).parameters
+    params = inspect.signature(factory_class).parameters
     return {name: value for name, value in offered.items() if name in params}

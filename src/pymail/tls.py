@@ -207,7 +207,7 @@ def make_selfsigned(hostname: str, cert_path: str, key_path: str, days: int = 36
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName(hostname)]
     for ip in ("127.0.0.1", "::1"):
         alt.append(x509.IPAddress(ipaddress.ip_address(ip)))

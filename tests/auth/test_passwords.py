@@ -33,7 +33,8 @@ SHA512_VECTORS = [
      "CmLs66x9t0oSwbtEW7o7UmJEiDwGqd8p4ur1"),
 ]
 SHA256_VECTORS = [
-    ("Hello world!", "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA"),
+    ("Hello world!",
+     "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA"),
 ]
 
 

@@ -156,7 +156,7 @@ class LimitsTests(SynchronousTestCase):
         return protocol, transport
 
     def test_per_ip_and_total_limits(self) -> None:
-        """Past the per-IP or total limit a connection is told so and closed; closing frees a slot."""
+        """Past the per-IP or total limit a connection is told so and closed; a close frees one."""
         clock = Clock()
         limits = ConnectionLimits(clock, max_total=3, max_per_ip=2, preauth_timeout=0)
         factory = LimitedFactory(limits, Factory.forProtocol(Recorder), label="[pop3]",

@@ -36,6 +36,9 @@ class FakeTLS:
     creator = object()
 
 
+FAKE_TLS = FakeTLS()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -45,7 +48,7 @@ class AuthTests(SynchronousTestCase):
         self.clock = Clock()
         self.portal, _, self.stores = memory_portal({ALICE: PASSWORD})
 
-    def connect(self, host: str = "203.0.113.9", tls: Any = FakeTLS(), policy: str = "loopback",
+    def connect(self, host: str = "203.0.113.9", tls: Any = FAKE_TLS, policy: str = "loopback",
                 throttle: LoginThrottle | None = None) -> Any:
         factory = POP3Factory(self.portal, self.clock, "mail.example.org", locks=MaildropLocks(),
                               tls=tls, cleartext_auth=policy, throttle=throttle)
@@ -195,7 +198,8 @@ class FileLockTests(SynchronousTestCase):
     def test_file_locks_exclude_other_instances(self) -> None:
         """Two FileMaildropLocks on one directory (as two processes) exclude each other."""
         directory = self.mktemp()
-        first, second = FileMaildropLocks(directory=directory), FileMaildropLocks(directory=directory)
+        first = FileMaildropLocks(directory=directory)
+        second = FileMaildropLocks(directory=directory)
         held = first.acquire("Alice@example.org")
         self.assertIsNotNone(held)
         self.assertIsNone(second.acquire("alice@example.org"))

@@ -66,7 +66,8 @@ class TLSTests(SynchronousTestCase):
         """A missing certificate or a key that does not match names the key and the file."""
         cert, key = self.pair("a.example")
         _, other_key = self.pair("b.example")
-        with self.assertRaisesRegex(ConfigError, r"\[tls\] certificate = '.*nope.pem': file not found"):
+        missing = r"\[tls\] certificate = '.*nope.pem': file not found"
+        with self.assertRaisesRegex(ConfigError, missing):
             ServerTLS(str(self.dir / "nope.pem"), key)
         with self.assertRaisesRegex(ConfigError, r"\[tls\] key = .*b.example.key.* not .*for that"):
             ServerTLS(cert, other_key)

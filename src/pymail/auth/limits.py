@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -93,7 +93,7 @@ class LimitedProtocol(ProtocolWrapper):
     factory: LimitedFactory
 
     def __init__(self, factory: LimitedFactory, wrappedProtocol: Protocol) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self._host = ""
         self._counted = False
         self._timer: IDelayedCall | None = None
@@ -130,11 +130,11 @@ class LimitedProtocol(ProtocolWrapper):
                  label=self.factory.label, rhost=self._host,
                  seconds=int(self.factory.limits.preauth_timeout))
         # Through the session's own transport: inside TLS when there is TLS.
-        channel = getattr(session, "transport", None) or self.transport
+        channel: Any = getattr(session, "transport", None) or self.transport
         channel.write(self.factory.refusal_timeout)
         channel.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -160,7 +160,7 @@ class LimitedFactory(WrappingFactory):
     protocol = LimitedProtocol  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, limits: ConnectionLimits, wrappedFactory: Factory, *, label: str,
+    def __init__(self, limits: ConnectionLimits, wrappedFactory: Any, *, label: str,
                  refusal: bytes, refusal_timeout: bytes | None = None,
                  preauth: bool = True) -> None:
         super().__init__(wrappedFactory)

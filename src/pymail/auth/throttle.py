@@ -22,7 +22,8 @@ What it adds to ``portal.login``:
 - one log line per failure in a stable format for fail2ban
   (see examples/fail2ban/)::
 
-      pymail auth failure: service=pop3 rhost=203.0.113.9 user=alice@example.org reason=bad-credentials
+      pymail auth failure: service=pop3 rhost=203.0.113.9 user=alice@example.org
+      reason=bad-credentials            (one line)
 
 State is in memory, per process, bounded: at most ``max_tracked``
 addresses and accounts are remembered (the oldest are forgotten first).

@@ -237,7 +237,7 @@ def _repeat(block: bytes, length: int) -> bytes:
     return (block * (length // len(block) + 1))[:length]
 
 
-def sha_crypt(password: str, setting: str, digest: Callable[..., "hashlib._Hash"]) -> str | None:
+def sha_crypt(password: str, setting: str, digest: Callable[..., hashlib._Hash]) -> str | None:
     """
     The SHA-crypt (``$5$``/``$6$``) hash of ``password`` with the salt and
     rounds of ``setting`` (a full hash or just ``$6$[rounds=N$]salt``), or
