@@ -125,11 +125,22 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{config.source}: data_dir = {config.data_dir!r} cannot be created "
                           f"or written ({parent} is not a writable directory)")
+    from pymail.tls import ServerTLS
+
+    tls = ServerTLS.from_config(config)  # loads the files: a bad pair is an error here
     print(f"{args.file}: OK")
     for section in ("smtp", "submission", "imap", "pop3"):
         listen = getattr(config, section).listen
         print(f"  [{section}] {', '.join(listen) if listen else 'off'}")
+        implicit = getattr(getattr(config, section), "listen_tls", ())
+        if implicit:
+            print(f"  [{section}] implicit TLS: {', '.join(implicit)}")
     print(f"  data_dir {config.data_dir}; storage {config.storage.backend}")
+    if tls is None:
+        print("  TLS off (no [tls] certificate): no STARTTLS/STLS")
+    else:
+        names = "".join(f", {host}" for host, _, _ in config.tls.sni)
+        print(f"  TLS: {config.tls.certificate}{' (SNI: ' + names[2:] + ')' if names else ''}")
 
 
 def cmd_tls(args: argparse.Namespace) -> None:

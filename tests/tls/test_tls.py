@@ -121,3 +121,39 @@ class TLSTests(SynchronousTestCase):
                                                                        "cert": "y"}}}}, "t.toml")
         with self.assertRaisesRegex(ConfigError, "cleartext_auth = 'never' is not valid"):
             from_mapping({"security": {"cleartext_auth": "never"}}, "t.toml")
+
+
+class CommandTests(SynchronousTestCase):
+    def test_selfsigned_then_check_config(self) -> None:
+        """`pymail tls selfsigned` writes a usable pair; check-config loads it or names the bad key."""
+        import contextlib
+        import io
+
+        from pymail.cli import main
+
+        root = Path(self.mktemp()).absolute()
+        root.mkdir()
+        cert, key = root / "c.pem", root / "k.pem"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["tls", "selfsigned", "mx.example", "--cert", str(cert),
+                                   "--key", str(key)]), 0)
+        self.assertEqual(key.stat().st_mode & 0o777, 0o600)
+        self.assertIn(f'certificate = "{cert}"', out.getvalue())
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(main(["tls", "selfsigned", "mx.example", "--cert", str(cert),
+                                   "--key", str(key)]), 1)
+        self.assertIn("exists; use --force", err.getvalue())
+        config = root / "p.toml"
+        config.write_text(f'data_dir = "{root}/data"\n[pop3]\nlisten_tls = ["tcp:995"]\n'
+                          f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["check-config", str(config)]), 0)
+        self.assertIn(f"TLS: {cert}", out.getvalue())
+        key.write_text("not a key")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(main(["check-config", str(config)]), 1)
+        self.assertIn("[tls] key = ", err.getvalue())
