@@ -125,7 +125,7 @@ class TLSTests(SynchronousTestCase):
 
 class CommandTests(SynchronousTestCase):
     def test_selfsigned_then_check_config(self) -> None:
-        """`pymail tls selfsigned` writes a usable pair; check-config loads it or names the bad key."""
+        """`pymail tls selfsigned` writes a usable pair; check-config loads it, names a bad key."""
         import contextlib
         import io
 
