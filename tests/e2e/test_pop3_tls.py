@@ -37,11 +37,18 @@ def retr_all(pop: poplib.POP3) -> list[bytes]:
     return out
 
 
-def empty_maildrop(server: TLSPymailProcess) -> None:
+def pop3s(server: TLSPymailProcess, login: bool = True) -> poplib.POP3_SSL:
+    """A POP3_SSL session on the implicit-TLS port trusting the test certificate."""
     pop = poplib.POP3_SSL("127.0.0.1", server.ports["pop3_tls"],
                           context=server.client_context(), timeout=30)
-    pop.user(ALICE[0])
-    pop.pass_(ALICE[1])
+    if login:
+        pop.user(ALICE[0])
+        pop.pass_(ALICE[1])
+    return pop
+
+
+def empty_maildrop(server: TLSPymailProcess) -> None:
+    pop = pop3s(server)
     count, _ = pop.stat()
     for n in range(1, count + 1):
         pop.dele(n)
@@ -52,8 +59,7 @@ def test_pop3_ssl_retrieves_byte_exact(tls_server: TLSPymailProcess) -> None:
     """poplib.POP3_SSL on the implicit-TLS port logs in and reads messages byte-exact."""
     empty_maildrop(tls_server)
     sent = tls_server.deliver(4)
-    pop = poplib.POP3_SSL("127.0.0.1", tls_server.ports["pop3_tls"],
-                          context=tls_server.client_context(), timeout=30)
+    pop = pop3s(tls_server, login=False)
     try:
         capa = pop.capa()
         assert "STLS" not in capa, "STLS is offered on a connection that already has TLS"
@@ -90,8 +96,7 @@ def test_auth_plain_with_initial_response_over_tls(tls_server: TLSPymailProcess)
     """AUTH PLAIN with an initial response (RFC 5034) logs in over TLS."""
     import base64
 
-    pop = poplib.POP3_SSL("127.0.0.1", tls_server.ports["pop3_tls"],
-                          context=tls_server.client_context(), timeout=30)
+    pop = pop3s(tls_server, login=False)
     try:
         token = base64.b64encode(b"\0" + ALICE[0].encode() + b"\0" + ALICE[1].encode())
         reply = pop._shortcmd("AUTH PLAIN " + token.decode())
@@ -155,10 +160,7 @@ def test_fetchmail_keep_uidl_then_nokeep(tls_server: TLSPymailProcess, tmp_path:
     got = _fetchmail(tls_server, tmp_path, implicit=implicit, keep=False,
                      idfile=tmp_path / "other-ids")
     assert len(got) == 4
-    pop = poplib.POP3_SSL("127.0.0.1", tls_server.ports["pop3_tls"],
-                          context=tls_server.client_context(), timeout=30)
-    pop.user(ALICE[0])
-    pop.pass_(ALICE[1])
+    pop = pop3s(tls_server)
     assert pop.stat() == (0, 0)
     pop.quit()
 
@@ -206,10 +208,7 @@ def test_getmail6_over_pop3s(tls_server: TLSPymailProcess, tmp_path: Path,
     later = tls_server.deliver(1, start=3)
     got = run()
     assert len(got) == 1 and body(wire(got[0])) == body(later[0])
-    pop = poplib.POP3_SSL("127.0.0.1", tls_server.ports["pop3_tls"],
-                          context=tls_server.client_context(), timeout=30)
-    pop.user(ALICE[0])
-    pop.pass_(ALICE[1])
+    pop = pop3s(tls_server)
     assert pop.stat()[0] == (0 if delete else 4)
     pop.quit()
 

@@ -28,6 +28,13 @@ def served_subject(port: int) -> str:
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
+def wait_for_log(server: TLSPymailProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+
+
 def test_sighup_reloads_certificate_without_dropping_connections(tmp_path: Path) -> None:
     """After SIGHUP new connections get the new certificate; an open session keeps working."""
     server = TLSPymailProcess(tmp_path, users={ALICE[0]: ALICE[1]})
@@ -42,10 +49,7 @@ def test_sighup_reloads_certificate_without_dropping_connections(tmp_path: Path)
                       "--key", str(server.key), "--force")
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "TLS certificate reloaded" not in server.log():
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
+        wait_for_log(server, "TLS certificate reloaded")
         assert served_subject(server.ports["pop3_tls"]) == "renewed.test.example"
         assert served_subject(server.ports["imap_tls"]) == "renewed.test.example"
         # The session that started before the reload is still alive.
@@ -54,10 +58,7 @@ def test_sighup_reloads_certificate_without_dropping_connections(tmp_path: Path)
         # A broken key on the next reload keeps the current certificate.
         server.key.write_text("garbage")
         server.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "TLS reload failed" not in server.log():
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
+        wait_for_log(server, "TLS reload failed")
         assert served_subject(server.ports["pop3_tls"]) == "renewed.test.example"
         assert server.proc.poll() is None
     finally:
