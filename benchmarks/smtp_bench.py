@@ -6,9 +6,13 @@ server's CPU seconds (from /proc).
 
 Runs a real ``twistd -n pymail`` on loopback (Maildir storage, data in a
 temporary directory) and an asyncio client in this process.  Every run is
-bounded in messages and in time.
+bounded in messages and in time.  ``--target local`` (the default) sends to
+a local account (Maildir); ``--target queue`` sends to an alias of a remote
+address, so each message is fsynced into the outbound queue (the runner
+then fails to resolve the domain and defers it for an hour).
 
     /work/venv/bin/python benchmarks/smtp_bench.py [--messages 2000] [--seconds 20]
+    /work/venv/bin/python benchmarks/smtp_bench.py --target queue
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from harness import PymailProcess  # noqa: E402
 
-RECIPIENT = b"bob@example.org"
+RECIPIENTS = {"local": b"bob@example.org", "queue": b"fwd@example.org"}
+QUEUE_CONFIG = """
+[relay]
+nameservers = ["127.0.0.1:9"]
+dns_timeout = 1
+retry_schedule = ["1h"]
+"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,7 +63,7 @@ async def reply(reader: asyncio.StreamReader) -> bytes:
 
 
 async def client(port: int, message: bytes, budget: list[int], deadline: float,
-                 latencies: list[float]) -> None:
+                 latencies: list[float], recipient: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await reply(reader)
     writer.write(b"EHLO bench.example\r\n")
@@ -62,7 +72,7 @@ async def client(port: int, message: bytes, budget: list[int], deadline: float,
     while budget[0] > 0 and time.monotonic() < deadline:
         budget[0] -= 1
         start = time.perf_counter()
-        writer.write(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<" + RECIPIENT + b">\r\nDATA\r\n")
+        writer.write(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<" + recipient + b">\r\nDATA\r\n")
         for expected in (b"250", b"250", b"354"):
             got = await reply(reader)
             assert got.startswith(expected), got
@@ -76,12 +86,13 @@ async def client(port: int, message: bytes, budget: list[int], deadline: float,
 
 
 async def run(port: int, connections: int, message: bytes, count: int,
-              seconds: float) -> tuple[int, float, list[float]]:
+              seconds: float, recipient: bytes = RECIPIENTS["local"]
+              ) -> tuple[int, float, list[float]]:
     budget = [count]
     latencies: list[float] = []
     start = time.monotonic()
     deadline = start + seconds
-    await asyncio.gather(*(client(port, message, budget, deadline, latencies)
+    await asyncio.gather(*(client(port, message, budget, deadline, latencies, recipient)
                            for _ in range(connections)))
     return len(latencies), time.monotonic() - start, latencies
 
@@ -94,9 +105,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per run (default 20)")
     parser.add_argument("--connections", default="1,10,50")
     parser.add_argument("--sizes", default="4096,102400")
+    parser.add_argument("--target", choices=("local", "queue"), default="local")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = PymailProcess(Path(tmp), users={"bob@example.org": "bob-pw"})
+        server = PymailProcess(Path(tmp), users={"bob@example.org": "bob-pw"},
+                               extra_config=QUEUE_CONFIG if args.target == "queue" else "")
+        server.pymail("alias", "add", "fwd@example.org", "far@remote.invalid")
         server.start()
         assert server.proc is not None
         pid = server.proc.pid
@@ -108,7 +122,8 @@ def main() -> None:
                 for conns in (int(c) for c in args.connections.split(",")):
                     cpu0 = cpu_seconds(pid)
                     n, elapsed, lat = asyncio.run(
-                        run(server.ports["smtp"], conns, message, args.messages, args.seconds))
+                        run(server.ports["smtp"], conns, message, args.messages, args.seconds,
+                            RECIPIENTS[args.target]))
                     cpu = cpu_seconds(pid) - cpu0
                     lat.sort()
                     p50 = statistics.median(lat) * 1000

@@ -109,11 +109,15 @@ class DNSPythonResolver:
     :ivar reactor: provides ``getThreadPool``.
     :ivar nameservers: ``(address, port)`` pairs; empty for resolv.conf.
     :ivar timeout: seconds a whole lookup may take.
+    :ivar threadpool: the threads lookups run in; ``None`` for the
+        reactor's.  pymail gives DNS its own pool, so slow or dead
+        nameservers never hold up the fsyncs that acknowledge mail.
     """
 
     _reactor: Any
     nameservers: Sequence[tuple[str, int]] = ()
     timeout: float = 10.0
+    threadpool: Any = None
     _resolver: Any = None
 
     def __attrs_post_init__(self) -> None:
@@ -132,7 +136,8 @@ class DNSPythonResolver:
         self._resolver = resolver
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+        pool = self.threadpool if self.threadpool is not None else self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, f, *args)
 
     def _query(self, name: str, rdtype: str) -> list[Any]:
         import dns.exception

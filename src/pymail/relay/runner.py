@@ -104,6 +104,8 @@ class QueueRunner(Service):
     _semaphores: dict[str, DeferredSemaphore] = attrs.Factory(dict)
     _scanner: LoopingCall | None = None
     _expired: set[int] = attrs.Factory(set)
+    #: Thread pools started and stopped with the service (DNS).
+    threadpools: list[Any] = attrs.Factory(list)
     # Service's own attributes, which attrs would otherwise not set.
     running: int = 0
     name: str = "relay"  # type: ignore[assignment]
@@ -113,6 +115,8 @@ class QueueRunner(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        for pool in self.threadpools:
+            pool.start()
         for entry in self.spool.load():
             self._track(entry)
         log.info("relay queue: {count} message(s) waiting in {path}",
@@ -129,6 +133,8 @@ class QueueRunner(Service):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        for pool in self.threadpools:
+            pool.stop()
         # Attempts in flight are not waited for (a remote server may take
         # minutes); their envelopes are unchanged on disk, so they are
         # simply tried again after the restart.
@@ -432,7 +438,12 @@ def make_relay(config: Any, directory: Any, stores: Any, reactor: Any) -> tuple[
             raise ConfigError(f"{where} smarthost = {relay.smarthost!r}: the port must be a "
                               "number, e.g. 'smtp.example.net:587'")
         smarthost = (host or relay.smarthost, int(port) if port else 25)
-    resolver = DNSPythonResolver(reactor, nameservers, float(relay.dns_timeout))
+    from twisted.python.threadpool import ThreadPool
+
+    # DNS gets its own threads: lookups that wait for a dead nameserver
+    # must not queue ahead of the fsyncs that acknowledge mail.
+    dns_pool = ThreadPool(minthreads=0, maxthreads=10, name="pymail-dns")
+    resolver = DNSPythonResolver(reactor, nameservers, float(relay.dns_timeout), dns_pool)
     client = SMTPClient(
         reactor, config.hostname, port=relay.port, bind_address=relay.bind_address,
         client_tls=_client_tls, require_tls=smarthost is not None,
@@ -459,6 +470,7 @@ def make_relay(config: Any, directory: Any, stores: Any, reactor: Any) -> tuple[
         postmaster=f"postmaster@{(config.domains or (config.hostname,))[0]}",
     )
     runner.inject = delivery.inject
+    runner.threadpools.append(dns_pool)
     return delivery, runner
 
 
