@@ -186,11 +186,12 @@ GOALS: list[dict[str, Any]] = [
          metric="store_s", anchor="dovecot", target=1.0, higher=False),
     dict(issue=4, goal="every BODY.PEEK[] >= 300 MB/s", kind="absolute", workload="imap",
          metric="fetch_bodies_mb_s", target=300.0, higher=True),
-    dict(issue=4, goal="memory per idle authenticated connection <= 5 KB (RSS)",
+    dict(issue=4, goal="memory per idle authenticated connection <= 5 KB (RSS growth, KiB)",
          kind="absolute", workload="imap-idle", metric="idle_rss_kib_per_conn", target=5.0,
-         higher=False),
+         higher=False, detail="idle_connections", detail_label="connections"),
     dict(issue=4, goal="10,000 IDLE connections, each pushed a new message within 1 s",
-         kind="absolute", workload="imap-push", metric="push_all_s", target=1.0, higher=False),
+         kind="absolute", workload="imap-push", metric="push_all_s", target=1.0, higher=False,
+         detail="push_received", detail_label="connections pushed", need=10_000),
     # issue 5: POP3
     dict(issue=5, goal="RETR of every message, MB/s >= Dovecot (not pipelined)", kind="ratio",
          workload="pop3", metric="retr_sequential_mb_s", anchor="dovecot", target=1.0,
@@ -219,7 +220,8 @@ CONTEXT: list[tuple[str, str, bool]] = [
     ("pop3", "login_ms", False), ("pop3", "uidl_ms", False),
     ("storage-100k-maildir", "select_open_s", False),
     ("storage-100k-mbox", "select_open_s", False),
-    ("imap-push", "push_p99_s", False), ("imap-push", "push_rss_kib_per_conn", False),
+    ("imap-idle", "login_setup_rss_mib", False), ("imap-push", "push_p99_s", False),
+    ("imap-push", "push_open_s", False),
 ]
 
 
@@ -237,6 +239,10 @@ def evaluate(rec: Recorder) -> list[dict[str, Any]]:
             row["value"] = mine
         if row["value"] is not None:
             row["met"] = (row["value"] >= g["target"]) if g["higher"] else (row["value"] <= g["target"])
+        if g.get("detail"):
+            row["detail_value"] = rec.median("pymail", g["workload"], g["detail"])
+            if row["met"] and (row["detail_value"] or 0) < g.get("need", 0):
+                row["met"] = None  # met, but on fewer connections than the goal names
         rows.append(row)
     return rows
 
@@ -264,7 +270,11 @@ def goal_table(rows: list[dict[str, Any]], audit: list[tuple[str, str, bool]]) -
         target = (("≥ " if r["higher"] else "≤ ") + _fmt(r["target"])
                   + ("x" if r["kind"] == "ratio" else ""))
         anchor = (f"{r['anchor']} {_fmt(r['anchor_value'])}" if r["kind"] == "ratio" else "")
+        if r.get("detail_value") is not None:
+            measured += f" ({r['detail_value']:,.0f} {r['detail_label']})"
         met = {True: "yes", False: "**no**", None: "not measured"}[r["met"]]
+        if r["met"] is None and r["value"] is not None:
+            met = f"yes at {r['detail_value']:,.0f}, not measured at {r['need']:,}"
         out.append(f"| {r['issue']} | {r['goal']} | {_fmt(r['pymail'])} | {anchor} | "
                    f"{measured} | {target} | {met} |")
     return "\n".join(out)
@@ -353,6 +363,41 @@ def storage_large(work: Path, backend: str, count: int) -> dict[str, float]:
             "deliveries10_per_s": rate}
 
 
+CACHE = Path("/var/tmp/pymail-bench-cache")
+
+
+def cached_folder(count: int, say: Callable[[str], None]) -> Path:
+    """The generated folder, written once per seed and count and kept for later runs."""
+    path = CACHE / f"maildir-{mailgen.DEFAULT_SEED}-{count}"
+    done = path / ".complete"
+    if not done.exists():
+        if path.exists():
+            shutil.rmtree(path)
+        say(f"generating the {count:,}-message folder (seed {mailgen.DEFAULT_SEED}) in {path}")
+        mailgen.write_maildir(path, count)
+        done.write_text("ok\n")
+    return path
+
+
+def on_fresh_pymail(server: anchors.Server, root: Path,
+                    measure: Callable[[anchors.Server], dict[str, Any]]) -> dict[str, Any]:
+    """
+    Run a memory measurement on a freshly started pymail (for pymail; an
+    anchor is measured as it is).  A long-running process reuses heap freed
+    by the folder phases, so its RSS would hardly grow per connection and
+    the figure would flatter it.
+    """
+    if not isinstance(server, anchors.PymailServer):
+        return measure(server)
+    fresh = anchors.PymailServer(root)
+    fresh.start()
+    try:
+        return measure(fresh)
+    finally:
+        fresh.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def settle(server: anchors.Server) -> None:
     """Wait until a queueing server (Postfix) has delivered everything it accepted."""
     if not isinstance(server, anchors.PostfixServer):
@@ -435,11 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             servers[name] = makers[name](work / name)
         if need_imap:
-            template = work / "template"
-            prog.say(f"generating the {prof.folder:,}-message folder (seed {mailgen.DEFAULT_SEED})")
-            octets = mailgen.write_maildir(template, prof.folder)
-            rec.write({"type": "folder", "messages": prof.folder, "octets": octets,
-                       "seed": mailgen.DEFAULT_SEED})
+            template = cached_folder(prof.folder, prog.say)
+            rec.write({"type": "folder", "messages": prof.folder, "seed": mailgen.DEFAULT_SEED,
+                       "octets": sum(p.stat().st_size for p in (template / "cur").iterdir())})
             for name in ("pymail", "dovecot"):
                 prog.say(f"copying the folder to {name}")
                 anchors.prefill(servers[name], template)
@@ -478,9 +521,10 @@ def main(argv: list[str] | None = None) -> int:
                         load_imap.append_load(HOST, s.ports["imap"], anchors.APPEND_USER,
                                               anchors.PASSWORD, prof.append, 10))))
                 for n in imap_servers:
-                    steps.append((n, "imap-idle", lambda s: asyncio.run(
-                        load_imap.idle_memory(HOST, s.ports["imap"], anchors.BENCH_USER,
-                                              anchors.PASSWORD, prof.idle, s.pid))))
+                    steps.append((n, "imap-idle", lambda s, rep=rep: on_fresh_pymail(
+                        s, work / f"pymail-idle-{rep}", lambda f: asyncio.run(
+                            load_imap.idle_memory(HOST, f.ports["imap"], anchors.BENCH_USER,
+                                                  anchors.PASSWORD, prof.idle, f.pid)))))
             if "pop3" in only:
                 for n in imap_servers:
                     steps.append((n, "pop3", lambda s: asyncio.run(load_pop3.run(
@@ -499,10 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         push = prof.idle_push if args.idle_push is None else args.idle_push
         if push and "imap" in only and not prog.out_of_time():
             prog.say(f"pymail: {push:,} IDLE connections and one SMTP delivery")
-            rec.add(1, "pymail", "imap-push", asyncio.run(idle_push.run(
-                HOST, servers["pymail"].ports["imap"], servers["pymail"].ports["smtp"],
-                anchors.PUSH_USER, anchors.PASSWORD, push, prog.say,
-                servers["pymail"].pid)))
+            rec.add(1, "pymail", "imap-push", on_fresh_pymail(
+                servers["pymail"], work / "pymail-push", lambda f: asyncio.run(idle_push.run(
+                    HOST, f.ports["imap"], f.ports["smtp"], anchors.PUSH_USER,
+                    anchors.PASSWORD, push, prog.say, f.pid))))
         if "audit" in only and not prog.out_of_time():
             for backend in durability_audit.BACKENDS:
                 prog.say(f"durability audit ({backend}): strace of pymail through one SMTP "
