@@ -125,3 +125,75 @@ class IndexTests(SynchronousTestCase):
         assert self.snapshot(again) == expected
         assert [i.uid for i in again.messages()] == uids
         assert any("rebuilding" in e.get("log_format", "") for e in events)
+
+
+def _age_directories(root: str, seconds: int) -> None:
+    """Set the mtimes of new/ and cur/ ``seconds`` into the past (a quiet folder)."""
+    for sub in ("new", "cur"):
+        path = os.path.join(root, sub)
+        when = os.stat(path).st_mtime - seconds
+        os.utime(path, (when, when))
+
+
+class TrustedOpenTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.data = self.mktemp()
+        self.root = os.path.join(self.data, "mail", "example.org", "alice")
+
+    def open_inbox(self) -> Any:
+        store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    def filled_quiet_folder(self) -> list[tuple[int, str, frozenset[str], float, int, int]]:
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(message(n))) for n in range(6)]
+        self.successResultOf(box.set_flags(uids[::2], ["\\Seen", "$Work"], "add"))
+        _age_directories(self.root, 10)
+        # A fresh process's open scans (the stamps moved) and records the sync.
+        fresh = self.open_inbox()
+        return [(i.uid, i.key, i.flags, i.internaldate.timestamp(), i.size, i.modseq)
+                for i in fresh.messages()]
+
+    def test_trusted_open_reads_the_index(self) -> None:
+        """Once a quiet folder was scanned, a fresh open takes the messages from the index alone."""
+        expected = self.filled_quiet_folder()
+        # A file slipped in with the directory's mtime put back is invisible
+        # to an open that trusts the index: it proves the listing was skipped.
+        new = os.path.join(self.root, "new")
+        stamp = os.stat(new)
+        Path(new, "1.hidden.example").write_bytes(b"Subject: hidden\n\nx\n")
+        os.utime(new, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        again = self.open_inbox()
+        assert [(i.uid, i.key, i.flags, i.internaldate.timestamp(), i.size, i.modseq)
+                for i in again.messages()] == expected
+        assert again.uidnext() == expected[-1][0] + 1
+        assert again.read(expected[1][0]) == message(1)
+
+    def test_outside_changes_are_not_hidden_by_the_index(self) -> None:
+        """A delivery and a flag change by another program since the sync are seen by a fresh open."""
+        expected = self.filled_quiet_folder()
+        Path(self.root, "new", "2.outside.example").write_bytes(b"Subject: outside\n\nx\n")
+        sub, name = next((sub, n) for sub in ("new", "cur")
+                         for n in os.listdir(os.path.join(self.root, sub))
+                         if n.startswith(expected[1][1]))
+        os.rename(os.path.join(self.root, sub, name),
+                  os.path.join(self.root, "cur", expected[1][1] + ":2,F"))
+        again = self.open_inbox()
+        infos = {i.uid: i for i in again.messages()}
+        assert len(infos) == len(expected) + 1
+        assert infos[expected[1][0]].flags == frozenset({"\\Flagged"})
+        assert infos[expected[1][0]].modseq > max(e[5] for e in expected)
+        assert again.read(max(infos)) == b"Subject: outside\r\n\r\nx\r\n"
+
+    def test_uidlist_change_is_not_hidden_by_the_index(self) -> None:
+        """Another program rewriting the uidlist (a new UIDVALIDITY) makes a fresh open rescan."""
+        expected = self.filled_quiet_folder()
+        path = os.path.join(self.root, "dovecot-uidlist")
+        lines = Path(path).read_bytes().split(b"\n")
+        lines[0] = b"3 V42 N%d G0123" % (expected[-1][0] + 1)
+        Path(path + ".new").write_bytes(b"\n".join(lines))
+        os.rename(path + ".new", path)
+        again = self.open_inbox()
+        assert again.uidvalidity() == 42
+        assert [i.uid for i in again.messages()] == [e[0] for e in expected]

@@ -89,26 +89,38 @@ def check_mailbox_name(name: str) -> str:
 
 @attrs.define
 class MailboxView:
-    """The ordered messages of one folder and the listeners told of changes."""
+    """
+    The ordered messages of one folder and the listeners told of changes.
+
+    Messages are found by UID with a binary search of the ascending UID
+    list (no per-UID dict: about 5 MB less for 100,000 messages).
+    """
 
     _mailbox: IMailbox
     _infos: list[MessageInfo] = attrs.Factory(list)
     _uids: list[int] = attrs.Factory(list)
-    _by_uid: dict[int, MessageInfo] = attrs.Factory(dict)
     _listeners: list[IMailboxListener] = attrs.Factory(list)
     highestmodseq: int = 1
 
     def messages(self) -> Sequence[MessageInfo]:
         return self._infos
 
+    def _position(self, uid: int) -> int:
+        """The index of ``uid`` in the view, or -1."""
+        uids = self._uids
+        pos = bisect.bisect_left(uids, uid)
+        if pos < len(uids) and uids[pos] == uid:
+            return pos
+        return -1
+
     def info(self, uid: int) -> MessageInfo:
-        try:
-            return self._by_uid[uid]
-        except KeyError:
-            raise NoSuchMessage(f"no message with UID {uid}") from None
+        pos = self._position(uid)
+        if pos < 0:
+            raise NoSuchMessage(f"no message with UID {uid}")
+        return self._infos[pos]
 
     def __contains__(self, uid: int) -> bool:
-        return uid in self._by_uid
+        return self._position(uid) >= 0
 
     def next_modseq(self) -> int:
         self.highestmodseq += 1
@@ -133,16 +145,18 @@ class MailboxView:
 
     def load(self, infos: Iterable[MessageInfo]) -> None:
         """Replace the whole view (used when a folder is first opened)."""
-        self._infos = sorted(infos, key=lambda i: i.uid)
+        self._infos = list(infos)
         self._uids = [i.uid for i in self._infos]
-        self._by_uid = {i.uid: i for i in self._infos}
+        if any(a >= b for a, b in zip(self._uids, self._uids[1:])):
+            self._infos.sort(key=lambda i: i.uid)
+            self._uids = [i.uid for i in self._infos]
         if self._infos:
             self.highestmodseq = max(self.highestmodseq, max(i.modseq for i in self._infos))
 
     def apply_added(self, infos: Iterable[MessageInfo]) -> None:
         added = []
         for info in infos:
-            if info.uid in self._by_uid:
+            if info.uid in self:
                 continue
             info = attrs.evolve(info, modseq=self.next_modseq())
             if not self._uids or info.uid > self._uids[-1]:
@@ -152,7 +166,6 @@ class MailboxView:
                 pos = bisect.bisect_left(self._uids, info.uid)
                 self._infos.insert(pos, info)
                 self._uids.insert(pos, info.uid)
-            self._by_uid[info.uid] = info
             added.append(info.uid)
         if added:
             self._tell(MailboxChange("added", tuple(sorted(added))))
@@ -161,30 +174,26 @@ class MailboxView:
         changed = []
         result = {}
         for uid, flags in new_flags.items():
-            old = self._by_uid.get(uid)
-            if old is None:
+            pos = self._position(uid)
+            if pos < 0:
                 continue
+            old = self._infos[pos]
             result[uid] = flags
             if old.flags == flags:
                 continue
-            new = attrs.evolve(old, flags=flags, modseq=self.next_modseq())
-            pos = bisect.bisect_left(self._uids, uid)
-            self._infos[pos] = new
-            self._by_uid[uid] = new
+            self._infos[pos] = attrs.evolve(old, flags=flags, modseq=self.next_modseq())
             changed.append(uid)
         if changed:
             self._tell(MailboxChange("flags", tuple(sorted(changed))))
         return result
 
     def apply_expunged(self, uids: Iterable[int]) -> list[int]:
-        gone = sorted(u for u in set(uids) if u in self._by_uid)
+        gone = sorted(u for u in set(uids) if u in self)
         if not gone:
             return []
         drop = set(gone)
         self._infos = [i for i in self._infos if i.uid not in drop]
         self._uids = [i.uid for i in self._infos]
-        for uid in gone:
-            del self._by_uid[uid]
         self.next_modseq()
         self._tell(MailboxChange("expunged", tuple(gone)))
         return gone

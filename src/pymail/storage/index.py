@@ -13,6 +13,14 @@ back).
 
 All access goes through one lock: the connection is shared by the reactor
 thread (cache reads) and the thread pool (writes).
+
+The sync record: after a full scan of the folder that saw every change
+(the folder had been quiet for longer than the file system's timestamp
+granularity), the backend stores what the folder's stamps (directory
+mtimes, uidlist inode and size) were.  A later open that finds the same
+stamps trusts the rows and loads them in one query, without listing the
+directories.  The record is written through the same ordered queue as the
+rows (:class:`IndexQueue`), so it never claims rows that have not landed.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ from twisted.logger import Logger
 log = Logger()
 
 INDEX_FILE = "pymail-index.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS msgs (
-    uid INTEGER PRIMARY KEY, base TEXT NOT NULL, date REAL NOT NULL,
+    uid INTEGER PRIMARY KEY, base TEXT NOT NULL, date INTEGER NOT NULL,
     size INTEGER NOT NULL, modseq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sync (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cache (
     uid INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (uid, name));
@@ -134,11 +143,35 @@ class FolderIndex:
             row = self._run("SELECT value FROM meta WHERE key=?", (key,))
         return row[0][0] if row else None
 
-    def rows(self) -> dict[int, tuple[str, float, int, int]]:
+    def rows(self) -> dict[int, tuple[str, int, int, int]]:
         """uid -> (base, date, size, modseq)."""
         with self._lock:
             return {r[0]: (r[1], r[2], r[3], r[4])
                     for r in self._run("SELECT uid, base, date, size, modseq FROM msgs")}
+
+    def ordered_rows(self) -> list[tuple[int, str, int, int, int]]:
+        """Every (uid, base, date, size, modseq), by ascending UID, in one query."""
+        with self._lock:
+            return self._run("SELECT uid, base, date, size, modseq FROM msgs ORDER BY uid")
+
+    def sync_record(self) -> dict[str, int]:
+        """The stamps of the last complete sync (empty when there is none)."""
+        with self._lock:
+            if self._db is None:
+                return {}
+            return dict(self._run("SELECT key, value FROM sync"))
+
+    def _write_sync(self, record: dict[str, int] | None) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM sync")
+        if record:
+            self._db.executemany("INSERT INTO sync VALUES (?, ?)", list(record.items()))
+
+    def set_sync(self, record: dict[str, int] | None) -> None:
+        """Replace the sync record (``None`` forgets it)."""
+        with self._lock:
+            if self._db is not None:
+                self._write_sync(record)
 
     def reset(self, uidvalidity: int, highestmodseq: int) -> None:
         """Forget every message (a new UIDVALIDITY or a rebuild)."""
@@ -147,15 +180,20 @@ class FolderIndex:
             self._db.execute("BEGIN")
             self._run("DELETE FROM msgs")
             self._run("DELETE FROM cache")
+            self._write_sync(None)
             self._run("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
             self._run("INSERT OR REPLACE INTO meta VALUES ('highestmodseq', ?)",
                       (highestmodseq,))
             self._db.execute("COMMIT")
 
-    def update(self, upsert: Iterable[tuple[int, str, float, int, int]] = (),
+    def update(self, upsert: Iterable[tuple[int, str, int, int, int]] = (),
                modseqs: Iterable[tuple[int, int]] = (), delete: Iterable[int] = (),
-               highestmodseq: int | None = None) -> None:
-        """One transaction: add or replace rows, change MODSEQs, delete UIDs."""
+               highestmodseq: int | None = None,
+               sync: dict[str, int] | None = None) -> None:
+        """
+        One transaction: add or replace rows, change MODSEQs, delete UIDs,
+        and (when ``sync`` is given) replace the sync record after them.
+        """
         with self._lock:
             if self._db is None:
                 return
@@ -177,6 +215,8 @@ class FolderIndex:
                     self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
                               "DO UPDATE SET value=max(value, excluded.value)",
                               (highestmodseq,))
+                if sync is not None:
+                    self._write_sync(sync)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -197,3 +237,68 @@ class FolderIndex:
         with self._lock:
             if self._db is not None:
                 self._run("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (uid, name, text))
+
+
+class IndexQueue:
+    """
+    Index writes from the reactor thread, applied in order by one thread-pool
+    job at a time: everything queued while a write runs goes into the next
+    transaction (a burst of deliveries costs one transaction, not one each).
+
+    :param run_in_thread: runs a callable in the thread pool.
+    """
+
+    def __init__(self, index: FolderIndex, run_in_thread: Any) -> None:
+        self._index = index
+        self._run_in_thread = run_in_thread
+        self._lock = threading.Lock()
+        self._upsert: dict[int, tuple[int, str, int, int, int]] = {}
+        self._delete: set[int] = set()
+        self._highest: int | None = None
+        self._sync: dict[str, int] | None = None
+        self._busy = False
+
+    def add(self, upsert: Iterable[tuple[int, str, int, int, int]] = (),
+            delete: Iterable[int] = (), highestmodseq: int | None = None,
+            sync: dict[str, int] | None = None) -> None:
+        """Queue rows, deletions, a HIGHESTMODSEQ and a sync record (in this order)."""
+        with self._lock:
+            for row in upsert:
+                self._upsert[row[0]] = row
+                self._delete.discard(row[0])
+            for uid in delete:
+                self._upsert.pop(uid, None)
+                self._delete.add(uid)
+            if highestmodseq is not None:
+                self._highest = max(self._highest or 0, highestmodseq)
+            # A change queued after a sync record makes the record stale
+            # only if the folder's stamps moved, which a later open checks.
+            if sync is not None:
+                self._sync = sync
+            start = not self._busy
+            self._busy = True
+        if start:
+            self._run_in_thread(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not (self._upsert or self._delete or self._highest or self._sync):
+                    self._busy = False
+                    return
+                upsert = sorted(self._upsert.values())
+                delete = sorted(self._delete)
+                highest, sync = self._highest, self._sync
+                self._upsert, self._delete, self._highest, self._sync = {}, set(), None, None
+            try:
+                self._index.update(upsert, (), delete, highest, sync)
+            except Exception:
+                log.failure("index {path}: write failed (the next open checks every file)",
+                            path=self._index.path)
+                try:
+                    self._index.set_sync(None)
+                except Exception:
+                    pass
+                with self._lock:
+                    self._busy = False
+                return

@@ -76,7 +76,13 @@ from pymail.storage.base import (
     rename_plan,
 )
 from pymail.storage.account import AccountFiles, OpenMailboxes
-from pymail.storage.index import FolderIndex, decode_value, encode_value, rebuild_modseq
+from pymail.storage.index import (
+    FolderIndex,
+    IndexQueue,
+    decode_value,
+    encode_value,
+    rebuild_modseq,
+)
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 
 log = Logger()
@@ -103,6 +109,11 @@ _FLAG_LETTERS = {
 }
 _LETTER_FLAGS = {v: k for k, v in _FLAG_LETTERS.items()}
 _MAX_KEYWORDS = 26
+#: A scan is trusted to have seen every change only when the folder's
+#: directories had not changed for this long before it (file systems store
+#: mtimes with a granularity of up to 2 s, so a change in the same tick as
+#: the scan leaves the mtime as it was).
+TIMESTAMP_GRANULARITY_NS = 2_000_000_000
 
 _counter = itertools.count()
 _last_uidvalidity = [0]
@@ -145,6 +156,22 @@ def base_size_fields(base: str) -> dict[str, int]:
     return fields
 
 
+def parse_uidlist_header(line: bytes) -> tuple[int, int, str]:
+    """(UIDVALIDITY, next UID, GUID) from a version-3 uidlist header; zeros if unreadable."""
+    header = line.split()
+    uidvalidity = next_uid = 0
+    guid = ""
+    if header and header[0] == b"3":
+        for field in header[1:]:
+            if field[:1] == b"V" and field[1:].isdigit():
+                uidvalidity = int(field[1:])
+            elif field[:1] == b"N" and field[1:].isdigit():
+                next_uid = int(field[1:])
+            elif field[:1] == b"G":
+                guid = field[1:].decode("ascii", "replace")
+    return uidvalidity, next_uid, guid
+
+
 @attrs.define
 class _Pending:
     relpath: str
@@ -163,11 +190,14 @@ class _DiskState:
     next_uid: int = 1
     guid: str = ""
     files: dict[int, str] = attrs.Factory(dict)  # uid -> "cur/name:2,S" | "new/name"
-    uid_by_base: dict[str, int] = attrs.Factory(dict)
+    #: UIDs the uidlist gives to base names that have no known file (another
+    #: program's delivery in progress); ``None``: the uidlist's lines have not
+    #: been read (an open trusted the index), read them before a scan uses them.
+    uid_by_base: dict[str, int] | None = attrs.Factory(dict)
     keywords: list[str] = attrs.Factory(list)
     uidlist_stamp: tuple[int, int] = (0, 0)  # (inode, size) last read or written
     dir_stamp: tuple[int, int] = (0, 0)  # mtimes of new/ and cur/ at the last scan
-    scanned_at: float = 0.0
+    scanned_ns: int = 0  # when the last scan read dir_stamp (time.time_ns())
 
 
 @implementer(IMailboxListener)
@@ -182,7 +212,7 @@ class _IndexWriter:
         view = box._view
         highest = view.highestmodseq
         if change.kind == "expunged":
-            box._in_thread(box._index.update, (), (), change.uids, highest)
+            box._index_queue.add(delete=change.uids, highestmodseq=highest)
             return
         rows = []
         for uid in change.uids:
@@ -190,8 +220,8 @@ class _IndexWriter:
             if rel is None or uid not in view:
                 continue
             info = view.info(uid)
-            rows.append((uid, rel, info.internaldate.timestamp(), info.size, info.modseq))
-        box._in_thread(box._index.update, rows, (), (), highest)
+            rows.append((uid, rel, int(info.internaldate.timestamp()), info.size, info.modseq))
+        box._index_queue.add(upsert=rows, highestmodseq=highest)
 
 
 @implementer(IMailbox, IMailboxRestore)
@@ -210,9 +240,13 @@ class MaildirMailbox:
         self._disk = _DiskState()
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
+        #: Base names of appends renamed into new/ or cur/ but not yet
+        #: committed (under _pending_lock): a scan leaves them to their append.
+        self._in_flight: set[str] = set()
         self._cache: dict[tuple[int, str], Any] = {}
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self._index = FolderIndex(path)
+        self._index_queue = IndexQueue(self._index, self._in_thread)
         self._view = MailboxView(self)
         self._view.add_listener(_IndexWriter(self))
 
@@ -320,15 +354,98 @@ class MaildirMailbox:
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         with self._lock:
+            self._index.open()
+            trusted = self._load_trusted_locked()
+            if trusted is not None:
+                return trusted
             fd = self._flock()
             try:
                 self._read_uidlist_locked(force=True)
                 self._read_keywords_locked()
-                added, _, _ = self._scan_locked()
-                self._disk.scanned_at = time.time()
+                self._scan_locked()
             finally:
                 self._unflock(fd)
-            return self._load_index_locked()
+            result = self._load_index_locked()
+            self._index.set_sync(self._sync_record_locked())
+            return result
+
+    def _stamps(self) -> dict[str, int]:
+        """What a sync record compares: directory mtimes, the uidlist's inode and size."""
+        new, cur = self._dir_stamp()
+        st = os.stat(os.path.join(self.path, UIDLIST))
+        return {"new_mtime_ns": new, "cur_mtime_ns": cur,
+                "uidlist_ino": st.st_ino, "uidlist_size": st.st_size}
+
+    def _sync_record_locked(self) -> dict[str, int] | None:
+        """
+        The sync record for the scan just made, or None when the scan may
+        have missed a change: the directories changed within the timestamp
+        granularity before it, or an append of this process was between
+        its rename and its commit.
+        """
+        d = self._disk
+        if d.scanned_ns - max(d.dir_stamp) <= TIMESTAMP_GRANULARITY_NS:
+            return None
+        with self._pending_lock:
+            if self._in_flight:
+                return None
+        new, cur = d.dir_stamp
+        return {"new_mtime_ns": new, "cur_mtime_ns": cur, "uidlist_ino": d.uidlist_stamp[0],
+                "uidlist_size": d.uidlist_stamp[1], "scanned_ns": d.scanned_ns}
+
+    def _load_trusted_locked(self) -> tuple[list[MessageInfo], int] | None:
+        """
+        Open from the index alone when its sync record still matches the
+        folder (nothing changed since a complete scan): one query, no
+        directory listing, no uidlist parse.  None when it cannot be trusted.
+        """
+        index = self._index
+        if index.rebuilt:
+            return None
+        record = index.sync_record()
+        if not record:
+            return None
+        try:
+            stamps = self._stamps()
+            with open(os.path.join(self.path, UIDLIST), "rb") as f:
+                header = parse_uidlist_header(f.readline())
+        except FileNotFoundError:
+            return None
+        if any(record.get(key) != value for key, value in stamps.items()):
+            return None
+        if record.get("scanned_ns", 0) - max(stamps["new_mtime_ns"], stamps["cur_mtime_ns"]) \
+                <= TIMESTAMP_GRANULARITY_NS:
+            return None
+        uidvalidity, next_uid, guid = header
+        if not uidvalidity or uidvalidity != index.meta("uidvalidity"):
+            return None
+        self._read_keywords_locked()
+        rows = index.ordered_rows()
+        d = self._disk
+        d.uidvalidity, d.guid = uidvalidity, guid or d.guid
+        d.next_uid = max(next_uid, rows[-1][0] + 1 if rows else 1)
+        d.uidlist_stamp = (stamps["uidlist_ino"], stamps["uidlist_size"])
+        d.dir_stamp = (stamps["new_mtime_ns"], stamps["cur_mtime_ns"])
+        d.scanned_ns = record["scanned_ns"]
+        d.uid_by_base = None
+        files: dict[int, str] = {}
+        infos = []
+        flag_sets: dict[str, frozenset[str]] = {}
+        from_timestamp = datetime.fromtimestamp
+        last_date, when = -1, datetime.fromtimestamp(0, UTC)
+        info = MessageInfo
+        # The hot loop of SELECT in a fresh process: ~1 us per message.
+        for uid, rel, date, size, modseq in rows:
+            base, _, letters = rel[4:].partition(":2,")
+            files[uid] = rel
+            flags = flag_sets.get(letters)
+            if flags is None:
+                flags = flag_sets[letters] = self._flags_of(letters)
+            if date != last_date:  # messages delivered in one second share one object
+                last_date, when = date, from_timestamp(date, UTC)
+            infos.append(info(uid, base, flags, when, size, modseq))
+        d.files = files
+        return infos, index.meta("highestmodseq") or 1
 
     def _load_index_locked(self) -> tuple[list[MessageInfo], int]:
         """
@@ -337,7 +454,6 @@ class MaildirMailbox:
         to date with the files (rebuilding it if it was lost).
         """
         index = self._index
-        index.open()
         files = self._disk.files
         highest = index.meta("highestmodseq") or 1
         if index.meta("uidvalidity") != self._disk.uidvalidity:
@@ -364,7 +480,7 @@ class MaildirMailbox:
             else:
                 highest += 1
                 info = attrs.evolve(self._info_for(uid, rel), modseq=highest)
-                upsert.append((uid, rel, info.internaldate.timestamp(), info.size, highest))
+                upsert.append((uid, rel, int(info.internaldate.timestamp()), info.size, highest))
                 infos.append(info)
         stale = [uid for uid in rows if uid not in files]
         if upsert or stale:
@@ -389,16 +505,9 @@ class MaildirMailbox:
         with open(path, "rb") as f:
             data = f.read()
         lines = data.split(b"\n")
-        header = lines[0].split()
-        uidvalidity = next_uid = 0
-        if header and header[0] == b"3":
-            for field in header[1:]:
-                if field[:1] == b"V" and field[1:].isdigit():
-                    uidvalidity = int(field[1:])
-                elif field[:1] == b"N" and field[1:].isdigit():
-                    next_uid = int(field[1:])
-                elif field[:1] == b"G":
-                    self._disk.guid = field[1:].decode("ascii", "replace")
+        uidvalidity, next_uid, guid = parse_uidlist_header(lines[0])
+        if guid:
+            self._disk.guid = guid
         if not uidvalidity:
             log.warn(
                 "Maildir {path}: uidlist header unreadable; starting a new UIDVALIDITY",
@@ -415,7 +524,7 @@ class MaildirMailbox:
                 path=self.path, old=self._disk.uidvalidity, new=uidvalidity,
             )
             self._disk.files.clear()
-            self._disk.uid_by_base.clear()
+        self._disk.uid_by_base = uid_by_base = {}
         self._disk.uidvalidity = uidvalidity
         max_uid = 0
         bad = 0
@@ -429,7 +538,7 @@ class MaildirMailbox:
                 continue
             uid = int(fields[0])
             name = base.decode("utf-8", "surrogateescape")
-            self._disk.uid_by_base.setdefault(name, uid)
+            uid_by_base.setdefault(name, uid)
             max_uid = max(max_uid, uid)
         if bad:
             log.warn(
@@ -455,9 +564,8 @@ class MaildirMailbox:
         write_file_durably(path, b"".join(lines))
         st = os.stat(path)
         self._disk.uidlist_stamp = (st.st_ino, st.st_size)
-        self._disk.uid_by_base = {
-            split_name(rel.split("/", 1)[1])[0]: uid for uid, rel in self._disk.files.items()
-        }
+        # The uidlist now lists exactly the known files.
+        self._disk.uid_by_base = {}
 
     def _append_uidlist_locked(self, entries: list[tuple[int, str]]) -> None:
         """Append lines for new UIDs and fsync (Dovecot appends the same way)."""
@@ -567,6 +675,7 @@ class MaildirMailbox:
         whose file name (flags) changed, and the UIDs whose file is gone.
         """
         self._disk.dir_stamp = self._dir_stamp()
+        self._disk.scanned_ns = time.time_ns()
         found: dict[str, str] = {}
         for sub in ("new", "cur"):
             for n in os.listdir(os.path.join(self.path, sub)):
@@ -574,6 +683,11 @@ class MaildirMailbox:
                     continue
                 base = split_name(n)[0]
                 found[base] = f"{sub}/{n}"
+        with self._pending_lock:
+            # This process's appends between rename and commit: their
+            # commit gives them their UID.
+            for base in self._in_flight:
+                found.pop(base, None)
         by_base = {split_name(r.split("/", 1)[1])[0]: u for u, r in self._disk.files.items()}
         gone = [u for b, u in by_base.items() if b not in found]
         changed: dict[int, str] = {}
@@ -584,17 +698,26 @@ class MaildirMailbox:
         new_bases = [b for b in found if b not in by_base]
         added: list[int] = []
         entries: list[tuple[int, str]] = []
+        given = self._disk.uid_by_base
+        if new_bases and given is None:
+            self._read_uidlist_locked(force=True)
+            given = self._disk.uid_by_base
+        given = given or {}
         # Files another process gave UIDs to keep them; others get new ones,
         # in order of arrival (the time prefix of the base name).
-        for base in sorted(new_bases, key=lambda b: (self._disk.uid_by_base.get(b, 1 << 62), b)):
-            uid = self._disk.uid_by_base.get(base)
+        for base in sorted(new_bases, key=lambda b: (given.get(b, 1 << 62), b)):
+            uid = given.get(base)
             if uid is None or uid in self._disk.files:
                 uid = self._disk.next_uid
                 entries.append((uid, base))
             self._disk.next_uid = max(self._disk.next_uid, uid + 1)
             self._disk.files[uid] = found[base]
-            self._disk.uid_by_base[base] = uid
             added.append(uid)
+        if self._disk.uid_by_base:
+            # Keep only what a later scan may need: UIDs of files not seen yet.
+            files = self._disk.files
+            self._disk.uid_by_base = {b: u for b, u in self._disk.uid_by_base.items()
+                                      if u not in files}
         for uid in gone:
             del self._disk.files[uid]
         for uid, rel in changed.items():
@@ -611,10 +734,11 @@ class MaildirMailbox:
     def _refresh(self) -> None:
         with self._lock:
             stamp = self._dir_stamp()
-            now = time.time()
-            # A change within the file system's timestamp granularity could
-            # leave the mtime unchanged: rescan while the last scan is recent.
-            if stamp == self._disk.dir_stamp and now - self._disk.scanned_at > 2.0:
+            # A change within the file system's timestamp granularity of the
+            # last change could leave the mtime unchanged: rescan until one
+            # scan ran after that window.
+            if (stamp == self._disk.dir_stamp
+                    and self._disk.scanned_ns - max(stamp) > TIMESTAMP_GRANULARITY_NS):
                 return
             fd = self._flock()
             try:
@@ -623,7 +747,7 @@ class MaildirMailbox:
                 added, changed, gone = self._scan_locked()
             finally:
                 self._unflock(fd)
-            self._disk.scanned_at = now
+            record = self._sync_record_locked()
             if gone:
                 self._to_reactor(self._view.apply_expunged, gone)
             if changed:
@@ -635,6 +759,9 @@ class MaildirMailbox:
             if added:
                 infos = [self._info_for(u, self._disk.files[u]) for u in added]
                 self._to_reactor(self._view.apply_added, infos)
+            if record is not None:
+                # After the changes above reach the index (same queue, in order).
+                self._to_reactor(self._index_queue.add, (), (), None, record)
 
     # -- append with group commit -----------------------------------------
 
@@ -679,7 +806,14 @@ class MaildirMailbox:
             relpath = f"cur/{base}:2,{letters}"
         else:
             relpath = f"new/{base}"
-        os.rename(tmp, os.path.join(self.path, relpath))
+        with self._pending_lock:
+            self._in_flight.add(base)
+        try:
+            os.rename(tmp, os.path.join(self.path, relpath))
+        except BaseException:
+            with self._pending_lock:
+                self._in_flight.discard(base)
+            raise
         when = datetime.fromtimestamp(stamp, UTC)
         entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
         # Queue first, then wait for the folder lock: appends that queue while
@@ -704,6 +838,13 @@ class MaildirMailbox:
         if not batch:
             return
         try:
+            self._commit_locked(batch)
+        finally:
+            with self._pending_lock:
+                self._in_flight.difference_update(p.base for p in batch)
+
+    def _commit_locked(self, batch: list[_Pending]) -> None:
+        try:
             fd = self._flock()
             try:
                 self._read_uidlist_locked()
@@ -713,7 +854,6 @@ class MaildirMailbox:
                     self._disk.next_uid += 1
                     p.uid = uid
                     self._disk.files[uid] = p.relpath
-                    self._disk.uid_by_base[p.base] = uid
                     entries.append((uid, p.base))
                 self._append_uidlist_locked(entries)
             finally:
