@@ -35,8 +35,10 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
+from typing import Any
 
 import argon2
+from passlib.hash import sha256_crypt, sha512_crypt
 
 # OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): about 23 ms per
 # verification on the project's 2-core machine.  argon2-cffi's default
@@ -118,14 +120,17 @@ def _crypt_verifier(value: str) -> Callable[[str], bool] | None:
     if value[:4] in ("$2a$", "$2b$", "$2y$"):
         return lambda password: _verify_bcrypt(value, password)
     if value.startswith("$6$"):
-        return lambda password: _compare(sha_crypt(password, value, hashlib.sha512), value)
+        return lambda password: _verify_sha_crypt(sha512_crypt, value, password)
     if value.startswith("$5$"):
-        return lambda password: _compare(sha_crypt(password, value, hashlib.sha256), value)
+        return lambda password: _verify_sha_crypt(sha256_crypt, value, password)
     return None
 
 
-def _compare(computed: str | None, stored: str) -> bool:
-    return computed is not None and hmac.compare_digest(computed.encode(), stored.encode())
+def _verify_sha_crypt(scheme: Any, value: str, password: str) -> bool:
+    try:
+        return bool(scheme.verify(password, value))
+    except (ValueError, TypeError):  # a malformed hash never matches
+        return False
 
 
 def _verify_argon2(phc: str, password: str) -> bool:
@@ -207,76 +212,3 @@ _CRYPT_PREFIXES = (
     ("$6$", "SHA512-CRYPT"),
     ("$5$", "SHA256-CRYPT"),
 )
-
-
-# -- SHA-crypt (Ulrich Drepper, "Unix crypt using SHA-256 and SHA-512") ----------
-
-_ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_ROUNDS_DEFAULT = 5000
-_ROUNDS_MIN, _ROUNDS_MAX = 1000, 999_999_999
-#: The byte order of the final encoding, in groups of three.
-_ORDER_512 = [(0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26),
-              (6, 27, 48), (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32),
-              (12, 33, 54), (34, 55, 13), (56, 14, 35), (15, 36, 57), (37, 58, 16),
-              (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41)]
-_ORDER_256 = [(0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14), (15, 25, 5),
-              (6, 16, 26), (27, 7, 17), (18, 28, 8), (9, 19, 29)]
-_SHA_CRYPT = re.compile(r"\$([56])\$(?:rounds=([0-9]{1,10})\$)?([^$]{0,16})[^$]*(?:\$.*)?", re.S)
-
-
-def _b64_24(b2: int, b1: int, b0: int, n: int) -> str:
-    w = (b2 << 16) | (b1 << 8) | b0
-    out = []
-    for _ in range(n):
-        out.append(_ITOA64[w & 0x3F])
-        w >>= 6
-    return "".join(out)
-
-
-def _repeat(block: bytes, length: int) -> bytes:
-    return (block * (length // len(block) + 1))[:length]
-
-
-def sha_crypt(password: str, setting: str, digest: Callable[..., hashlib._Hash]) -> str | None:
-    """
-    The SHA-crypt (``$5$``/``$6$``) hash of ``password`` with the salt and
-    rounds of ``setting`` (a full hash or just ``$6$[rounds=N$]salt``), or
-    None if ``setting`` is not one.
-    """
-    match = _SHA_CRYPT.fullmatch(setting)
-    if match is None:
-        return None
-    ident, rounds_text, salt_text = match.groups()
-    size = 64 if ident == "6" else 32
-    rounds = _ROUNDS_DEFAULT
-    if rounds_text is not None:
-        rounds = min(max(int(rounds_text), _ROUNDS_MIN), _ROUNDS_MAX)
-    p = password.encode("utf-8")
-    s = salt_text.encode("utf-8")
-    b = digest(p + s + p).digest()
-    a = digest(p + s)
-    a.update(_repeat(b, len(p)))
-    n = len(p)
-    while n:
-        a.update(b if n & 1 else p)
-        n >>= 1
-    current = a.digest()
-    p_seq = _repeat(digest(p * len(p)).digest(), len(p))
-    s_seq = _repeat(digest(s * (16 + current[0])).digest(), len(s))
-    for i in range(rounds):
-        c = digest()
-        c.update(p_seq if i & 1 else current)
-        if i % 3:
-            c.update(s_seq)
-        if i % 7:
-            c.update(p_seq)
-        c.update(current if i & 1 else p_seq)
-        current = c.digest()
-    if size == 64:
-        encoded = "".join(_b64_24(current[x], current[y], current[z], 4)
-                          for x, y, z in _ORDER_512) + _b64_24(0, 0, current[63], 2)
-    else:
-        encoded = "".join(_b64_24(current[x], current[y], current[z], 4)
-                          for x, y, z in _ORDER_256) + _b64_24(0, current[31], current[30], 3)
-    rounds_part = f"rounds={rounds}$" if rounds_text is not None else ""
-    return f"${ident}${rounds_part}{salt_text}${encoded}"
