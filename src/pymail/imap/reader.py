@@ -49,19 +49,25 @@ class LiteralReader(Protocol):
     :ivar max_literal_size: the biggest literal accepted.
     """
 
-    max_line_length: int = 64 * 1024
-    max_literal_size: int = 64 * 1024 * 1024
+    # Slots keep an idle connection small (see pymail.imap.server).
+    __slots__ = (
+        "max_line_length", "max_literal_size", "_buffer", "_pos", "_parts", "_literal_left",
+        "_paused", "_processing", "_stopped", "_transport_paused", "_line_taker",
+    )
 
-    _buffer: bytes = b""
-    _pos: int = 0
-    #: the command assembled so far: line pieces and literals, CRLFs kept
-    _parts: list[bytes]
-    _literal_left: int = 0
-    _paused: bool = False
-    _processing: bool = False
-    _stopped: bool = False
-    _transport_paused: bool = False
-    _line_taker: Callable[[bytes], None] | None = None
+    def __init__(self) -> None:
+        self.max_line_length = 64 * 1024
+        self.max_literal_size = 64 * 1024 * 1024
+        self._buffer = b""
+        self._pos = 0
+        #: the command assembled so far: line pieces and literals, CRLFs kept
+        self._parts: list[bytes] = []
+        self._literal_left = 0
+        self._paused = False
+        self._processing = False
+        self._stopped = False
+        self._transport_paused = False
+        self._line_taker: Callable[[bytes], None] | None = None
 
     def _reset_command(self) -> None:
         self._parts = []

@@ -115,6 +115,16 @@ class IMAPServerProtocol(LiteralReader):
         reply is written (STARTTLS starts the handshake there).
     """
 
+    # Slots: an idle logged-in connection is mostly this object, and with
+    # more than 30 attributes its __dict__ would not share keys (1.6 KB).
+    __slots__ = (
+        "portal", "reactor", "hostname", "table", "derived_cache", "recent_tracker",
+        "preauth_timeout", "idle_timeout", "state", "account", "selected", "_avatar_logout",
+        "_timer", "_running", "writer", "poller", "tls", "tls_active",
+        "allow_plaintext_on_loopback", "cleartext_auth", "throttle", "enabled", "idling",
+        "after_reply", "_line_waiter",
+    )
+
     def __init__(
         self,
         portal: Portal,
@@ -134,6 +144,7 @@ class IMAPServerProtocol(LiteralReader):
         throttle: Any = None,
         derived_cache: DerivedCache | None = None,
     ) -> None:
+        super().__init__()
         self.portal = portal
         self.reactor = reactor
         self.hostname = hostname
