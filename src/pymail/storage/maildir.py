@@ -18,11 +18,11 @@ belongs to the reactor thread.  Every change to the disk state is handed to
 the reactor with ``callFromThread`` while the lock is still held, so the
 view applies changes in exactly the order they happened on disk.
 
-Durability and group commit: an append writes ``tmp/``, fsyncs, and renames
-into ``new/`` (or ``cur/`` with flags) in its own thread, in parallel with
-other appends.  It then queues itself; whichever thread next takes the lock
-commits every queued append at once: UIDs assigned, one uidlist write, one
-uidlist fsync and one fsync per directory touched.  An append's Deferred
+Durability and group commit: an append writes ``tmp/``, fsyncs, renames
+into ``new/`` (or ``cur/`` with flags) and fsyncs that directory in its own
+thread, in parallel with other appends.  It then queues itself; whichever
+thread next takes the lock commits every queued append at once: UIDs
+assigned, one uidlist append and one uidlist fsync.  An append's Deferred
 fires only after that commit.
 """
 
@@ -810,6 +810,10 @@ class MaildirMailbox:
             self._in_flight.add(base)
         try:
             os.rename(tmp, os.path.join(self.path, relpath))
+            # The directory fsync runs here, in parallel with the other
+            # appends' (the file system joins them in one journal commit);
+            # the serial commit below only appends to the uidlist and fsyncs it.
+            fsync_dir(os.path.join(self.path, relpath.split("/", 1)[0]))
         except BaseException:
             with self._pending_lock:
                 self._in_flight.discard(base)
@@ -858,8 +862,6 @@ class MaildirMailbox:
                 self._append_uidlist_locked(entries)
             finally:
                 self._unflock(fd)
-            for sub in {p.relpath.split("/", 1)[0] for p in batch}:
-                fsync_dir(os.path.join(self.path, sub))
         except BaseException as e:
             for p in batch:
                 p.error, p.done = e, True
@@ -1245,6 +1247,10 @@ class MaildirStoreFactory:
 
     name = "maildir"
     description = "Maildir++ with Dovecot-compatible uidlist and keywords files."
+    #: MODSEQs survive a restart (the folder index keeps them, and a rebuilt
+    #: index starts above any earlier one), so IMAP may offer CONDSTORE and
+    #: QRESYNC (RFC 7162) over these folders.
+    persistent_modseq = True
 
     def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None) -> None:
         if reactor is None:
