@@ -293,6 +293,8 @@ def make_service(config: Config, reactor: Any) -> PymailService:
             portal, reactor, config.hostname,
             max_literal_size=config.imap.max_literal_size,
             idle_timeout=float(config.imap.idle_timeout),
+            # CONDSTORE/QRESYNC only over storage whose MODSEQs persist.
+            condstore=bool(getattr(stores, "persistent_modseq", False)),
             **_security_kwargs(IMAPFactory, **security),
         )
     if config.pop3.listen or config.pop3.listen_tls:
