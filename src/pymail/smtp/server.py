@@ -224,6 +224,7 @@ class SMTPServer(LineReceiver):
         self._busy = False
         self._paused_for_command = False
         self._transport_paused = False
+        self._started_tls = False
         self._in_chunk = False
         self._chunk_left = 0
         self._chunk_last = False
@@ -483,7 +484,19 @@ class SMTPServer(LineReceiver):
 
     @property
     def _tls(self) -> bool:
-        return ISSLTransport.providedBy(self.transport)
+        """Whether the connection is encrypted (STARTTLS done, or implicit TLS)."""
+        if self._started_tls:
+            return True
+        # Implicit TLS: the TLS layer may sit below protocol wrappers (the
+        # connection limiter), so look down the chain of transports.
+        transport: Any = self.transport
+        for _ in range(5):
+            if transport is None:
+                return False
+            if ISSLTransport.providedBy(transport):
+                return True
+            transport = getattr(transport, "transport", None)
+        return False
 
     def _auth_allowed(self) -> bool:
         """Whether AUTH may be used on this connection now (RFC 4954 section 4, RFC 8314)."""
@@ -508,6 +521,7 @@ class SMTPServer(LineReceiver):
         self._buffer = b""
         self._reply(R.READY_FOR_TLS)
         self._transport.startTLS(self.factory.tls.creator)  # type: ignore[attr-defined]
+        self._started_tls = True
         # RFC 3207 section 4.2: forget everything learnt before TLS.
         self._helo = None
         self._esmtp = False
@@ -827,7 +841,7 @@ class SMTPServer(LineReceiver):
     def _trace_headers(self, transaction: _Transaction, queue_id: str, now: datetime) -> bytes:
         """Return-Path and Received (RFC 5321 section 4.4, RFC 3848 protocol names)."""
         protocol = "UTF8SMTP" if transaction.smtputf8 else "ESMTP" if self._esmtp else "SMTP"
-        if ISSLTransport.providedBy(self.transport):
+        if self._tls:
             protocol += "S"
         if self._account is not None:
             protocol += "A"
