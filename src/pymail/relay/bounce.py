@@ -12,7 +12,10 @@ Rules kept here in one place:
 - ``RET=HDRS`` returns only the header section, otherwise the whole
   message is attached (``message/rfc822``);
 - ``ENVID`` and each ``ORCPT`` are echoed (``Original-Envelope-Id``,
-  ``Original-Recipient``).
+  ``Original-Recipient``);
+- for a message that needed SMTPUTF8, the report uses RFC 6533's
+  ``message/global-delivery-status`` (addresses typed ``utf-8``) and
+  returns the message as ``message/global`` (``message/global-headers``).
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ def make_dsn(
     status.append(f"Arrival-Date: {format_datetime(datetime.fromtimestamp(entry.created, UTC))}")
     for n in notices:
         status.append("")
-        status.append(f"Final-Recipient: rfc822; {n.recipient.address}")
+        address_type = "utf-8" if entry.smtputf8 else "rfc822"
+        status.append(f"Final-Recipient: {address_type}; {n.recipient.address}")
         if n.recipient.orcpt:
             addr_type, _, value = n.recipient.orcpt.partition(";")
             status.append(f"Original-Recipient: {addr_type}; {value}")
@@ -133,11 +137,13 @@ def make_dsn(
             until = format_datetime(datetime.fromtimestamp(retry_until, UTC))
             status.append(f"Will-Retry-Until: {until}")
     if entry.ret == "HDRS":
-        attached_type = "text/rfc822-headers"
+        attached_type = "message/global-headers" if entry.smtputf8 else "text/rfc822-headers"
         attached = _header_section(original)
     else:
-        attached_type = "message/rfc822"
+        attached_type = "message/global" if entry.smtputf8 else "message/rfc822"
         attached = original
+    status_type = ("message/global-delivery-status" if entry.smtputf8
+                   else "message/delivery-status")
     if not attached.endswith(b"\r\n"):
         attached += b"\r\n"
     headers = [
@@ -159,7 +165,7 @@ def make_dsn(
         + "Content-Transfer-Encoding: 8bit" + crlf + crlf
         + crlf.join(human) + crlf + crlf
         + f"--{boundary}{crlf}"
-        + "Content-Type: message/delivery-status" + crlf + crlf
+        + f"Content-Type: {status_type}" + crlf + crlf
         + crlf.join(status) + crlf + crlf
         + f"--{boundary}{crlf}"
         + f"Content-Type: {attached_type}" + crlf + crlf
