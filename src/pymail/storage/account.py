@@ -25,6 +25,23 @@ from pymail.storage.base import (
 from pymail.storage.fsutil import write_file_durably
 
 
+#: Thread-pool threads the file backends need: 10 concurrent durable writers
+#: (each blocks in fsync and then waits for its group commit) plus index
+#: writes and message reads beside them.  Twisted's default is 10.
+STORAGE_THREADS = 24
+
+
+def ensure_thread_pool(reactor: Any, threads: int = STORAGE_THREADS) -> None:
+    """Raise the reactor's thread-pool size to at least ``threads`` (never lower it)."""
+    get_pool = getattr(reactor, "getThreadPool", None)
+    suggest = getattr(reactor, "suggestThreadPoolSize", None)
+    if get_pool is None or suggest is None:
+        return
+    current = getattr(get_pool(), "max", None)
+    if isinstance(current, int) and current < threads:
+        suggest(threads)
+
+
 class OpenMailboxes:
     """
     The live folder objects of one process, by path, so every session and

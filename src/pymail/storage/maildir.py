@@ -75,7 +75,7 @@ from pymail.storage.base import (
     normalise_flags,
     rename_plan,
 )
-from pymail.storage.account import AccountFiles, OpenMailboxes
+from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
 from pymail.storage.index import (
     FolderIndex,
     IndexQueue,
@@ -1258,6 +1258,7 @@ class MaildirStoreFactory:
 
             reactor = default_reactor  # type: ignore[assignment]
         self.reactor: Any = reactor
+        ensure_thread_pool(reactor)
         self.registry = OpenMailboxes()
 
     @staticmethod

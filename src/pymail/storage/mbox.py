@@ -79,7 +79,7 @@ from pymail.storage.base import (
     normalise_flags,
     rename_plan,
 )
-from pymail.storage.account import AccountFiles, OpenMailboxes
+from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, write_file_durably
 from pymail.storage.maildir import new_uidvalidity
 
@@ -987,6 +987,7 @@ class MboxStoreFactory:
 
             reactor = default_reactor
         self.reactor: Any = reactor
+        ensure_thread_pool(reactor)
         self._inbox_path = inbox_path
         self._folders_path = folders_path
         self.registry = OpenMailboxes()
