@@ -162,3 +162,85 @@ class MuttInteropTests(SynchronousTestCase):
         assert b"Subject: from mutt\r\n" in body
         assert b"Status:" not in body and b"Content-Length" not in body
         assert info.flags == {"\\Seen"}
+
+
+class MboxIndexTests(SynchronousTestCase):
+    """The mbox index: a fresh open that skips parsing, and the file staying the truth."""
+
+    def setUp(self) -> None:
+        self.reactor = ThreadlessReactor()
+        self.data = self.mktemp()
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+        self.path = os.path.join(self.spool, "alice")
+
+    def open_inbox(self) -> Any:
+        factory = MboxStoreFactory(self.reactor, inbox_path=os.path.join(self.spool, "{local}"))
+        store = factory.open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    def snapshot(self, box: Any) -> list[tuple[int, str, frozenset[str], float, int, bytes]]:
+        return [(i.uid, i.key, i.flags, i.internaldate.timestamp(), i.size, box.read(i.uid))
+                for i in box.messages()]
+
+    def filled(self) -> list[tuple[int, str, frozenset[str], float, int, bytes]]:
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG + b"n %d\r\n" % n, ["\\Flagged"]))
+                for n in range(5)]
+        self.successResultOf(box.set_flags(uids[1:3], ["\\Seen", "$Work"], "add"))
+        self.successResultOf(box.append(b"Subject: last\r\n\r\nx\r\n"))
+        return self.snapshot(box)
+
+    def test_fresh_open_takes_messages_from_the_index(self) -> None:
+        """With the file as pymail left it, a fresh open reads the index, not the file's headers."""
+        expected = self.filled()
+        # An X-Status letter changed in place with the file's stamp put back
+        # is invisible to an open that trusts the index: the parse was skipped.
+        st = os.stat(self.path)
+        data = Path(self.path).read_bytes()
+        with open(self.path, "r+b") as f:
+            f.seek(data.index(b"X-Status: F\n"))
+            f.write(b"X-Status: A\n")
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        again = self.open_inbox()
+        assert [e[:5] for e in self.snapshot(again)] == [e[:5] for e in expected]
+        assert again.uidnext() == expected[-1][0] + 1
+
+    def test_outside_append_is_seen_after_the_index(self) -> None:
+        """A message another program appended since pymail wrote the index is found at the next open."""
+        expected = self.filled()
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        md.add(b"From: outside@example.org\nSubject: outside\n\nbody\n")
+        md.flush()
+        md.unlock()
+        md.close()
+        again = self.open_inbox()
+        got = self.snapshot(again)
+        assert got[:-1] == expected
+        assert got[-1][0] == expected[-1][0] + 1
+        assert got[-1][5].endswith(b"Subject: outside\r\n\r\nbody\r\n")
+
+    def test_corrupt_index_is_rebuilt(self) -> None:
+        """A garbage index file loses no message, flag or UID, and the next open uses the new one."""
+        expected = self.filled()
+        state = os.path.join(self.data, "mbox", "example.org", "alice", ".pymail-state")
+        index = next(os.path.join(state, n) for n in os.listdir(state) if n.endswith(".sqlite"))
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(index + suffix):
+                os.unlink(index + suffix)
+        Path(index).write_bytes(b"not a database" * 100)
+        assert self.snapshot(self.open_inbox()) == expected
+        assert self.snapshot(self.open_inbox()) == expected
+
+    def test_modseq_never_goes_back_across_opens(self) -> None:
+        """HIGHESTMODSEQ after a reopen is above every MODSEQ seen before (RFC 7162)."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG))
+        for _ in range(5):
+            self.successResultOf(box.set_flags([uid], ["\\Seen"], "add"))
+            self.successResultOf(box.set_flags([uid], ["\\Seen"], "remove"))
+        seen = box.highestmodseq()
+        again = self.open_inbox()
+        assert again.highestmodseq() > seen
+        assert all(i.modseq > seen for i in again.messages())

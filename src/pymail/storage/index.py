@@ -85,11 +85,23 @@ def rebuild_modseq() -> int:
     return time.time_ns() // 1_000_000
 
 
-class FolderIndex:
-    """The index of one folder, in ``<folder>/pymail-index.sqlite``."""
+class SqliteIndex:
+    """
+    One SQLite index file: opened in WAL mode (no fsync per transaction:
+    the mail files are the truth), replaced when unreadable, with a
+    ``meta`` table of integers and a schema version.
 
-    def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, INDEX_FILE)
+    :param path: the file.
+    :param schema: the tables (``CREATE TABLE IF NOT EXISTS``; must create
+        ``meta`` and ``msgs``).
+    :param version: the schema version; an index of another version is
+        rebuilt.
+    """
+
+    def __init__(self, path: str, schema: str = _SCHEMA, version: int = SCHEMA_VERSION) -> None:
+        self.path = path
+        self._schema = schema
+        self._version = version
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self.rebuilt = False
@@ -98,12 +110,12 @@ class FolderIndex:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        db.executescript(self._schema)
         version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         if version is None:
-            db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
-        elif version[0] != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"index schema {version[0]}, expected {SCHEMA_VERSION}")
+            db.execute("INSERT INTO meta VALUES ('version', ?)", (self._version,))
+        elif version[0] != self._version:
+            raise sqlite3.DatabaseError(f"index schema {version[0]}, expected {self._version}")
         db.execute("SELECT count(*) FROM msgs").fetchone()
         return db
 
@@ -142,6 +154,13 @@ class FolderIndex:
         with self._lock:
             row = self._run("SELECT value FROM meta WHERE key=?", (key,))
         return row[0][0] if row else None
+
+
+class FolderIndex(SqliteIndex):
+    """The index of one Maildir folder, in ``<folder>/pymail-index.sqlite``."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(os.path.join(folder, INDEX_FILE))
 
     def rows(self) -> dict[int, tuple[str, int, int, int]]:
         """uid -> (base, date, size, modseq)."""

@@ -81,6 +81,7 @@ from pymail.storage.base import (
 )
 from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, write_file_durably
+from pymail.storage.mbox_index import MboxIndex, Row, index_path
 from pymail.storage.maildir import new_uidvalidity
 
 log = Logger()
@@ -116,8 +117,17 @@ class _Entry:
     flags: frozenset[str]
     internaldate: datetime
     size: int
-    from_line: bytes
     quoted: bool = True  # "From " lines in the body are mboxrd-quoted
+
+    def row(self) -> Row:
+        return (self.uid, self.start, self.body_start, self.end, " ".join(sorted(self.flags)),
+                int(self.internaldate.timestamp()), self.size, int(self.quoted))
+
+
+def _shared_flags(text: str) -> frozenset[str]:
+    """The flag set an index row names, one object per distinct set."""
+    flags = frozenset(text.split())
+    return _FLAG_SETS.setdefault(flags, flags)
 
 
 def _content_length(head: bytes) -> int | None:
@@ -322,6 +332,18 @@ class _Locked:
                 pass
 
 
+@implementer(IMailboxListener)
+class _ModseqWriter:
+    """Records the folder's HIGHESTMODSEQ in the index after every change."""
+
+    def __init__(self, mailbox: MboxMailbox) -> None:
+        self._mailbox = mailbox
+
+    def mailbox_changed(self, mailbox: IMailbox, change: Any) -> None:
+        box = self._mailbox
+        box._in_thread(box._index.raise_highestmodseq, box._view.highestmodseq)
+
+
 @implementer(IMailbox, IMailboxRestore)
 class MboxMailbox:
     """One mbox folder."""
@@ -337,6 +359,11 @@ class MboxMailbox:
         self._pending: list[_PendingAppend] = []
         self._pending_lock = threading.Lock()
         self._view = MailboxView(self)
+        self._index = MboxIndex(state_path)
+        #: Whether the index's rows describe the file as self._disk does
+        #: (then an append only adds its rows).
+        self._index_synced = False
+        self._view.add_listener(_ModseqWriter(self))
 
     # -- the view ---------------------------------------------------------
 
@@ -409,10 +436,61 @@ class MboxMailbox:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def open(self) -> Deferred[MboxMailbox]:
-        def loaded(_: None) -> MboxMailbox:
+        def loaded(infos: list[MessageInfo] | None) -> MboxMailbox:
+            if infos is not None:
+                self._view.load(infos)
             return self
 
-        return self._in_thread(self._refresh_now).addCallback(loaded)
+        return self._in_thread(self._open_now).addCallback(loaded)
+
+    def _open_now(self) -> list[MessageInfo] | None:
+        """
+        Load the folder: from the index when it describes the file as it is
+        (returns the messages), else by parsing the file (the view is told).
+        Every MODSEQ starts above the HIGHESTMODSEQ recorded before, so a
+        CONDSTORE client may see a change twice after a restart, never miss one.
+        """
+        with self._lock:
+            highest = 0
+            if self._index.ensure_open():
+                highest = self._index.meta("highestmodseq") or 0
+                trusted = self._load_trusted_locked(highest + 1)
+                if trusted is not None:
+                    self._index.raise_highestmodseq(highest + 1)
+                    return trusted
+            self._to_reactor(self._raise_highestmodseq, highest)
+        self._refresh_now()
+        return None
+
+    def _raise_highestmodseq(self, value: int) -> None:
+        self._view.highestmodseq = max(self._view.highestmodseq, value)
+
+    def _load_trusted_locked(self, modseq: int) -> list[MessageInfo] | None:
+        validity, next_uid = self._read_state()
+        if not validity:
+            return None
+        stamp = self._stamp()
+        rows = self._index.load(validity, stamp)
+        if rows is None:
+            return None
+        entries: dict[int, _Entry] = {}
+        infos = []
+        flag_sets: dict[str, frozenset[str]] = {}
+        last_date, when = -1, datetime.fromtimestamp(0, UTC)
+        for uid, start, body_start, end, text, date, size, quoted in rows:
+            flags = flag_sets.get(text)
+            if flags is None:
+                flags = flag_sets[text] = _shared_flags(text)
+            if date != last_date:  # messages of one second share one object
+                last_date, when = date, datetime.fromtimestamp(date, UTC)
+            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size, bool(quoted))
+            infos.append(MessageInfo(uid, f"{validity}.{uid}", flags, when, size, modseq))
+        self._disk.uidvalidity = validity
+        self._disk.next_uid = max(next_uid, rows[-1][0] + 1 if rows else 1)
+        self._disk.stamp = stamp
+        self._disk.entries = entries
+        self._index_synced = True
+        return infos
 
     # -- state file -------------------------------------------------------
 
@@ -481,7 +559,7 @@ class MboxMailbox:
                 repaired += 1
             when = _from_date(from_line) or datetime.fromtimestamp(0, UTC)
             entry = _Entry(0, start, body_start, end, flags, when, len(_wire(stripped, quoted)),
-                           from_line, quoted)
+                           quoted)
             if uid is None or uid in entries:
                 missing.append(entry)
             else:
@@ -501,7 +579,15 @@ class MboxMailbox:
             self._rewrite_locked(data, set())
         else:
             self._disk.stamp = self._stamp()
+            self._index_snapshot_locked()
         self._write_state()
+
+    def _index_snapshot_locked(self) -> None:
+        """The index now describes the whole file as this process knows it."""
+        if self._index.ensure_open():
+            self._index.snapshot(self._disk.uidvalidity,
+                                 [e.row() for e in self._disk.entries.values()], self._disk.stamp)
+            self._index_synced = True
 
     def _rewrite_locked(self, data: bytes, drop: set[int]) -> None:
         """
@@ -517,9 +603,8 @@ class MboxMailbox:
             stripped, _, _ = _parse_meta(data[entry.body_start:entry.end])
             if not entry.quoted:
                 stripped = _QUOTED_FROM.sub(rb">\1", stripped)
-            from_line = entry.from_line or (
+            from_line = data[entry.start:entry.body_start].rstrip(b"\n") or (
                 b"From MAILER-DAEMON " + entry.internaldate.strftime(_ASCTIME).encode())
-            entry.from_line = from_line
             block = _with_meta(stripped, entry.flags, entry.uid)
             if not block.endswith(b"\n"):
                 block += b"\n"
@@ -552,6 +637,7 @@ class MboxMailbox:
         self._disk.stamp = self._stamp()
         # UIDs of removed messages must never come back after a restart.
         self._write_state()
+        self._index_snapshot_locked()
 
     def _sync_locked(self, read: bool = True) -> bytes:
         """
@@ -642,7 +728,7 @@ class MboxMailbox:
                 block += b"\n"
             chunk = p.from_line + b"\n" + block + b"\n"
             entries.append(_Entry(uid, pos, pos + len(p.from_line) + 1, pos + len(chunk) - 1,
-                                  p.flags, p.when, p.size, p.from_line))
+                                  p.flags, p.when, p.size))
             chunks.append(chunk)
             pos += len(chunk)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -661,6 +747,11 @@ class MboxMailbox:
             self._disk.entries[entry.uid] = entry
             p.uid, p.done = entry.uid, True
         self._disk.stamp = self._stamp()
+        if self._index_synced:
+            self._index.appended(self._disk.uidvalidity, [e.row() for e in entries],
+                                 self._disk.stamp)
+        else:
+            self._index_snapshot_locked()
         self._to_reactor(self._view.apply_added, [self._info(e) for e in entries])
 
     # -- flags and expunge ------------------------------------------------
@@ -852,6 +943,7 @@ class MboxStore:
             except FileExistsError:
                 raise MailboxExists(f"mailbox {name!r} exists already") from None
             _remove(state)
+            _remove_index(state)
             fsync_dir(self.folders)
 
         return self._in_thread(create)
@@ -871,6 +963,9 @@ class MboxStore:
             with _Locked(path):
                 os.unlink(path)
             _remove(state)
+            if live is not None:
+                live._index.close()
+            _remove_index(state)
             fsync_dir(self.folders)
             self._files.roles_moved([(canonical, None)])
 
@@ -912,6 +1007,9 @@ class MboxStore:
                     os.rename(source, target)
                     if os.path.exists(source_state):
                         os.rename(source_state, target_state)
+                    # The index is rebuilt under the new name at the next
+                    # open or write (an open SQLite file is not moved).
+                    _remove_index(source_state)
             fsync_dir(self.folders)
             self._files.roles_moved(plan)
 
@@ -920,6 +1018,8 @@ class MboxStore:
                 box = self._factory.registry.moved(source, target)
                 if box is not None:
                     box.path, box.state_path, box.name = target, target_state, name
+                    box._index.close()
+                    box._index, box._index_synced = MboxIndex(target_state), False
 
         return self._in_thread(rename).addCallback(moved)
 
@@ -953,6 +1053,12 @@ class MboxStore:
             os.close(os.open(self._paths(name)[1], os.O_WRONLY | os.O_CREAT, 0o600))
 
         self._files.set_up(create)
+
+
+def _remove_index(state_path: str) -> None:
+    path = index_path(state_path)
+    for suffix in ("", "-wal", "-shm"):
+        _remove(path + suffix)
 
 
 def _remove(path: str) -> None:

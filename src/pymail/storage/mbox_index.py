@@ -1,0 +1,109 @@
+"""
+The index of one mbox folder, beside its state file
+(``<folders>/.pymail-state/<name>.index.sqlite``): per UID the message's
+offsets in the file, its flags, INTERNALDATE, wire size and quoting, plus
+the file's stamp (inode, size, mtime) when the rows were written and the
+folder's HIGHESTMODSEQ.
+
+Opening a folder whose file still has the recorded stamp takes every
+message from the index in one query instead of parsing the file.  The file
+stays the truth: the rows and the stamp are written in one transaction,
+always right after pymail wrote or parsed the file under its locks, so a
+stamp that matches means the rows describe the file; any other program's
+change moves the stamp and the next open parses the file again (and
+rewrites the index).  A missing, corrupt or older index is rebuilt the
+same way, with a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from pymail.storage.index import SqliteIndex
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS msgs (
+    uid INTEGER PRIMARY KEY, start INTEGER NOT NULL, body_start INTEGER NOT NULL,
+    end INTEGER NOT NULL, flags TEXT NOT NULL, date INTEGER NOT NULL,
+    size INTEGER NOT NULL, quoted INTEGER NOT NULL);
+"""
+
+#: One row: uid, start, body_start, end, flags (space-separated), date, size, quoted.
+Row = tuple[int, int, int, int, str, int, int, int]
+
+_STAMP_KEYS = ("file_ino", "file_size", "file_mtime_ns")
+
+
+def index_path(state_path: str) -> str:
+    """Where the index of the folder with this state file lives."""
+    return state_path + ".index.sqlite"
+
+
+class MboxIndex(SqliteIndex):
+    """The SQLite index of one mbox file (see the module docstring)."""
+
+    def __init__(self, state_path: str) -> None:
+        super().__init__(index_path(state_path), _SCHEMA, SCHEMA_VERSION)
+
+    def ensure_open(self) -> bool:
+        """Open the index if it is not; False when its directory does not exist yet."""
+        if self._db is not None:
+            return True
+        if not os.path.isdir(os.path.dirname(self.path)):
+            return False
+        self.open()
+        return True
+
+    def load(self, uidvalidity: int, stamp: tuple[int, int, int]) -> list[Row] | None:
+        """Every row by ascending UID if the index describes this file; else None."""
+        with self._lock:
+            if self._db is None:
+                return None
+            meta = dict(self._run("SELECT key, value FROM meta"))
+            if meta.get("uidvalidity") != uidvalidity or tuple(
+                    meta.get(k) for k in _STAMP_KEYS) != stamp:
+                return None
+            return self._run("SELECT uid, start, body_start, end, flags, date, size, quoted "
+                             "FROM msgs ORDER BY uid")
+
+    def _set_meta(self, values: dict[str, int]) -> None:
+        assert self._db is not None
+        self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def _write(self, replace: bool, uidvalidity: int, rows: Iterable[Row],
+               stamp: tuple[int, int, int]) -> None:
+        with self._lock:
+            if self._db is None:
+                return
+            self._db.execute("BEGIN")
+            try:
+                if replace:
+                    self._db.execute("DELETE FROM msgs")
+                self._db.executemany("INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     list(rows))
+                self._set_meta({"uidvalidity": uidvalidity, **dict(zip(_STAMP_KEYS, stamp))})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def snapshot(self, uidvalidity: int, rows: Iterable[Row],
+                 stamp: tuple[int, int, int]) -> None:
+        """The whole folder as parsed or written just now, with the file's stamp."""
+        self._write(True, uidvalidity, rows, stamp)
+
+    def appended(self, uidvalidity: int, rows: Iterable[Row],
+                 stamp: tuple[int, int, int]) -> None:
+        """Messages appended just now, and the file's stamp after the append."""
+        self._write(False, uidvalidity, rows, stamp)
+
+    def raise_highestmodseq(self, value: int) -> None:
+        """Record HIGHESTMODSEQ (it only ever goes up)."""
+        with self._lock:
+            if self._db is not None:
+                self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
+                          "DO UPDATE SET value=max(value, excluded.value)", (value,))
