@@ -171,7 +171,7 @@ class TrustedOpenTests(SynchronousTestCase):
         assert again.read(expected[1][0]) == message(1)
 
     def test_outside_changes_are_not_hidden_by_the_index(self) -> None:
-        """A delivery and a flag change by another program since the sync are seen by a fresh open."""
+        """Another program's delivery and flag change since the sync are seen by a fresh open."""
         expected = self.filled_quiet_folder()
         Path(self.root, "new", "2.outside.example").write_bytes(b"Subject: outside\n\nx\n")
         sub, name = next((sub, n) for sub in ("new", "cur")

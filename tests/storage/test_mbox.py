@@ -207,7 +207,7 @@ class MboxIndexTests(SynchronousTestCase):
         assert again.uidnext() == expected[-1][0] + 1
 
     def test_outside_append_is_seen_after_the_index(self) -> None:
-        """A message another program appended since pymail wrote the index is found at the next open."""
+        """A message another program appended after pymail's last write is seen at the next open."""
         expected = self.filled()
         md = mailbox.mbox(self.path, create=False)
         md.lock()
@@ -222,7 +222,7 @@ class MboxIndexTests(SynchronousTestCase):
         assert got[-1][5].endswith(b"Subject: outside\r\n\r\nbody\r\n")
 
     def test_corrupt_index_is_rebuilt(self) -> None:
-        """A garbage index file loses no message, flag or UID, and the next open uses the new one."""
+        """A garbage index file loses no message, flag or UID; the next open uses the new one."""
         expected = self.filled()
         state = os.path.join(self.data, "mbox", "example.org", "alice", ".pymail-state")
         index = next(os.path.join(state, n) for n in os.listdir(state) if n.endswith(".sqlite"))

@@ -147,7 +147,7 @@ class MailboxView:
         """Replace the whole view (used when a folder is first opened)."""
         self._infos = list(infos)
         self._uids = [i.uid for i in self._infos]
-        if any(a >= b for a, b in zip(self._uids, self._uids[1:])):
+        if any(a >= b for a, b in zip(self._uids, self._uids[1:], strict=False)):
             self._infos.sort(key=lambda i: i.uid)
             self._uids = [i.uid for i in self._infos]
         if self._infos:

@@ -85,7 +85,8 @@ class MboxIndex(SqliteIndex):
                     self._db.execute("DELETE FROM msgs")
                 self._db.executemany("INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                      list(rows))
-                self._set_meta({"uidvalidity": uidvalidity, **dict(zip(_STAMP_KEYS, stamp))})
+                meta = dict(zip(_STAMP_KEYS, stamp, strict=True))
+                self._set_meta({"uidvalidity": uidvalidity, **meta})
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
