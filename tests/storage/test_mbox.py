@@ -123,10 +123,8 @@ class MboxTests(SynchronousTestCase):
         """A fresh dotlock held by another program makes pymail wait, then give up."""
         box = self.open_inbox()
         Path(self.path + ".lock").write_bytes(b"12345")
-        import pymail.storage.mbox as mbox_module
-
-        locker = _Locked(self.path)
-        self.patch(mbox_module, "DOTLOCK_TIMEOUT_SECONDS", 0.2)
+        locker = _Locked(self.path, timeout=0.2)
+        box.lock_timeout = 0.2
         self.assertRaises(StorageError, locker.__enter__)
         self.failureResultOf(box.append(MSG), StorageError)
         old = os.path.getmtime(self.path + ".lock") - 600

@@ -199,6 +199,26 @@ class MailboxView:
         return gone
 
 
+def encode_folder_name(name: str) -> str:
+    """A folder name as it is stored in a file name: modified UTF-7, as Dovecot writes it."""
+    return name.encode("imap4-utf-7").decode("ascii")
+
+
+def decode_folder_name(name: str) -> str:
+    """
+    The folder a file name stores, refusing anything that is not exactly
+    what pymail (or Dovecot) would write for it: the codec is lenient, and
+    a name that does not round-trip would open a different file.
+
+    :raises ValueError: the name is not canonical modified UTF-7.
+    :raises UnicodeError: the name is not modified UTF-7 at all.
+    """
+    decoded = name.encode("ascii").decode("imap4-utf-7")
+    if encode_folder_name(decoded) != name:
+        raise ValueError(f"{name!r} is not canonical modified UTF-7")
+    return decoded
+
+
 def canonical_name(name: str) -> str:
     """``INBOX`` in any case is ``INBOX``; other names are case-sensitive."""
     return "INBOX" if name.upper() == "INBOX" else name

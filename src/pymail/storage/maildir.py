@@ -35,7 +35,13 @@ import twisted.mail.imap4  # noqa: F401, E402
 from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, StorageError
 from pymail.interfaces import IMailbox, IMailStore, IMailStoreFactory
 from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
-from pymail.storage.base import canonical_name, check_mailbox_name, rename_plan
+from pymail.storage.base import (
+    canonical_name,
+    check_mailbox_name,
+    decode_folder_name,
+    encode_folder_name,
+    rename_plan,
+)
 from pymail.storage.fsutil import fsync_dir
 from pymail.storage.maildir_files import (  # noqa: F401  (re-exported)
     KEYWORDS,
@@ -58,27 +64,6 @@ ROLES = "pymail-special-use"
 TRASHED_PREFIX = "..pymail-deleted."
 
 
-def _encode_folder(name: str) -> str:
-    """A folder name as Dovecot's Maildir++ stores it: modified UTF-7."""
-    return name.encode("imap4-utf-7").decode("ascii")
-
-
-def _decode_folder(name: str) -> str:
-    return name.encode("ascii").decode("imap4-utf-7")
-
-
-def _decode_folder_strict(name: str) -> str:
-    """
-    Decode a file name, refusing anything that is not exactly what pymail
-    (or Dovecot) would write for the folder: the codec is lenient, and a
-    name that does not round-trip would open a different file.
-    """
-    decoded = _decode_folder(name)
-    if _encode_folder(decoded) != name:
-        raise ValueError(f"{name!r} is not canonical modified UTF-7")
-    return decoded
-
-
 @implementer(IMailStore)
 class MaildirStore:
     """The folders of one account in one Maildir++ directory."""
@@ -93,7 +78,7 @@ class MaildirStore:
         if name.upper() == "INBOX":
             return self.root
         check_mailbox_name(name)
-        return os.path.join(self.root, "." + _encode_folder(name))
+        return os.path.join(self.root, "." + encode_folder_name(name))
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         reactor = self._factory.reactor
@@ -110,7 +95,7 @@ class MaildirStore:
                 os.path.join(self.root, entry, "cur")
             ):
                 try:
-                    names.append(check_mailbox_name(_decode_folder_strict(entry[1:])))
+                    names.append(check_mailbox_name(decode_folder_name(entry[1:])))
                 except (UnicodeError, ValueError, StorageError):
                     log.warn("Maildir {root}: skipping folder with an unusable name {entry!r}",
                              root=self.root, entry=entry)

@@ -1,0 +1,608 @@
+"""
+One mbox folder, :class:`MboxMailbox` (the account's layout is in
+:mod:`pymail.storage.mbox`; the file format and locking in
+:mod:`pymail.storage.mbox_format`; the index in
+:mod:`pymail.storage.mbox_index`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, UTC
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pymail.errors import NoSuchMessage, StorageError
+from pymail.interfaces import IMailbox, IMailboxListener, IMailboxRestore, MessageInfo
+from pymail.storage.base import MailboxView, apply_flag_mode, keywords_of, normalise_flags
+from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
+from pymail.storage.maildir_files import new_uidvalidity
+from pymail.storage.mbox_format import (
+    DOTLOCK_TIMEOUT_SECONDS,
+    _ASCTIME,
+    _QUOTED_FROM,
+    _from_date,
+    _Locked,
+    _parse_meta,
+    _shared_flags,
+    _split_messages,
+    _wire,
+    _with_meta,
+)
+from pymail.storage.mbox_index import MboxIndex, Row
+
+log = Logger()
+
+_T = TypeVar("_T")
+
+
+@attrs.define
+class _Entry:
+    """One message in the file: where it is and what its headers say."""
+
+    uid: int
+    start: int  # offset of the "From " line
+    body_start: int  # offset just after the "From " line
+    end: int  # offset just after the message (before the separating blank line)
+    flags: frozenset[str]
+    internaldate: datetime
+    size: int
+    quoted: bool = True  # "From " lines in the body are mboxrd-quoted
+
+    def row(self) -> Row:
+        return (self.uid, self.start, self.body_start, self.end, " ".join(sorted(self.flags)),
+                int(self.internaldate.timestamp()), self.size, int(self.quoted))
+
+
+
+@attrs.define
+class _PendingAppend:
+    stripped: bytes
+    flags: frozenset[str]
+    when: datetime
+    size: int
+    from_line: bytes
+    uid: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+
+@attrs.define
+class _Disk:
+    uidvalidity: int = 0
+    next_uid: int = 1
+    stamp: tuple[int, int, int] = (0, 0, 0)
+    entries: dict[int, _Entry] = attrs.Factory(dict)
+
+
+@implementer(IMailboxListener)
+class _ModseqWriter:
+    """Records the folder's HIGHESTMODSEQ in the index after every change."""
+
+    def __init__(self, mailbox: MboxMailbox) -> None:
+        self._mailbox = mailbox
+
+    def mailbox_changed(self, mailbox: IMailbox, change: Any) -> None:
+        box = self._mailbox
+        box._in_thread(box._index.raise_highestmodseq, box._view.highestmodseq)
+
+
+@implementer(IMailbox, IMailboxRestore)
+class MboxMailbox:
+    """One mbox folder."""
+
+    #: Seconds to wait for another program's dotlock before giving up.
+    lock_timeout: float = DOTLOCK_TIMEOUT_SECONDS
+
+    def __init__(self, path: str, state_path: str, name: str, reactor: Any) -> None:
+        self.name = name
+        self.path = path
+        self.state_path = state_path
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        self._disk = _Disk()
+        self._cache: dict[tuple[int, str], Any] = {}
+        self._pending: list[_PendingAppend] = []
+        self._pending_lock = threading.Lock()
+        self._view = MailboxView(self)
+        self._index = MboxIndex(state_path)
+        #: Whether the index's rows describe the file as self._disk does
+        #: (then an append only adds its rows).
+        self._index_synced = False
+        self._view.add_listener(_ModseqWriter(self))
+
+    # -- the view ---------------------------------------------------------
+
+    def uidvalidity(self) -> int:
+        return self._disk.uidvalidity
+
+    def uidnext(self) -> int:
+        return self._disk.next_uid
+
+    def highestmodseq(self) -> int:
+        return self._view.highestmodseq
+
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._view.messages()
+
+    def info(self, uid: int) -> MessageInfo:
+        return self._view.info(uid)
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        self._view.add_listener(listener)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        self._view.remove_listener(listener)
+
+    def keywords(self) -> frozenset[str]:
+        return keywords_of(self._view.messages())
+
+    def accepts_new_keywords(self) -> bool:
+        return True
+
+    def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
+        key = (uid, name)
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._cache[key] = compute(self.read(uid))
+            return value
+
+    def read(self, uid: int) -> bytes:
+        if uid not in self._view:
+            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
+        for _ in range(2):
+            entry = self._disk.entries.get(uid)
+            if entry is None:
+                break
+            stamp = self._stamp()
+            if stamp == self._disk.stamp:
+                with open(self.path, "rb") as f:
+                    f.seek(entry.body_start)
+                    raw = f.read(entry.end - entry.body_start)
+                if self._stamp() == stamp:
+                    return _wire(_parse_meta(raw)[0], entry.quoted)
+            # Another program changed the file: rescan and look again.
+            self._refresh_now()
+        raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
+
+    # -- threads ----------------------------------------------------------
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def _to_reactor(self, f: Callable[..., Any], *args: Any) -> None:
+        self._reactor.callFromThread(f, *args)
+
+    def _stamp(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def open(self) -> Deferred[MboxMailbox]:
+        def loaded(infos: list[MessageInfo] | None) -> MboxMailbox:
+            if infos is not None:
+                self._view.load(infos)
+            return self
+
+        return self._in_thread(self._open_now).addCallback(loaded)
+
+    def _open_now(self) -> list[MessageInfo] | None:
+        """
+        Load the folder: from the index when it describes the file as it is
+        (returns the messages), else by parsing the file (the view is told).
+        Every MODSEQ starts above the HIGHESTMODSEQ recorded before, so a
+        CONDSTORE client may see a change twice after a restart, never miss one.
+        """
+        with self._lock:
+            highest = 0
+            if self._index.ensure_open():
+                highest = self._index.meta("highestmodseq") or 0
+                trusted = self._load_trusted_locked(highest + 1)
+                if trusted is not None:
+                    self._index.raise_highestmodseq(highest + 1)
+                    return trusted
+            self._to_reactor(self._raise_highestmodseq, highest)
+        self._refresh_now()
+        return None
+
+    def _raise_highestmodseq(self, value: int) -> None:
+        self._view.highestmodseq = max(self._view.highestmodseq, value)
+
+    def _load_trusted_locked(self, modseq: int) -> list[MessageInfo] | None:
+        validity, next_uid = self._read_state()
+        if not validity:
+            return None
+        stamp = self._stamp()
+        rows = self._index.load(validity, stamp)
+        if rows is None:
+            return None
+        entries: dict[int, _Entry] = {}
+        infos = []
+        flag_sets: dict[str, frozenset[str]] = {}
+        last_date, when = -1, datetime.fromtimestamp(0, UTC)
+        for uid, start, body_start, end, text, date, size, quoted in rows:
+            flags = flag_sets.get(text)
+            if flags is None:
+                flags = flag_sets[text] = _shared_flags(text)
+            if date != last_date:  # messages of one second share one object
+                last_date, when = date, datetime.fromtimestamp(date, UTC)
+            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size, bool(quoted))
+            infos.append(MessageInfo(uid, f"{validity}.{uid}", flags, when, size, modseq))
+        self._disk.uidvalidity = validity
+        self._disk.next_uid = max(next_uid, rows[-1][0] + 1 if rows else 1)
+        self._disk.stamp = stamp
+        self._disk.entries = entries
+        self._index_synced = True
+        return infos
+
+    # -- state file -------------------------------------------------------
+
+    def _read_state(self) -> tuple[int, int]:
+        try:
+            with open(self.state_path, "rb") as f:
+                fields = f.read().split()
+            if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+                return int(fields[0]), int(fields[1])
+            log.warn("mbox {path}: state file unreadable; starting a new UIDVALIDITY",
+                     path=self.path)
+        except FileNotFoundError:
+            pass
+        return 0, 1
+
+    def _write_state(self) -> None:
+        os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
+        write_file_durably(
+            self.state_path, f"{self._disk.uidvalidity} {self._disk.next_uid}\n".encode()
+        )
+
+    # -- scanning ---------------------------------------------------------
+
+    def _refresh_now(self) -> None:
+        """Rescan the file if it changed, and tell the reactor what changed."""
+        with self._lock:
+            if self._disk.uidvalidity and self._stamp() == self._disk.stamp:
+                return
+            with _Locked(self.path, self.lock_timeout):
+                before = {u: e.flags for u, e in self._disk.entries.items()}
+                self._scan_locked()
+            after = self._disk.entries
+            gone = [u for u in before if u not in after]
+            changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
+            added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
+            if gone:
+                self._to_reactor(self._view.apply_expunged, gone)
+            if changed:
+                self._to_reactor(self._view.apply_flags, changed)
+            if added:
+                self._to_reactor(self._view.apply_added, added)
+
+    def _info(self, entry: _Entry) -> MessageInfo:
+        return MessageInfo(entry.uid, f"{self._disk.uidvalidity}.{entry.uid}", entry.flags,
+                           entry.internaldate, entry.size)
+
+    def _scan_locked(self) -> None:
+        """Parse the whole file; give UIDs to messages without one (rewriting)."""
+        validity, next_uid = self._read_state()
+        if not validity:
+            validity = new_uidvalidity()
+        if self._disk.uidvalidity and validity != self._disk.uidvalidity:
+            log.warn("mbox {path}: UIDVALIDITY changed by another program", path=self.path)
+            self._disk.entries.clear()
+            self._cache.clear()
+        self._disk.uidvalidity = validity
+        self._disk.next_uid = max(self._disk.next_uid, next_uid)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        entries: dict[int, _Entry] = {}
+        missing: list[_Entry] = []
+        repaired = 0
+        for start, body_start, end, from_line, quoted in _split_messages(data):
+            stripped, flags, uid = _parse_meta(data[body_start:end])
+            if not from_line:
+                repaired += 1
+            when = _from_date(from_line) or datetime.fromtimestamp(0, UTC)
+            entry = _Entry(0, start, body_start, end, flags, when, len(_wire(stripped, quoted)),
+                           quoted)
+            if uid is None or uid in entries:
+                missing.append(entry)
+            else:
+                entry.uid = uid
+                entries[uid] = entry
+        if entries:
+            self._disk.next_uid = max(self._disk.next_uid, max(entries) + 1)
+        for entry in missing:
+            entry.uid = self._disk.next_uid
+            self._disk.next_uid += 1
+            entries[entry.uid] = entry
+        self._disk.entries = entries
+        if repaired:
+            log.warn("mbox {path}: {n} message(s) without a valid 'From ' line; "
+                     "rewriting with one", path=self.path, n=repaired)
+        if missing or repaired or not data.endswith(b"\n") and data:
+            self._rewrite_locked(data, set())
+        else:
+            self._disk.stamp = self._stamp()
+            self._index_snapshot_locked()
+        self._write_state()
+
+    def _index_snapshot_locked(self) -> None:
+        """The index now describes the whole file as this process knows it."""
+        if self._index.ensure_open():
+            self._index.snapshot(self._disk.uidvalidity,
+                                 [e.row() for e in self._disk.entries.values()], self._disk.stamp)
+            self._index_synced = True
+
+    def _rewrite_locked(self, data: bytes, drop: set[int]) -> None:
+        """
+        Write the folder anew (without the UIDs in ``drop``) beside the old
+        file, fsync, and rename it into place.
+        """
+        parts: list[bytes] = []
+        offsets: dict[int, tuple[int, int, int]] = {}
+        pos = 0
+        for entry in sorted(self._disk.entries.values(), key=lambda e: e.start):
+            if entry.uid in drop:
+                continue
+            stripped, _, _ = _parse_meta(data[entry.body_start:entry.end])
+            if not entry.quoted:
+                stripped = _QUOTED_FROM.sub(rb">\1", stripped)
+            from_line = data[entry.start:entry.body_start].rstrip(b"\n") or (
+                b"From MAILER-DAEMON " + entry.internaldate.strftime(_ASCTIME).encode())
+            block = _with_meta(stripped, entry.flags, entry.uid)
+            if not block.endswith(b"\n"):
+                block += b"\n"
+            chunk = from_line + b"\n" + block + b"\n"
+            offsets[entry.uid] = (pos, pos + len(from_line) + 1, pos + len(chunk) - 1)
+            parts.append(chunk)
+            pos += len(chunk)
+        tmp = os.path.join(os.path.dirname(self.path),
+                           f".{os.path.basename(self.path)}.pymail-rewrite")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            shutil.copymode(self.path, tmp)
+        except OSError:
+            pass
+        os.replace(tmp, self.path)
+        fsync_dir(os.path.dirname(self.path))
+        for uid in drop:
+            self._disk.entries.pop(uid, None)
+        for uid, (start, body_start, end) in offsets.items():
+            e = self._disk.entries[uid]
+            e.start, e.body_start, e.end, e.quoted = start, body_start, end, True
+        self._disk.stamp = self._stamp()
+        # UIDs of removed messages must never come back after a restart.
+        self._write_state()
+        self._index_snapshot_locked()
+
+    def _sync_locked(self, read: bool = True) -> bytes:
+        """
+        Under both locks: rescan if another program changed the file; the
+        file's bytes (``b""`` when ``read`` is false: appends need none).
+        """
+        if self._stamp() != self._disk.stamp:
+            before = {u: e.flags for u, e in self._disk.entries.items()}
+            self._scan_locked()
+            after = self._disk.entries
+            gone = [u for u in before if u not in after]
+            added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
+            changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
+            if gone:
+                self._to_reactor(self._view.apply_expunged, gone)
+            if changed:
+                self._to_reactor(self._view.apply_flags, changed)
+            if added:
+                self._to_reactor(self._view.apply_added, added)
+        if not read:
+            return b""
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def refresh(self) -> Deferred[None]:
+        return self._in_thread(self._refresh_now)
+
+    # -- append -----------------------------------------------------------
+
+    def append(
+        self,
+        message: bytes,
+        flags: Iterable[str] = (),
+        internaldate: datetime | None = None,
+    ) -> Deferred[int]:
+        try:
+            flagset = normalise_flags(flags)
+        except ValueError as e:
+            return fail(e)
+        when = (internaldate or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        return self._in_thread(self._append, bytes(message), flagset, when)
+
+    def _append(self, message: bytes, flags: frozenset[str], when: datetime) -> int:
+        stripped = _QUOTED_FROM.sub(rb">\1", to_lf(message))
+        from_line = b"From MAILER-DAEMON " + when.strftime(_ASCTIME).encode()
+        mine = _PendingAppend(stripped, flags, when, len(message), from_line)
+        with self._pending_lock:
+            self._pending.append(mine)
+        # Group commit: whoever holds the folder lock writes every queued
+        # message with one write and one fsync.
+        with self._lock:
+            if not mine.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    with _Locked(self.path, self.lock_timeout):
+                        self._commit_locked(batch)
+                except BaseException as e:
+                    for p in batch:
+                        p.error, p.done = e, True
+        if mine.error is not None:
+            if isinstance(mine.error, StorageError):
+                raise mine.error
+            raise StorageError(f"could not append to {self.name}: {mine.error}")
+        return mine.uid
+
+    def _commit_locked(self, batch: list[_PendingAppend]) -> None:
+        self._sync_locked(read=False)
+        size = os.path.getsize(self.path)
+        lead = b""
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, size - 2))
+                tail = f.read()
+            lead = b"" if tail.endswith(b"\n\n") else (b"\n" if tail.endswith(b"\n")
+                                                        else b"\n\n")
+        chunks = [lead]
+        pos = size + len(lead)
+        entries = []
+        next_uid = self._disk.next_uid
+        for p in batch:
+            # UIDs live in each message's X-UID header; the state file
+            # catches up at the next rewrite or scan.
+            uid = next_uid
+            next_uid += 1
+            block = _with_meta(p.stripped, p.flags, uid)
+            if not block.endswith(b"\n"):
+                block += b"\n"
+            chunk = p.from_line + b"\n" + block + b"\n"
+            entries.append(_Entry(uid, pos, pos + len(p.from_line) + 1, pos + len(chunk) - 1,
+                                  p.flags, p.when, p.size))
+            chunks.append(chunk)
+            pos += len(chunk)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(b"".join(chunks))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+        finally:
+            os.close(fd)
+        self._disk.next_uid = next_uid
+        for p, entry in zip(batch, entries, strict=True):
+            self._disk.entries[entry.uid] = entry
+            p.uid, p.done = entry.uid, True
+        self._disk.stamp = self._stamp()
+        if self._index_synced:
+            self._index.appended(self._disk.uidvalidity, [e.row() for e in entries],
+                                 self._disk.stamp)
+        else:
+            self._index_snapshot_locked()
+        self._to_reactor(self._view.apply_added, [self._info(e) for e in entries])
+
+    # -- flags and expunge ------------------------------------------------
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str
+    ) -> Deferred[dict[int, frozenset[str]]]:
+        try:
+            flagset = normalise_flags(flags)
+            apply_flag_mode(frozenset(), flagset, mode)
+        except ValueError as e:
+            return fail(e)
+        wanted = [u for u in uids if u in self._view]
+        d = self._in_thread(self._set_flags, wanted, flagset, mode)
+        d.addCallback(lambda done: {u: self._view.info(u).flags for u in done if u in self._view})
+        return d
+
+    def _set_flags(self, uids: list[int], flags: frozenset[str], mode: str) -> list[int]:
+        with self._lock, _Locked(self.path, self.lock_timeout):
+            data = self._sync_locked()
+            changed: dict[int, frozenset[str]] = {}
+            done = []
+            for uid in uids:
+                entry = self._disk.entries.get(uid)
+                if entry is None:
+                    continue
+                done.append(uid)
+                new = apply_flag_mode(entry.flags, flags, mode)
+                if new != entry.flags:
+                    entry.flags = new
+                    changed[uid] = new
+            if changed:
+                self._rewrite_locked(data, set())
+                self._to_reactor(self._view.apply_flags, changed)
+        return done
+
+    def expunge(self, uids: Iterable[int] | None = None) -> Deferred[list[int]]:
+        allowed = None if uids is None else set(uids)
+        return self._in_thread(self._expunge, allowed)
+
+    def _expunge(self, allowed: set[int] | None) -> list[int]:
+        with self._lock, _Locked(self.path, self.lock_timeout):
+            data = self._sync_locked()
+            doomed = sorted(
+                u for u, e in self._disk.entries.items()
+                if "\\Deleted" in e.flags and (allowed is None or u in allowed)
+            )
+            if doomed:
+                self._rewrite_locked(data, set(doomed))
+                self._to_reactor(self._view.apply_expunged, doomed)
+        return doomed
+
+    def restore(
+        self,
+        uidvalidity: int,
+        uidnext: int,
+        messages: Sequence[tuple[int, bytes, frozenset[str], datetime]],
+    ) -> Deferred[None]:
+        return self._in_thread(self._restore, uidvalidity, uidnext, list(messages))
+
+    def _restore(self, uidvalidity: int, uidnext: int,
+                 messages: list[tuple[int, bytes, frozenset[str], datetime]]) -> None:
+        with self._lock, _Locked(self.path, self.lock_timeout):
+            self._sync_locked()
+            if self._disk.entries:
+                raise StorageError(f"{self.name} is not empty; restore needs an empty folder")
+            chunks = []
+            for uid, message, flags, when in messages:
+                stripped = _QUOTED_FROM.sub(rb">\1", to_lf(message))
+                block = _with_meta(stripped, flags, uid)
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+                from_line = b"From MAILER-DAEMON " + when.astimezone(UTC).strftime(
+                    _ASCTIME).encode()
+                chunks.append(from_line + b"\n" + block + b"\n")
+            write_file_durably(self.path, b"".join(chunks))
+            self._disk.uidvalidity = uidvalidity
+            self._disk.next_uid = uidnext
+            self._write_state()
+            self._disk.stamp = (0, 0, 0)
+            self._scan_locked()
+            added = [self._info(e) for _, e in sorted(self._disk.entries.items())]
+            if added:
+                self._to_reactor(self._view.apply_added, added)
+
+    def _move_all_to(self, target: MboxMailbox) -> None:
+        """RENAME INBOX: copy every message to the empty ``target``, then empty this file."""
+        with self._lock, _Locked(self.path, self.lock_timeout):
+            data = self._sync_locked()
+            moved = sorted(self._disk.entries)
+            target._disk.uidvalidity = new_uidvalidity()
+            target._disk.next_uid = self._disk.next_uid
+            target._disk.entries = {u: attrs.evolve(e) for u, e in self._disk.entries.items()}
+            with _Locked(target.path, self.lock_timeout):
+                target._rewrite_locked(data, set())
+                target._write_state()
+            self._rewrite_locked(data, set(moved))
+            self._cache.clear()
+            if moved:
+                self._to_reactor(self._view.apply_expunged, moved)
