@@ -192,6 +192,10 @@ class MaildirFilesMixin:
             )
         self._disk.next_uid = max(self._disk.next_uid, next_uid, max_uid + 1)
         self._disk.uidlist_stamp = (st.st_ino, st.st_size)
+        files = self._disk.files
+        if files:
+            # UIDs of known files are in ``files``: keep only the others.
+            self._disk.uid_by_base = {b: u for b, u in uid_by_base.items() if u not in files}
         return True
 
     def _uidlist_header(self) -> bytes:
