@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, UTC
@@ -336,12 +337,32 @@ class MboxMailbox:
             self._index_snapshot_locked()
         self._write_state()
 
-    def _index_snapshot_locked(self) -> None:
-        """The index now describes the whole file as this process knows it."""
-        if self._index.ensure_open():
-            self._index.snapshot(self._disk.uidvalidity,
-                                 [e.row() for e in self._disk.entries.values()], self._disk.stamp)
+    def _index_snapshot_locked(self, appended: list[_Entry] | None = None) -> None:
+        """
+        The index now describes the file as this process knows it: all of
+        it, or (``appended``, when the index was in step before) the rows of
+        messages just appended.  A failure is logged, never raised: the file
+        is already written, and an index without a stamp is not trusted.
+        """
+        try:
+            if not self._index.ensure_open():
+                return
+            if appended is not None and self._index_synced:
+                self._index.appended(self._disk.uidvalidity, [e.row() for e in appended],
+                                     self._disk.stamp)
+            else:
+                self._index.snapshot(self._disk.uidvalidity,
+                                     [e.row() for e in self._disk.entries.values()],
+                                     self._disk.stamp)
             self._index_synced = True
+        except (OSError, sqlite3.Error) as e:
+            self._index_synced = False
+            log.warn("mbox {path}: could not update the index ({error}); the next open "
+                     "parses the file", path=self.path, error=str(e))
+            try:
+                self._index.forget_stamp()
+            except (OSError, sqlite3.Error):
+                pass
 
     def _rewrite_locked(self, data: bytes, drop: set[int]) -> None:
         """
@@ -501,11 +522,7 @@ class MboxMailbox:
             self._disk.entries[entry.uid] = entry
             p.uid, p.done = entry.uid, True
         self._disk.stamp = self._stamp()
-        if self._index_synced:
-            self._index.appended(self._disk.uidvalidity, [e.row() for e in entries],
-                                 self._disk.stamp)
-        else:
-            self._index_snapshot_locked()
+        self._index_snapshot_locked(appended=entries)
         self._to_reactor(self._view.apply_added, [self._info(e) for e in entries])
 
     # -- flags and expunge ------------------------------------------------

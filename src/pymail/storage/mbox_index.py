@@ -102,6 +102,12 @@ class MboxIndex(SqliteIndex):
         """Messages appended just now, and the file's stamp after the append."""
         self._write(False, uidvalidity, rows, stamp)
 
+    def forget_stamp(self) -> None:
+        """Make the rows untrusted (a write of them failed)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.executemany("DELETE FROM meta WHERE key=?", [(k,) for k in _STAMP_KEYS])
+
     def raise_highestmodseq(self, value: int) -> None:
         """Record HIGHESTMODSEQ (it only ever goes up)."""
         with self._lock:
