@@ -110,3 +110,48 @@ def test_malformed_search_is_bad(client: Client) -> None:
     assert client.cmd("a SEARCH FROB").startswith(b"a BAD")
     assert client.cmd("b SEARCH SUBJECT").startswith(b"b BAD")
     assert client.cmd("c SEARCH (SEEN").startswith(b"c BAD")
+
+
+ENCODED = [
+    # quoted-printable with a soft line break and 8-bit Latin-1
+    (b"Subject: qp\r\nMIME-Version: 1.0\r\n"
+     b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+     b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+     b"Die Stra=DFe ist na=\r\nss.\r\n"),
+    # base64 text part and a base64 attachment in a multipart
+    (b"Subject: b64\r\nMIME-Version: 1.0\r\n"
+     b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+     b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n"
+     b"Content-Transfer-Encoding: base64\r\n\r\n"
+     b"SGVsbG8gd29ybGQsIGNhZsOpIHRpbWU=\r\n"
+     b"--XX\r\nContent-Type: application/octet-stream\r\n"
+     b"Content-Transfer-Encoding: base64\r\n\r\n"
+     b"c2VjcmV0IGJpbmFyeSBzdHVmZg==\r\n"
+     b"--XX--\r\n"),
+]
+
+
+@pytest.mark.parametrize(
+    "criteria, expected",
+    [
+        ("BODY STRASSE", [1]),  # full Unicode case folding: ß is ss
+        ("CHARSET UTF-8 BODY {7+}\r\nstraße", [1]),
+        ("BODY nass", [1]),  # the soft line break is undone
+        ("BODY =DF", []),  # the encoded form is not text
+        ("CHARSET UTF-8 BODY {5+}\r\ncafé", [2]),
+        ("BODY hello", [2]),
+        ("BODY SGVsbG8", []),  # base64 is not searched as written
+        ("BODY secret", []),  # nor is a binary attachment's content
+        ("TEXT b64", [2]),  # TEXT includes the header
+        ("BODY b64", []),
+    ],
+)
+def test_body_and_text_search_decoded_content(criteria: str, expected: list[int]) -> None:
+    """BODY and TEXT look through quoted-printable, base64 and the part's charset."""
+    server = Server()
+    mailbox = server.mailbox()
+    for message in ENCODED:
+        mailbox.append(message, (), DATES[0])
+    client = server.connect().login()
+    client.select()
+    assert search(client, criteria) == expected

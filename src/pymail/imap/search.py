@@ -2,6 +2,9 @@
 SEARCH (RFC 3501 section 6.4.4): the grammar of search keys, and their
 compilation into a predicate over one message.
 
+BODY and TEXT look at the decoded text (:func:`searchable_text`): quoted-
+printable and base64 undone, charsets decoded.
+
 Keys that need only :class:`~pymail.interfaces.MessageInfo` (flags, size,
 INTERNALDATE, sequence and UID sets) never read the message.  SUBJECT,
 FROM, TO, CC and BCC use the decoded fields kept by the derived-value cache
@@ -12,7 +15,9 @@ read it once per message, lazily.
 
 from __future__ import annotations
 
+import binascii
 import email.utils
+import quopri
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import cast
@@ -20,7 +25,14 @@ from typing import cast
 import attrs
 
 from pymail.imap.cache import DerivedCache
-from pymail.imap.message import decoded_value, field_value, header_fields, split_message
+from pymail.imap import bodystructure as bs
+from pymail.imap.message import (
+    decoded_value,
+    field_value,
+    first_value,
+    header_fields,
+    split_message,
+)
 from pymail.imap.parser import Cursor, ParseError, SequenceSet
 from pymail.interfaces import IMailbox, MessageInfo
 
@@ -197,6 +209,60 @@ class Candidate:
 
 Predicate = Callable[[Candidate], bool]
 
+#: Content-Transfer-Encodings BODY and TEXT look through.
+_DECODERS: dict[bytes, Callable[[bytes], bytes]] = {
+    b"base64": lambda data: binascii.a2b_base64(data, strict_mode=False),
+    b"quoted-printable": quopri.decodestring,
+}
+
+
+def _part_text(part: bs.Part) -> str:
+    """A leaf part's content as text: transfer encoding undone, charset decoded."""
+    encoding = (first_value(part.fields, b"content-transfer-encoding") or b"").strip().lower()
+    data = part.body
+    decoder = _DECODERS.get(encoding)
+    if decoder is not None:
+        try:
+            data = decoder(data)
+        except (binascii.Error, ValueError):
+            data = part.body
+        if part.type != b"text":
+            return ""  # an encoded attachment holds no searchable text
+    charset = dict((k.lower(), v) for k, v in part.params).get(b"charset", b"utf-8")
+    try:
+        return data.decode(charset.decode("ascii", "replace").strip('"'), "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def _header_text(fields: list[tuple[bytes, bytes]]) -> str:
+    return "\n".join(decoded_value(field_value(raw)) for _, raw in fields)
+
+
+def searchable_text(message: bytes, with_header: bool) -> str:
+    """
+    What SEARCH BODY (``with_header`` false) or TEXT looks in, case-folded:
+    every part's content with quoted-printable and base64 undone and its
+    charset decoded, the headers of parts and attached messages with
+    RFC 2047 words decoded, and with ``with_header`` the message's header.
+    """
+    root = bs.parse(message)
+    out: list[str] = [_header_text(root.fields)] if with_header else []
+
+    def walk(part: bs.Part) -> None:
+        if part.children:
+            for child in part.children:
+                out.append(_header_text(child.fields))
+                walk(child)
+        elif part.message is not None:
+            out.append(_header_text(part.message.fields))
+            walk(part.message)
+        else:
+            out.append(_part_text(part))
+
+    walk(root)
+    return "\n".join(out).casefold()
+
 
 def _sent_date(c: Candidate) -> date | None:
     values = c.header_values(b"date")
@@ -295,11 +361,6 @@ def compile_key(
         return lambda c: any(needle in v for v in c.folded_values(name))  # type: ignore[arg-type]
     if op in ("BODY", "TEXT"):
         needle = text(args[0])
-
-        def body(c: Candidate) -> bool:
-            header, content = split_message(c.message())
-            data = content if op == "BODY" else header + content
-            return needle in data.decode("utf-8", "replace").casefold()
-
-        return body
+        with_header = op == "TEXT"
+        return lambda c: needle in searchable_text(c.message(), with_header)
     raise ValueError(f"unknown search key {op!r}")  # pragma: no cover - parser stops these
