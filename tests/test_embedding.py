@@ -48,7 +48,9 @@ class EmbeddingTests(TestCase):
             return data[0][1]
 
         d = deferToThread(client)
-        d.addCallback(lambda message: self.assertTrue(message.endswith(b"Subject: e\r\n\r\nhi\r\n")))
+        d.addCallback(
+            lambda message: self.assertTrue(message.endswith(b"Subject: e\r\n\r\nhi\r\n"))
+        )
         return d
 
     def test_bind_reports_port_in_use(self) -> None:

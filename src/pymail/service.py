@@ -24,8 +24,7 @@ import attrs
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -94,7 +93,7 @@ class EndpointListener(Service):
     """
 
     def __init__(self, label: str, description: str, endpoint: IStreamServerEndpoint,
-                 factory: Factory) -> None:
+                 factory: IProtocolFactory) -> None:
         self.label = label
         self.description = description
         self._endpoint = endpoint
@@ -268,7 +267,7 @@ def make_service(config: Config, reactor: Any) -> PymailService:
     from pymail.relay.runner import make_relay
 
     delivery, relay = make_relay(config, directory, stores, reactor)
-    factories: dict[str, Factory] = {}
+    factories: dict[str, IProtocolFactory] = {}
     security: dict[str, Any] = {
         "tls": tls, "throttle": throttle, "cleartext_auth": config.security.cleartext_auth
     }

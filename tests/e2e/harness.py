@@ -124,7 +124,9 @@ class PymailProcess:
         self.proc = None
 
 
-def run_twistd(args: list[str], cwd: Path, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+def run_twistd(
+    args: list[str], cwd: Path, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
     """Run twistd to completion (for start-up failures); stdout and stderr captured."""
     env = dict(os.environ)
     return subprocess.run([tool("twistd"), "-n", "--pidfile=", *args], cwd=cwd,

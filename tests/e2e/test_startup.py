@@ -43,7 +43,9 @@ def test_unknown_key(tmp_path: Path) -> None:
     """An unknown key: named, with the likely intended key."""
     path = write(tmp_path, "[imap]\nidle_timout = 5\n")
     result = run_twistd(["pymail", "--config", path], tmp_path)
-    assert_clean_failure(result, "unknown key 'idle_timout' in [imap]; did you mean 'idle_timeout'?")
+    assert_clean_failure(
+        result, "unknown key 'idle_timout' in [imap]; did you mean 'idle_timeout'?"
+    )
 
 
 def test_wrong_type(tmp_path: Path) -> None:
