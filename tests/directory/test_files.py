@@ -118,3 +118,15 @@ def test_files_survive_comments_and_junk(tmp_path: Path) -> None:
     (tmp_path / "aliases").write_text("nonsense\nx@example.org: alice@example.org\n")
     d = FileDirectory(str(tmp_path))
     assert d.resolve("x@example.org") == ["alice@example.org"]
+
+
+def test_catch_all_alias(directory: FileDirectory) -> None:
+    """'@domain' can be added and deleted as the domain's catch-all alias."""
+    directory.add_user("alice@example.org", "h")
+    assert directory.add_alias("@Example.ORG", ["alice@example.org"]) == "@example.org"
+    assert directory.aliases()["@example.org"] == ["alice@example.org"]
+    assert "@example.org: alice@example.org" in (Path(directory.data_dir) / "aliases").read_text()
+    directory.delete_alias("@example.org")
+    assert "@example.org" not in directory.aliases()
+    with pytest.raises(BadAddress):
+        directory.add_alias("@not a domain", ["alice@example.org"])

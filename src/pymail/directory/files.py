@@ -88,6 +88,14 @@ def check_account_address(address: str) -> str:
     return f"{local}@{check_domain(domain)}"
 
 
+def check_alias_name(alias: str) -> str:
+    """An alias address, or ``@domain`` for a catch-all, in canonical form."""
+    stripped = alias.strip()
+    if stripped.startswith("@"):
+        return "@" + check_domain(stripped[1:])
+    return check_account_address(stripped)
+
+
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -345,7 +353,12 @@ class FileDirectory:
             self._write_users(snap)
 
     def add_alias(self, alias: str, targets: list[str]) -> str:
-        alias = check_account_address(alias)
+        """
+        Add an alias, or targets to an existing one.  ``@domain`` is the
+        domain's catch-all: it takes every local part that is neither an
+        account nor another alias.
+        """
+        alias = check_alias_name(alias)
         if not targets:
             raise DirectoryError("an alias needs at least one target address")
         clean = []
@@ -372,7 +385,7 @@ class FileDirectory:
         return alias
 
     def delete_alias(self, alias: str) -> None:
-        alias = check_account_address(alias)
+        alias = check_alias_name(alias)
         with self._locked() as snap:
             if alias not in snap.aliases:
                 raise DirectoryError(f"alias {alias} does not exist")
