@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -226,6 +226,26 @@ class IMailboxRestore(Interface):
         UIDs (ascending) and take ``uidvalidity`` and ``uidnext``.
 
         :raises pymail.errors.StorageError: the folder is not empty.
+        """
+
+
+class IMessageStream(Interface):
+    """
+    Optional, for serving large messages without holding them whole (POP3
+    RETR and TOP): a mailbox that provides it hands out a message as a
+    readable stream.  Callers use :func:`pymail.storage.base.open_message`,
+    which falls back to ``BytesIO(mailbox.read(uid))`` for mailboxes that
+    do not provide it.
+    """
+
+    def open_message(uid: int) -> BinaryIO:
+        """
+        A binary stream of the message in wire form, byte for byte what
+        :meth:`IMailbox.read` returns; the caller reads it in chunks and
+        closes it.  The message is fixed when the stream is opened: a later
+        flag change or expunge does not cut it short.
+
+        :raises pymail.errors.NoSuchMessage: the message is gone.
         """
 
 

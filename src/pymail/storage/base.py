@@ -10,7 +10,9 @@ session reading :meth:`messages` in a listener sees the change.
 from __future__ import annotations
 
 import bisect
+import io
 from collections.abc import Iterable, Sequence
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -20,7 +22,15 @@ import twisted.mail.imap4  # noqa: F401
 from twisted.logger import Logger
 
 from pymail.errors import BadMailboxName, NoSuchMessage
-from pymail.interfaces import SYSTEM_FLAGS, IMailbox, IMailboxListener, MailboxChange, MessageInfo
+from pymail.interfaces import (
+    SYSTEM_FLAGS,
+    IMailbox,
+    IMailboxListener,
+    IMessageStream,
+    MailboxChange,
+    MessageInfo,
+)
+from pymail.storage.fsutil import to_crlf
 
 log = Logger()
 
@@ -334,3 +344,80 @@ def keywords_of(infos: Iterable[MessageInfo]) -> frozenset[str]:
             if not flag.startswith("\\"):
                 out.add(flag)
     return frozenset(out)
+
+
+#: How much of a file :class:`CRLFStream` reads at a time by default.
+STREAM_CHUNK_SIZE = 64 * 1024
+
+
+class CRLFStream(io.RawIOBase):
+    """
+    A file in on-disk form (LF) read as wire form (CRLF), a chunk at a time,
+    byte for byte what :func:`pymail.storage.fsutil.to_crlf` gives for the
+    whole file: a CRLF already there is kept, a bare CR stays bare.  A CR at
+    the end of a chunk is held back until the next chunk shows whether an
+    LF follows it.
+    """
+
+    def __init__(self, raw: BinaryIO, chunk_size: int = STREAM_CHUNK_SIZE) -> None:
+        super().__init__()
+        self._raw = raw
+        self._chunk_size = chunk_size
+        self._held = b""
+        self._pending = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while not self._pending and not self._eof:
+            data = self._raw.read(self._chunk_size)
+            if not data:
+                self._eof = True
+                self._pending, self._held = self._held, b""
+                return
+            data = self._held + data
+            if data.endswith(b"\r"):
+                data, self._held = data[:-1], b"\r"
+            else:
+                self._held = b""
+            self._pending = to_crlf(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (one converted chunk when ``size`` is -1 or None)."""
+        self._fill()
+        if size is None or size < 0 or size >= len(self._pending):
+            data, self._pending = self._pending, b""
+            return data
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def readall(self) -> bytes:
+        pieces = []
+        while chunk := self.read():
+            pieces.append(chunk)
+        return b"".join(pieces)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_message(mailbox: IMailbox, uid: int) -> BinaryIO:
+    """
+    The message in wire form as a readable stream: the mailbox's own
+    :meth:`~pymail.interfaces.IMessageStream.open_message` when it provides
+    :class:`~pymail.interfaces.IMessageStream`, else the whole message from
+    :meth:`~pymail.interfaces.IMailbox.read` in a ``BytesIO``.
+
+    :raises pymail.errors.NoSuchMessage: the message is gone.
+    """
+    if IMessageStream.providedBy(mailbox):
+        return IMessageStream(mailbox).open_message(uid)  # type: ignore[no-any-return]
+    return io.BytesIO(mailbox.read(uid))
