@@ -130,7 +130,7 @@ def test_idle_pushes_changes_by_another_session(server: PymailProcess) -> None:
 
 
 def test_imapclient_uses_the_extensions(server: PymailProcess) -> None:
-    """IMAPClient sees the capabilities and uses special-use LIST, APPEND/APPENDUID, MOVE, ESEARCH."""
+    """IMAPClient sees the capabilities, uses special-use LIST, APPEND/APPENDUID, MOVE, ESEARCH."""
     messages = [wire(p.read_bytes()) for p in corpus_messages()[:3]]
     with IMAPClient("127.0.0.1", port=server.ports["imap"], ssl=False) as client:
         client.login(*ALICE)

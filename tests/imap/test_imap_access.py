@@ -34,7 +34,7 @@ def test_authenticate_plain_with_continuation() -> None:
 
 
 def test_authenticate_failures() -> None:
-    """Wrong password, cancel, bad base64 and another authzid get NO or BAD; the connection lives."""
+    """Wrong password, cancel, bad base64 and another authzid get NO or BAD; connection lives."""
     client = Server().connect()
     assert client.cmd(b"a AUTHENTICATE PLAIN " + plain(password="nope")).startswith(
         b"a NO [AUTHENTICATIONFAILED]"
@@ -146,3 +146,26 @@ def test_failed_logins_go_through_the_throttle() -> None:
         client.cmd(f"a{n} LOGIN {USER} wrong")
         server.clock.advance(10)
     assert throttle.failures("192.168.1.1", USER) >= 3
+
+
+def test_authenticate_login_mechanism() -> None:
+    """AUTH=LOGIN asks for the user name, then the password (also with SASL-IR); * cancels."""
+    client = Server().connect()
+    assert b"AUTH=LOGIN" in client.cmd("c CAPABILITY")
+    assert client.cmd("a AUTHENTICATE LOGIN") == b"+ " + base64.b64encode(b"Username:") + b"\r\n"
+    assert client.cmd(base64.b64encode(USER.encode())) == (
+        b"+ " + base64.b64encode(b"Password:") + b"\r\n"
+    )
+    assert client.cmd(base64.b64encode(PASSWORD.encode())).startswith(b"a OK [CAPABILITY")
+    assert client.proto.account.address == USER
+
+    other = Server().connect()
+    assert other.cmd(b"a AUTHENTICATE LOGIN " + base64.b64encode(USER.encode())).startswith(
+        b"+ " + base64.b64encode(b"Password:")
+    )
+    assert other.cmd(base64.b64encode(b"wrong")).startswith(b"a NO [AUTHENTICATIONFAILED]")
+    other.cmd("b AUTHENTICATE LOGIN")
+    assert other.cmd("*") == b"b BAD AUTHENTICATE cancelled\r\n"
+    other.cmd("c AUTHENTICATE LOGIN")
+    assert other.cmd("%%%").startswith(b"c BAD")
+    assert other.cmd("d NOOP") == b"d OK NOOP completed\r\n"

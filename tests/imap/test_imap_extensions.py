@@ -1,4 +1,7 @@
-"""Tests for IDLE, UIDPLUS, MOVE, UNSELECT, NAMESPACE, ID, ENABLE, ESEARCH and the LIST extensions."""
+"""
+Tests for IDLE, UIDPLUS, MOVE, UNSELECT, NAMESPACE, ID, ENABLE, ESEARCH and the
+LIST extensions.
+"""
 
 from __future__ import annotations
 

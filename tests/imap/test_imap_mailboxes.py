@@ -18,7 +18,8 @@ def test_select_reports_mailbox_state() -> None:
     validity = server.mailbox().uidvalidity()
     assert client.lines("a SELECT INBOX") == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
-        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] flags allowed",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] "
+        b"flags allowed",
         b"* 2 EXISTS",
         b"* 2 RECENT",
         b"* OK [UNSEEN 2] first unseen message",

@@ -1,6 +1,7 @@
 """
 Getting in: LOGIN (RFC 3501 section 6.2.3), AUTHENTICATE with the PLAIN
-mechanism (RFC 4616) and an initial response (SASL-IR, RFC 4959), and
+mechanism (RFC 4616) or LOGIN (through :mod:`pymail.auth.sasl`) and an
+initial response (SASL-IR, RFC 4959), and
 STARTTLS (RFC 3501 section 6.2.1).
 
 Plaintext passwords (LOGIN, PLAIN) are refused with ``LOGINDISABLED`` in
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: SASL mechanisms offered (``AUTH=`` capabilities).
-MECHANISMS = ("PLAIN",)
+#: SASL mechanisms offered (``AUTH=`` capabilities); LOGIN is the
+#: obsolete user-then-password exchange some clients still prefer.
+MECHANISMS = ("PLAIN", "LOGIN")
 #: The longest SASL response accepted, base64 (a PLAIN response is small).
 MAX_SASL_RESPONSE = 8 * 1024
 
@@ -147,6 +149,8 @@ async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply |
         )
     if not plaintext_allowed(conn):
         raise _refuse_plaintext()
+    if args.mechanism == "LOGIN":
+        return await _authenticate_login(conn, args.initial)
     if args.initial is not None:
         raw = args.initial
     else:
@@ -158,6 +162,28 @@ async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply |
         raise bad(f"SASL response too long (max {MAX_SASL_RESPONSE} octets)")
     user, password = decode_plain(_b64(raw))
     reply = await _log_in(conn, user, password)
+    if reply is None:
+        return None
+    return Reply("AUTHENTICATE completed", reply.code)
+
+
+async def _authenticate_login(conn: IMAPServerProtocol, initial: bytes | None) -> Reply | None:
+    """The LOGIN mechanism (user name, then password), run by :mod:`pymail.auth.sasl`."""
+    try:
+        exchange = sasl.start(b"LOGIN", initial)
+        step = exchange.step
+        while isinstance(step, sasl.Challenge):
+            conn.send_raw(b"+ " + step.encoded + b"\r\n")
+            line = await conn.read_line()
+            if len(line) > MAX_SASL_RESPONSE:
+                raise bad(f"SASL response too long (max {MAX_SASL_RESPONSE} octets)")
+            step = exchange.respond(line)
+    except sasl.Cancelled:
+        raise bad("AUTHENTICATE cancelled") from None
+    except sasl.SASLError as e:
+        raise bad(f"AUTHENTICATE: {e}") from None
+    credentials = step.credentials
+    reply = await _log_in(conn, credentials.username, credentials.password)
     if reply is None:
         return None
     return Reply("AUTHENTICATE completed", reply.code)
