@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, UTC
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -40,8 +40,20 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.errors import NoSuchMessage, StorageError
-from pymail.interfaces import IMailbox, IMailboxListener, IMailboxRestore, MessageInfo
-from pymail.storage.base import MailboxView, apply_flag_mode, keywords_of, normalise_flags
+from pymail.interfaces import (
+    IMailbox,
+    IMailboxListener,
+    IMailboxRestore,
+    IMessageStream,
+    MessageInfo,
+)
+from pymail.storage.base import (
+    CRLFStream,
+    MailboxView,
+    apply_flag_mode,
+    keywords_of,
+    normalise_flags,
+)
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
     FolderIndex,
@@ -105,7 +117,7 @@ class _IndexWriter:
         box._index_queue.add(upsert=rows, highestmodseq=highest)
 
 
-@implementer(IMailbox, IMailboxRestore)
+@implementer(IMailbox, IMailboxRestore, IMessageStream)
 class MaildirMailbox(MaildirFilesMixin):
     """One Maildir folder."""
 
@@ -186,6 +198,22 @@ class MaildirMailbox(MaildirFilesMixin):
             if attempt == 0:
                 # Another program renamed it (a flag change) or removed it:
                 # find it by its base name.
+                relpath = self._find_by_uid(uid)
+        raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
+
+    def open_message(self, uid: int) -> BinaryIO:
+        """The message file, converted to wire form chunk by chunk (see :meth:`read`)."""
+        if uid not in self._view:
+            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
+        relpath = self._disk.files.get(uid)
+        for attempt in range(2):
+            if relpath is not None:
+                try:
+                    # Open, so a rename or unlink after this cannot cut it short.
+                    return CRLFStream(open(os.path.join(self.path, relpath), "rb"))  # noqa: SIM115
+                except FileNotFoundError:
+                    pass
+            if attempt == 0:
                 relpath = self._find_by_uid(uid)
         raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
 
