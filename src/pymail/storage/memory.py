@@ -5,11 +5,12 @@ embedding pymail where nothing needs to survive the process.
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, UTC
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,6 +23,7 @@ from pymail.interfaces import (
     IMailboxListener,
     IMailStore,
     IMailStoreFactory,
+    IMessageStream,
     MessageInfo,
 )
 from pymail.storage.base import (
@@ -39,7 +41,7 @@ _keys = itertools.count(1)
 _uidvalidities = itertools.count(int(time.time()))
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMessageStream)
 class MemoryMailbox:
     """One folder held in memory."""
 
@@ -71,6 +73,9 @@ class MemoryMailbox:
             return self._bodies[uid]
         except KeyError:
             raise NoSuchMessage(f"no message with UID {uid}") from None
+
+    def open_message(self, uid: int) -> BinaryIO:
+        return io.BytesIO(self.read(uid))
 
     def keywords(self) -> frozenset[str]:
         return keywords_of(self._view.messages())
