@@ -501,6 +501,40 @@ class MailStoreContract:
             assert again.read(uid) == m
             assert again.info(uid).size == len(m)
 
+    def test_open_message_streams_byte_exact(self) -> None:
+        """
+        open_message (or its BytesIO fallback) gives exactly read()'s bytes
+        for a message spanning several stream chunks, with line ends and a
+        bare CR at the chunk boundaries.
+        """
+        from pymail.storage.base import STREAM_CHUNK_SIZE, open_message
+        from pymail.storage.fsutil import to_crlf
+
+        chunk = STREAM_CHUNK_SIZE
+        disk = bytearray(b"Subject: big\n\n")
+        n = 0
+        while len(disk) < 3 * chunk + 100:
+            disk += b"x" * (n % 97) + b"\n"
+            n += 1
+        # In the LF (on-disk) form: a bare CR ending the first chunk, an LF
+        # ending the second and one starting the third.
+        disk[chunk - 1 : chunk + 1] = b"\ry"
+        disk[2 * chunk - 1 : 2 * chunk + 1] = b"\n\n"
+        wire = to_crlf(bytes(disk))
+        box = self.inbox()
+        uid = self._result(box.append(wire))
+        assert box.read(uid) == wire
+        with open_message(box, uid) as stream:
+            pieces = []
+            while piece := stream.read(chunk // 3 + 1):
+                pieces.append(piece)
+        assert b"".join(pieces) == wire
+        small = b"Subject: s\r\n\r\n.dot\rbare\r\n"
+        uid = self._result(box.append(small))
+        with open_message(box, uid) as stream:
+            assert stream.read() == small
+            assert stream.read() == b""
+
     def test_hostile_names_in_every_operation(self) -> None:
         """DELETE, RENAME and SUBSCRIBE refuse names that could leave the account."""
         from pymail.errors import BadMailboxName

@@ -385,9 +385,14 @@ class CRLFStream(io.RawIOBase):
             self._pending = to_crlf(data)
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (one converted chunk when ``size`` is -1 or None)."""
+        """
+        Up to ``size`` bytes, at most about one file chunk's worth (all of
+        the rest when ``size`` is -1 or None); ``b""`` at the end.
+        """
+        if size is None or size < 0:
+            return self.readall()
         self._fill()
-        if size is None or size < 0 or size >= len(self._pending):
+        if size >= len(self._pending):
             data, self._pending = self._pending, b""
             return data
         data, self._pending = self._pending[:size], self._pending[size:]
@@ -395,7 +400,7 @@ class CRLFStream(io.RawIOBase):
 
     def readall(self) -> bytes:
         pieces = []
-        while chunk := self.read():
+        while chunk := self.read(2 * self._chunk_size):
             pieces.append(chunk)
         return b"".join(pieces)
 
