@@ -204,13 +204,33 @@ def main() -> None:
             warm = RawClient(port)
             check_ok(warm.command(f"LOGIN {USER[0]} {USER[1]}")[0])
             check_ok(warm.command("SELECT INBOX")[0])
-            check_ok(warm.command("FETCH 1:* (ENVELOPE BODYSTRUCTURE)")[0])
+            # The first FETCH after start reads the SQLite index (or parses
+            # the messages, the very first time): shown as the cold figure.
+            cold = time.perf_counter()
+            check_ok(warm.command("FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")[0])
+            cold = time.perf_counter() - cold
+            check_ok(warm.command("FETCH 1:* (BODYSTRUCTURE)")[0])
+            server.stop()
+            server.start()
+            assert server.proc is not None
+            pid = server.proc.pid
+            warm = RawClient(port)
+            check_ok(warm.command(f"LOGIN {USER[0]} {USER[1]}")[0])
+            check_ok(warm.command("SELECT INBOX")[0])
+            restarted = time.perf_counter()
+            check_ok(warm.command("FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")[0])
+            restarted = time.perf_counter() - restarted
+            check_ok(warm.command("SEARCH SUBJECT warm")[0])
             check_ok(warm.command("LOGOUT")[0])
             warm.close()
             if args.pause:
                 input(f"server pid {pid}; press Enter to start timing ")
 
             print(f"messages: {args.messages}, {total / 1e6:.1f} MB (wire form)")
+            print(f"first FETCH 1:* (.. ENVELOPE) after the messages were written: {cold:.3f} s"
+                  " (parses every message)")
+            print(f"first FETCH 1:* (.. ENVELOPE) after a restart: {restarted:.3f} s"
+                  " (from the SQLite index)")
             print("raw-socket client (send -> tagged reply):  best / median / server CPU of best")
 
             def line(label: str, best: float, median: float, cpu: float, unit: str,

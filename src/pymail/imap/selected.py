@@ -241,14 +241,16 @@ async def _fetch_with_messages(
 
     missing = 0
     throttle = conn.start_streaming()
+    pending = batches()
+    reading: deque[tuple[list[int], Deferred[list[bytes | None]]]] = deque()
     try:
-        pending = batches()
-        reading: deque[tuple[list[int], Deferred[list[bytes | None]]]] = deque()
         for batch in islice(pending, FETCH_READERS if threaded else 1):
             reading.append((batch, start(batch)))
         while reading:
             batch, d = reading.popleft()
             messages = await d
+            if conn.writer.closed:
+                break  # the client went away: stop reading
             following = next(pending, None)
             if following is not None:
                 reading.append((following, start(following)))
@@ -262,6 +264,10 @@ async def _fetch_with_messages(
                 await throttle.drained()
     finally:
         conn.stop_streaming(throttle)
+        for _, abandoned in reading:
+            # Reads still running after a failure or a lost client: their
+            # outcome no longer matters (and must not be logged as unhandled).
+            abandoned.addErrback(lambda _: None)
     return missing
 
 
