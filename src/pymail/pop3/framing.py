@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import attrs
+
 #: Ends every multi-line response.
 TERMINATOR = b".\r\n"
 
@@ -76,3 +78,72 @@ def message_top(message: bytes, lines: int) -> bytes:
             return message
         pos = newline + 1
     return message[:pos]
+
+
+@attrs.define
+class Stuffer:
+    """
+    Byte-stuffing of a multi-line response whose body comes in chunks
+    (RFC 1939 section 3), equal to :func:`multiline` on the joined body
+    wherever the chunks are cut: a line can start at a chunk boundary.
+    """
+
+    _at_line_start: bool = True
+    _tail: bytes = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The stuffed form of the next chunk of the body."""
+        if not chunk:
+            return b""
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if self._at_line_start and chunk.startswith(b"."):
+            stuffed = b"." + stuffed
+        self._at_line_start = chunk.endswith(b"\n")
+        self._tail = (self._tail + chunk[-2:])[-2:]
+        return stuffed
+
+    def end(self) -> bytes:
+        """What closes the response: a CRLF if the body lacks one, then ``.`` CRLF."""
+        if self._tail and self._tail != b"\r\n":
+            return b"\r\n" + TERMINATOR
+        return TERMINATOR
+
+
+@attrs.define
+class TopCutter:
+    """
+    :func:`message_top` over a message that comes in chunks: :meth:`feed`
+    gives the part of each chunk that belongs to the top, and :attr:`done`
+    says when the rest can be skipped.
+    """
+
+    _lines: int
+    done: bool = False
+    _in_body: bool = False
+    # The message as if preceded by an LF, so an empty first line is found
+    # like any other end of the header.
+    _tail: bytes = b"\n"
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The part of ``chunk`` inside the top (all of it until the cut)."""
+        if self.done:
+            return b""
+        start = 0
+        if not self._in_body:
+            seen = self._tail + chunk
+            ends = [p + 3 for p in (seen.find(b"\n\r\n"),) if p != -1]
+            ends += [p + 2 for p in (seen.find(b"\n\n"),) if p != -1]
+            if not ends:
+                self._tail = seen[-2:]
+                return chunk
+            self._in_body = True
+            start = min(ends) - len(self._tail)
+        pos = start
+        while self._lines:
+            newline = chunk.find(b"\n", pos)
+            if newline == -1:
+                return chunk
+            self._lines -= 1
+            pos = newline + 1
+        self.done = True
+        return chunk[:pos]

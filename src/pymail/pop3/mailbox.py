@@ -18,12 +18,14 @@ import fcntl
 import hashlib
 import os
 import re
+from typing import BinaryIO
 
 import attrs
 from twisted.internet.defer import Deferred
 
 from pymail.errors import PymailError
 from pymail.interfaces import IMailbox, MessageInfo
+from pymail.storage.base import open_message
 
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21-0x7E.
 _UIDL_SAFE = re.compile(r"[\x21-\x7e]{1,70}")
@@ -120,6 +122,16 @@ class Maildrop:
             program) removed it since the snapshot.
         """
         return self._mailbox.read(self.info(number).uid)
+
+    def open(self, number: int) -> BinaryIO:
+        """
+        The message in wire form as a stream to read in chunks and close
+        (see :func:`pymail.storage.base.open_message`).
+
+        :raises MessageNumberError: see :meth:`info`.
+        :raises pymail.errors.NoSuchMessage: see :meth:`read`.
+        """
+        return open_message(self._mailbox, self.info(number).uid)
 
     def delete(self, number: int) -> None:
         """

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
@@ -56,7 +56,7 @@ from pymail.auth.throttle import LoginThrottle
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
-from pymail.pop3.framing import message_top, multiline, multiline_lines
+from pymail.pop3.framing import Stuffer, TopCutter, multiline_lines
 from pymail.pop3.mailbox import (
     PROCESS_LOCKS,
     Maildrop,
@@ -155,6 +155,12 @@ class POP3Server(Protocol):
     MAX_PENDING: ClassVar[int] = 64 * 1024
     #: Replies collected past this size are written at once (flow control).
     FLUSH_SIZE: ClassVar[int] = 64 * 1024
+    #: How much of a message RETR/TOP reads from storage at a time; each
+    #: chunk leaves in one write.
+    CHUNK_SIZE: ClassVar[int] = 64 * 1024
+    #: Octets of one message sent in one reactor turn when the transport
+    #: does not push back; then other connections get a turn.
+    MAX_BURST: ClassVar[int] = 1024 * 1024
 
     commands: ClassVar[dict[bytes, Command]]
 
@@ -199,6 +205,7 @@ class POP3Server(Protocol):
         self._throttle = throttle
         self._cleartext_auth = cleartext_auth
         self._sasl: sasl.Exchange | None = None
+        self._stream: _MessageStream | None = None
 
     @property
     def _channel(self) -> Any:
@@ -251,6 +258,9 @@ class POP3Server(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self._stop_timer()
+        if self._stream is not None:
+            self._stream.file.close()
+            self._stream = None
         if self._state is not State.UPDATE:
             # No QUIT: RFC 1939 section 6, nothing is removed.  In UPDATE
             # the commit in progress ends the session when it is done.
@@ -288,7 +298,10 @@ class POP3Server(Protocol):
         self._write_paused = False
         if not self._closing and not self._closed and self._state is not State.UPDATE:
             self._restart_timer()
-        self._process()
+        if self._stream is not None:
+            self._pump()
+        else:
+            self._process()
 
     def stopProducing(self) -> None:
         pass
@@ -724,27 +737,23 @@ class POP3Server(Protocol):
         ]
         self._ok_pieces(multiline_lines(replies.line(replies.UIDL_FOLLOWS), lines))
 
-    def do_retr(self, args: bytes) -> None:
+    def do_retr(self, args: bytes) -> Deferred[None] | None:
         (number,) = _numbers(args, 1, 1)
-        message = self._read(number)
-        if message is not None:
-            status = replies.line(replies.RETR_FOLLOWS, size=len(message))
-            self._ok_pieces(multiline(status, message))
+        size = self._drop.info(number).size
+        return self._start_stream(number, replies.line(replies.RETR_FOLLOWS, size=size), None)
 
-    def do_top(self, args: bytes) -> None:
+    def do_top(self, args: bytes) -> Deferred[None] | None:
         number, lines = _numbers(args, 2, 2)
-        message = self._read(number)
-        if message is not None:
-            status = replies.line(replies.TOP_FOLLOWS)
-            self._ok_pieces(multiline(status, message_top(message, lines)))
+        self._drop.info(number)
+        return self._start_stream(number, replies.line(replies.TOP_FOLLOWS), TopCutter(lines))
 
-    def _read(self, number: int) -> bytes | None:
-        """The message, or ``None`` when it cannot be read (replied already)."""
+    def _open(self, number: int) -> BinaryIO | None:
+        """The message as a stream, or ``None`` when it cannot be read (replied already)."""
         try:
-            return self._drop.read(number)
+            return self._drop.open(number)
         except NoSuchMessage:
             self._server_error(replies.MESSAGE_GONE, number=number)
-        except StorageError:
+        except (StorageError, OSError):
             log.failure(
                 "POP3 cannot read message {number} of {address}",
                 number=number,
@@ -752,6 +761,73 @@ class POP3Server(Protocol):
             )
             self._server_error(replies.STORAGE_FAILED, number=number)
         return None
+
+    # -- streaming a message (RETR, TOP) ---------------------------------------
+
+    def _start_stream(
+        self, number: int, status: bytes, cutter: TopCutter | None
+    ) -> Deferred[None] | None:
+        """
+        Send a message as a multi-line response, a chunk at a time.  Returns
+        ``None`` when it was sent whole at once (the usual small message),
+        else a Deferred that fires when the last chunk is out; commands
+        after it wait until then.
+        """
+        file = self._open(number)
+        if file is None:
+            return None
+        self._ok_pieces([status])
+        self._stream = _MessageStream(file, Stuffer(), cutter, number)
+        self._pump()
+        if self._stream is None:
+            return None
+        done: Deferred[None] = Deferred()
+        self._stream.done = done
+        return done
+
+    def _pump(self) -> None:
+        """Send chunks of the message until done, paused, or a burst is out."""
+        stream = self._stream
+        sent = 0
+        while stream is not None and not (self._write_paused or self._closed):
+            try:
+                chunk = stream.file.read(self.CHUNK_SIZE)
+            except (StorageError, OSError):
+                # Mid-response there is no way to say -ERR: drop the client,
+                # which then knows the message was not received whole.
+                log.failure("POP3 read of message {number} of {address} failed",
+                            number=stream.number, address=self._address)
+                self._finish_stream()
+                self._out = []
+                self._out_size = 0
+                self._channel.abortConnection()
+                return
+            end = not chunk
+            if stream.cutter is not None:
+                chunk = stream.cutter.feed(chunk)
+                end = end or stream.cutter.done
+            if chunk:
+                self._send(stream.stuffer.feed(chunk))
+            if end:
+                self._send(stream.stuffer.end())
+                self._finish_stream()
+                return
+            sent += len(chunk)
+            if self._out_size >= self.FLUSH_SIZE:
+                self._flush()
+            if sent >= self.MAX_BURST and not self._write_paused:
+                self._flush()
+                self._reactor.callLater(0, self._pump)
+                return
+        self._flush()
+
+    def _finish_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        stream.file.close()
+        if stream.done is not None:
+            stream.done.callback(None)
 
     def do_dele(self, args: bytes) -> None:
         (number,) = _numbers(args, 1, 1)
@@ -787,6 +863,17 @@ class POP3Server(Protocol):
             Command(b"RSET", do_rset, _TRANSACTION, "RSET"),
         ]
     }
+
+
+@attrs.define
+class _MessageStream:
+    """A RETR or TOP response being sent."""
+
+    file: BinaryIO
+    stuffer: Stuffer
+    cutter: TopCutter | None
+    number: int
+    done: Deferred[None] | None = None
 
 
 class POP3Factory(ServerFactory):
