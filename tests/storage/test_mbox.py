@@ -242,3 +242,22 @@ class MboxIndexTests(SynchronousTestCase):
         again = self.open_inbox()
         assert again.highestmodseq() > seen
         assert all(i.modseq > seen for i in again.messages())
+
+    def test_many_appends_after_the_snapshot_are_loaded(self) -> None:
+        """Messages appended after the index's last full snapshot come back from the index too."""
+        box = self.open_inbox()
+        self.successResultOf(box.set_flags([self.successResultOf(box.append(MSG))],
+                                           ["\\Seen"], "add"))
+        for n in range(30):
+            self.successResultOf(box.append(b"Subject: %d\r\n\r\nx\r\n" % n, ["\\Draft"]))
+        expected = self.snapshot(box)
+        assert self.snapshot(self.open_inbox()) == expected
+
+    def test_empty_folder_index(self) -> None:
+        """An empty folder opens from its index with no message and the right UIDNEXT."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG, ["\\Deleted"]))
+        self.successResultOf(box.expunge())
+        again = self.open_inbox()
+        assert list(again.messages()) == []
+        assert again.uidnext() == uid + 1

@@ -44,6 +44,10 @@ log = Logger()
 
 _T = TypeVar("_T")
 
+#: An open that finds more rows appended since the index's last snapshot
+#: packs them all into a new snapshot (one BLOB: faster to load than rows).
+REPACK_APPENDED_ROWS = 5000
+
 
 @attrs.define
 class _Entry:
@@ -225,26 +229,31 @@ class MboxMailbox:
         if not validity:
             return None
         stamp = self._stamp()
-        rows = self._index.load(validity, stamp)
-        if rows is None:
+        loaded = self._index.load(validity, stamp)
+        if loaded is None:
             return None
         entries: dict[int, _Entry] = {}
         infos = []
         flag_sets: dict[str, frozenset[str]] = {}
         last_date, when = -1, datetime.fromtimestamp(0, UTC)
-        for uid, start, body_start, end, text, date, size, quoted in rows:
+        prefix = f"{validity}."
+        uid = 0
+        # The hot loop of SELECT in a fresh process.
+        for (uid, start, body_start, end, date, size, quoted), text in loaded:
             flags = flag_sets.get(text)
             if flags is None:
                 flags = flag_sets[text] = _shared_flags(text)
             if date != last_date:  # messages of one second share one object
                 last_date, when = date, datetime.fromtimestamp(date, UTC)
-            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size, bool(quoted))
-            infos.append(MessageInfo(uid, f"{validity}.{uid}", flags, when, size, modseq))
+            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size, quoted == 1)
+            infos.append(MessageInfo(uid, prefix + str(uid), flags, when, size, modseq))
         self._disk.uidvalidity = validity
-        self._disk.next_uid = max(next_uid, rows[-1][0] + 1 if rows else 1)
+        self._disk.next_uid = max(next_uid, uid + 1)
         self._disk.stamp = stamp
         self._disk.entries = entries
         self._index_synced = True
+        if self._index.appended_count() > REPACK_APPENDED_ROWS:
+            self._index_snapshot_locked()
         return infos
 
     # -- state file -------------------------------------------------------

@@ -17,12 +17,14 @@ same way, with a log line.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 
 from pymail.storage.index import SqliteIndex
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -30,10 +32,18 @@ CREATE TABLE IF NOT EXISTS msgs (
     uid INTEGER PRIMARY KEY, start INTEGER NOT NULL, body_start INTEGER NOT NULL,
     end INTEGER NOT NULL, flags TEXT NOT NULL, date INTEGER NOT NULL,
     size INTEGER NOT NULL, quoted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1), ints BLOB NOT NULL, flags TEXT NOT NULL);
 """
+
+#: A snapshot row's integers: uid, start, body_start, end, date, size, quoted.
+_PACKED = struct.Struct("<7q")
 
 #: One row: uid, start, body_start, end, flags (space-separated), date, size, quoted.
 Row = tuple[int, int, int, int, str, int, int, int]
+#: What :meth:`MboxIndex.load` yields per message: ((uid, start, body_start,
+#: end, date, size, quoted), flags).
+Loaded = tuple[tuple[int, ...], str]
 
 _STAMP_KEYS = ("file_ino", "file_size", "file_mtime_ns")
 
@@ -58,8 +68,12 @@ class MboxIndex(SqliteIndex):
         self.open()
         return True
 
-    def load(self, uidvalidity: int, stamp: tuple[int, int, int]) -> list[Row] | None:
-        """Every row by ascending UID if the index describes this file; else None."""
+    def load(self, uidvalidity: int, stamp: tuple[int, int, int]) -> Iterator[Loaded] | None:
+        """
+        Every message by ascending UID if the index describes this file;
+        else None.  The last complete snapshot is one packed BLOB (decoded
+        in C, not row by row), followed by the rows appended since.
+        """
         with self._lock:
             if self._db is None:
                 return None
@@ -67,8 +81,13 @@ class MboxIndex(SqliteIndex):
             if meta.get("uidvalidity") != uidvalidity or tuple(
                     meta.get(k) for k in _STAMP_KEYS) != stamp:
                 return None
-            return self._run("SELECT uid, start, body_start, end, flags, date, size, quoted "
-                             "FROM msgs ORDER BY uid")
+            snap = self._run("SELECT ints, flags FROM snapshot WHERE id = 1")
+            extra = self._run("SELECT uid, start, body_start, end, date, size, quoted, flags "
+                              "FROM msgs ORDER BY uid")
+        packed: Iterable[Loaded] = ()
+        if snap and snap[0][0]:
+            packed = zip(_PACKED.iter_unpack(snap[0][0]), snap[0][1].split("\n"), strict=True)
+        return itertools.chain(packed, ((row[:7], row[7]) for row in extra))
 
     def _set_meta(self, values: dict[str, int]) -> None:
         assert self._db is not None
@@ -82,9 +101,16 @@ class MboxIndex(SqliteIndex):
             self._db.execute("BEGIN")
             try:
                 if replace:
+                    ordered = sorted(rows)
+                    ints = b"".join(_PACKED.pack(u, s, b, e, d, z, q)
+                                    for u, s, b, e, _, d, z, q in ordered)
+                    flags = "\n".join(row[4] for row in ordered)
                     self._db.execute("DELETE FROM msgs")
-                self._db.executemany("INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                     list(rows))
+                    self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?)",
+                                     (ints, flags))
+                else:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(rows))
                 meta = dict(zip(_STAMP_KEYS, stamp, strict=True))
                 self._set_meta({"uidvalidity": uidvalidity, **meta})
                 self._db.execute("COMMIT")
@@ -107,6 +133,13 @@ class MboxIndex(SqliteIndex):
         with self._lock:
             if self._db is not None:
                 self._db.executemany("DELETE FROM meta WHERE key=?", [(k,) for k in _STAMP_KEYS])
+
+    def appended_count(self) -> int:
+        """Rows appended since the last snapshot (the open re-snapshots when many)."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            return int(self._run("SELECT count(*) FROM msgs")[0][0])
 
     def raise_highestmodseq(self, value: int) -> None:
         """Record HIGHESTMODSEQ (it only ever goes up)."""
