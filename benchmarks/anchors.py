@@ -55,8 +55,12 @@ def ensure_installed(log: object = print) -> None:
     if missing:
         log(f"installing {' '.join(missing)} with apt-get")  # type: ignore[operator]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        install = ["apt-get", "install", "-y", "-q", *missing]
+        if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            subprocess.run(install, check=True, env=env, stdout=subprocess.DEVNULL)
     try:
         import aiosmtpd  # noqa: F401
     except ImportError:
@@ -377,9 +381,7 @@ class AiosmtpdServer(Server):
                 str(self.ports["smtp"]), "--maildir", str(self.root / "Maildir")]
         if not self.fsync:
             args.append("--no-fsync")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.pid = self.proc.pid
-        wait_listening([self.ports["smtp"]], START_TIMEOUT_S, lambda: self.proc.poll() is None)
+        self._spawn(args)
 
 
 class SmtpSinkServer(Server):
@@ -389,11 +391,7 @@ class SmtpSinkServer(Server):
         self.ports = {"smtp": free_port()}
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["smtp-sink", "-u", "nobody", f"127.0.0.1:{self.ports['smtp']}", "1000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.pid = self.proc.pid
-        wait_listening([self.ports["smtp"]], START_TIMEOUT_S, lambda: self.proc.poll() is None)
+        self._spawn(["smtp-sink", "-u", "nobody", f"127.0.0.1:{self.ports['smtp']}", "1000"])
 
 
 def prefill(server: Server, template: Path, address: str = BENCH_USER) -> None:

@@ -172,6 +172,7 @@ def main() -> None:
         finally:
             service.stopService()
             settle(0.5)
+            reactor.getThreadPool().stop()  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """
 POP3 against issue 5's speed goals, on a real ``twistd pymail`` process:
-a maildrop of N generated messages (benchmarks/mailgen.py, written straight
-into the account's Maildir), then benchmarks/load_pop3.py's session run
-several times: the first run builds the index (cold), later ones are warm.
+a maildrop of N generated messages (benchmarks/mailgen.py), then
+benchmarks/load_pop3.py's session run several times: the first run builds
+the index (cold), later ones are warm.  With ``--dovecot`` the same maildrop
+(hard links to the same files) is served by a private Dovecot
+(benchmarks/anchors.py) and measured in the same run, with the ratios.
 
     python benchmarks/pop3_bench.py                 # 10,000 messages, 3 runs
+    python benchmarks/pop3_bench.py --dovecot       # and Dovecot beside it
     python benchmarks/pop3_bench.py -n 2000 --runs 2 --json
+    python benchmarks/pop3_bench.py --profile /tmp/pop3.prof   # cProfile of the server
 
 Goals (issue 5, Dovecot 2.3 on the same machine): RETR of every message at
 >= 100 MB/s / 3,600 messages/s; login + STAT + UIDL <= 150 ms with a warm
@@ -18,19 +22,74 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 
-from harness import PymailProcess  # noqa: E402
+from harness import PymailProcess, tool  # noqa: E402
 from load_pop3 import run  # noqa: E402
 from mailgen import write_maildir  # noqa: E402
 
 USER, PASSWORD = "bench@example.org", "bench-pw"
+#: The figures compared with Dovecot (higher is better for rates).
+RATES = ("retr_sequential_mb_s", "retr_sequential_msgs_s", "retr_pipelined_mb_s",
+         "retr_pipelined_msgs_s")
+TIMES = ("login_ms", "stat_ms", "uidl_ms", "login_stat_uidl_ms")
+
+
+class ProfiledPymail(PymailProcess):
+    """pymail under ``twistd --profile`` (cProfile); stats written at stop."""
+
+    def __init__(self, root: Path, profile: Path, **kw: Any) -> None:
+        super().__init__(root, **kw)
+        self.profile = profile
+
+    def start(self, timeout: float = 20.0) -> None:
+        real = tool("twistd")
+        wrapper = self.root / "twistd-profiled"
+        wrapper.write_text(f"#!/bin/sh\nexec {real} --profiler=cprofile --savestats "
+                           f"--profile={self.profile} \"$@\"\n")
+        wrapper.chmod(0o755)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(wrapper), "-n", "--pidfile=", "pymail", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        log.close()
+        import anchors
+
+        anchors.wait_listening(list(self.ports.values()), timeout)
+
+
+def link_tree(template: Path, target: Path) -> None:
+    """The template Maildir as hard links at ``target`` (no copying)."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template, target, copy_function=os.link)
+
+
+def measure(name: str, port: int, runs: int, as_json: bool) -> list[dict[str, Any]]:
+    results = []
+    for i in range(runs):
+        figures: dict[str, Any] = asyncio.run(run("127.0.0.1", port, USER, PASSWORD))
+        figures.update(server=name, run=i + 1, index="cold" if i == 0 else "warm")
+        results.append(figures)
+        if as_json:
+            print(json.dumps(figures), flush=True)
+        else:
+            print(f"{name} run {i + 1} ({figures['index']} index)")
+            for key, value in figures.items():
+                if isinstance(value, float):
+                    print(f"  {key:28} {value:10.1f}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,28 +98,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--count", type=int, default=10_000, help="messages (10000)")
     parser.add_argument("--runs", type=int, default=3, help="sessions, first is cold (3)")
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
+    parser.add_argument("--dovecot", action="store_true",
+                        help="also measure a private Dovecot on the same maildrop")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="run pymail under cProfile and save its stats to FILE")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pymail-pop3-bench-") as tmp:
-        server = PymailProcess(Path(tmp), users={USER: PASSWORD})
-        maildir = server.data_dir / "mail" / "example.org" / "bench"
-        octets = write_maildir(maildir, args.count, to=USER, progress=True)
-        print(f"maildrop: {args.count} messages, {octets / 1e6:.1f} MB in {maildir}",
-              file=sys.stderr)
+        root = Path(tmp)
+        template = root / "template"
+        octets = write_maildir(template, args.count, to=USER, progress=True)
+        print(f"maildrop: {args.count} messages, {octets / 1e6:.1f} MB", file=sys.stderr)
+        pymail_root = root / "pymail"
+        pymail_root.mkdir()
+        if args.profile:
+            server: PymailProcess = ProfiledPymail(pymail_root, args.profile.resolve(),
+                                                   users={USER: PASSWORD})
+        else:
+            server = PymailProcess(pymail_root, users={USER: PASSWORD})
+        link_tree(template, server.data_dir / "mail" / "example.org" / "bench")
         server.start()
         try:
-            for i in range(args.runs):
-                figures = asyncio.run(run("127.0.0.1", server.ports["pop3"], USER, PASSWORD))
-                figures["run"] = i + 1
-                figures["index"] = "cold" if i == 0 else "warm"
-                if args.json:
-                    print(json.dumps(figures))
-                else:
-                    print(f"run {i + 1} ({figures['index']} index)")
-                    for key, value in figures.items():
-                        if isinstance(value, float):
-                            print(f"  {key:28} {value:10.1f}")
+            ours = measure("pymail", server.ports["pop3"], args.runs, args.json)
         finally:
             server.stop()
+        if not args.dovecot:
+            return 0
+        import anchors
+
+        anchors.ensure_installed(lambda *a: print(*a, file=sys.stderr))
+        dovecot = anchors.DovecotServer(root / "dovecot")
+        anchors.prefill(dovecot, template, USER)
+        dovecot.start()
+        try:
+            anchors.wait_listening([dovecot.ports["pop3"]], anchors.START_TIMEOUT_S)
+            theirs = measure("dovecot", dovecot.ports["pop3"], args.runs, args.json)
+        finally:
+            dovecot.stop()
+        a, b = ours[-1], theirs[-1]
+        ratios = {k: a[k] / b[k] for k in RATES + TIMES if b.get(k)}
+        if args.json:
+            print(json.dumps({"ratios_pymail_over_dovecot_last_run": ratios}))
+        else:
+            print("pymail / dovecot, last (warm) run: rates >= 1 and times <= 1 are better")
+            for key, value in ratios.items():
+                print(f"  {key:28} {a[key]:10.1f} {b[key]:10.1f}  x{value:.2f}")
     return 0
 
 
