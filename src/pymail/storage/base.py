@@ -229,6 +229,30 @@ def decode_folder_name(name: str) -> str:
     return decoded
 
 
+class ViewBacked:
+    """
+    The ``IMailbox`` methods every backend answers from its
+    :class:`MailboxView` (``self._view``), written once.
+    """
+
+    _view: MailboxView
+
+    def highestmodseq(self) -> int:
+        return self._view.highestmodseq
+
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._view.messages()
+
+    def info(self, uid: int) -> MessageInfo:
+        return self._view.info(uid)
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        self._view.add_listener(listener)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        self._view.remove_listener(listener)
+
+
 def canonical_name(name: str) -> str:
     """``INBOX`` in any case is ``INBOX``; other names are case-sensitive."""
     return "INBOX" if name.upper() == "INBOX" else name

@@ -50,6 +50,7 @@ from pymail.interfaces import (
 from pymail.storage.base import (
     CRLFStream,
     MailboxView,
+    ViewBacked,
     apply_flag_mode,
     keywords_of,
     normalise_flags,
@@ -118,7 +119,7 @@ class _IndexWriter:
 
 
 @implementer(IMailbox, IMailboxRestore, IMessageStream)
-class MaildirMailbox(MaildirFilesMixin):
+class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     """One Maildir folder."""
 
     #: ``read()`` may be called from the thread pool (it only looks up the
@@ -150,21 +151,6 @@ class MaildirMailbox(MaildirFilesMixin):
 
     def uidnext(self) -> int:
         return self._disk.next_uid
-
-    def highestmodseq(self) -> int:
-        return self._view.highestmodseq
-
-    def messages(self) -> Sequence[MessageInfo]:
-        return self._view.messages()
-
-    def info(self, uid: int) -> MessageInfo:
-        return self._view.info(uid)
-
-    def add_listener(self, listener: IMailboxListener) -> None:
-        self._view.add_listener(listener)
-
-    def remove_listener(self, listener: IMailboxListener) -> None:
-        self._view.remove_listener(listener)
 
     def keywords(self) -> frozenset[str]:
         return frozenset(k for k in self._disk.keywords if k) | keywords_of(self._view.messages())

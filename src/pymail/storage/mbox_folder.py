@@ -23,7 +23,13 @@ from zope.interface import implementer
 
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IMailbox, IMailboxListener, IMailboxRestore, MessageInfo
-from pymail.storage.base import MailboxView, apply_flag_mode, keywords_of, normalise_flags
+from pymail.storage.base import (
+    MailboxView,
+    ViewBacked,
+    apply_flag_mode,
+    keywords_of,
+    normalise_flags,
+)
 from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
 from pymail.storage.maildir_files import new_uidvalidity
 from pymail.storage.mbox_format import (
@@ -101,7 +107,7 @@ class _ModseqWriter:
 
 
 @implementer(IMailbox, IMailboxRestore)
-class MboxMailbox:
+class MboxMailbox(ViewBacked):
     """One mbox folder."""
 
     #: Seconds to wait for another program's dotlock before giving up.
@@ -131,21 +137,6 @@ class MboxMailbox:
 
     def uidnext(self) -> int:
         return self._disk.next_uid
-
-    def highestmodseq(self) -> int:
-        return self._view.highestmodseq
-
-    def messages(self) -> Sequence[MessageInfo]:
-        return self._view.messages()
-
-    def info(self, uid: int) -> MessageInfo:
-        return self._view.info(uid)
-
-    def add_listener(self, listener: IMailboxListener) -> None:
-        self._view.add_listener(listener)
-
-    def remove_listener(self, listener: IMailboxListener) -> None:
-        self._view.remove_listener(listener)
 
     def keywords(self) -> frozenset[str]:
         return keywords_of(self._view.messages())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime, UTC
 from typing import Any, BinaryIO, TypeVar
 
@@ -20,7 +20,6 @@ from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, NoSuchMe
 from pymail.interfaces import (
     SPECIAL_USE_FOLDERS,
     IMailbox,
-    IMailboxListener,
     IMailStore,
     IMailStoreFactory,
     IMessageStream,
@@ -28,6 +27,7 @@ from pymail.interfaces import (
 )
 from pymail.storage.base import (
     MailboxView,
+    ViewBacked,
     apply_flag_mode,
     canonical_name,
     check_mailbox_name,
@@ -42,7 +42,7 @@ _uidvalidities = itertools.count(int(time.time()))
 
 
 @implementer(IMailbox, IMessageStream)
-class MemoryMailbox:
+class MemoryMailbox(ViewBacked):
     """One folder held in memory."""
 
     def __init__(self, name: str, uidvalidity: int | None = None) -> None:
@@ -58,15 +58,6 @@ class MemoryMailbox:
 
     def uidnext(self) -> int:
         return self._next_uid
-
-    def highestmodseq(self) -> int:
-        return self._view.highestmodseq
-
-    def messages(self) -> Sequence[MessageInfo]:
-        return self._view.messages()
-
-    def info(self, uid: int) -> MessageInfo:
-        return self._view.info(uid)
 
     def read(self, uid: int) -> bytes:
         try:
@@ -144,11 +135,6 @@ class MemoryMailbox:
     def refresh(self) -> Deferred[None]:
         return succeed(None)
 
-    def add_listener(self, listener: IMailboxListener) -> None:
-        self._view.add_listener(listener)
-
-    def remove_listener(self, listener: IMailboxListener) -> None:
-        self._view.remove_listener(listener)
 
 
 @implementer(IMailStore)
