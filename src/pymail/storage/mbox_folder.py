@@ -275,18 +275,22 @@ class MboxMailbox(ViewBacked):
             if self._disk.uidvalidity and self._stamp() == self._disk.stamp:
                 return
             with _Locked(self.path, self.lock_timeout):
-                before = {u: e.flags for u, e in self._disk.entries.items()}
-                self._scan_locked()
-            after = self._disk.entries
-            gone = [u for u in before if u not in after]
-            changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
-            added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
-            if gone:
-                self._to_reactor(self._view.apply_expunged, gone)
-            if changed:
-                self._to_reactor(self._view.apply_flags, changed)
-            if added:
-                self._to_reactor(self._view.apply_added, added)
+                self._rescan_locked()
+
+    def _rescan_locked(self) -> None:
+        """Parse the file again and tell the reactor what changed since the last scan."""
+        before = {u: e.flags for u, e in self._disk.entries.items()}
+        self._scan_locked()
+        after = self._disk.entries
+        gone = [u for u in before if u not in after]
+        changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
+        added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
+        if gone:
+            self._to_reactor(self._view.apply_expunged, gone)
+        if changed:
+            self._to_reactor(self._view.apply_flags, changed)
+        if added:
+            self._to_reactor(self._view.apply_added, added)
 
     def _info(self, entry: _Entry) -> MessageInfo:
         return MessageInfo(entry.uid, f"{self._disk.uidvalidity}.{entry.uid}", entry.flags,
@@ -420,18 +424,7 @@ class MboxMailbox(ViewBacked):
         file's bytes (``b""`` when ``read`` is false: appends need none).
         """
         if self._stamp() != self._disk.stamp:
-            before = {u: e.flags for u, e in self._disk.entries.items()}
-            self._scan_locked()
-            after = self._disk.entries
-            gone = [u for u in before if u not in after]
-            added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
-            changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
-            if gone:
-                self._to_reactor(self._view.apply_expunged, gone)
-            if changed:
-                self._to_reactor(self._view.apply_flags, changed)
-            if added:
-                self._to_reactor(self._view.apply_added, added)
+            self._rescan_locked()
         if not read:
             return b""
         with open(self.path, "rb") as f:
