@@ -20,7 +20,9 @@ def message(n: int) -> bytes:
     return b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n" % (n, n)
 
 
-class IndexTests(SynchronousTestCase):
+class InboxFixture(SynchronousTestCase):
+    """Alice's Maildir INBOX, opened as a fresh process would."""
+
     def setUp(self) -> None:
         self.reactor = ThreadlessReactor()
         self.data = self.mktemp()
@@ -29,6 +31,9 @@ class IndexTests(SynchronousTestCase):
     def open_inbox(self) -> Any:
         store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
         return self.successResultOf(store.get_mailbox("INBOX"))
+
+
+class IndexTests(InboxFixture):
 
     def snapshot(self, box: Any) -> list[tuple[int, frozenset[str], bytes, float]]:
         return [(i.uid, i.flags, box.read(i.uid), i.internaldate.timestamp())
@@ -135,16 +140,7 @@ def _age_directories(root: str, seconds: int) -> None:
         os.utime(path, (when, when))
 
 
-class TrustedOpenTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = ThreadlessReactor()
-        self.data = self.mktemp()
-        self.root = os.path.join(self.data, "mail", "example.org", "alice")
-
-    def open_inbox(self) -> Any:
-        store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
-        return self.successResultOf(store.get_mailbox("INBOX"))
-
+class TrustedOpenTests(InboxFixture):
     def filled_quiet_folder(self) -> list[tuple[int, str, frozenset[str], float, int, int]]:
         box = self.open_inbox()
         uids = [self.successResultOf(box.append(message(n))) for n in range(6)]
