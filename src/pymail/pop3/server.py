@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
@@ -56,7 +56,7 @@ from pymail.auth.throttle import LoginThrottle
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
-from pymail.pop3.framing import Stuffer, TopCutter, multiline_lines
+from pymail.pop3.framing import Stuffer, TopCutter, message_top, multiline, multiline_lines
 from pymail.pop3.mailbox import (
     PROCESS_LOCKS,
     Maildrop,
@@ -67,6 +67,8 @@ from pymail.pop3.mailbox import (
 )
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 _KEYWORD = re.compile(rb"[A-Za-z]{1,8}")
 _NUMBER = re.compile(rb"[0-9]{1,10}")
@@ -740,17 +742,40 @@ class POP3Server(Protocol):
     def do_retr(self, args: bytes) -> Deferred[None] | None:
         (number,) = _numbers(args, 1, 1)
         size = self._drop.info(number).size
-        return self._start_stream(number, replies.line(replies.RETR_FOLLOWS, size=size), None)
+        return self._send_message(number, replies.line(replies.RETR_FOLLOWS, size=size), None)
 
     def do_top(self, args: bytes) -> Deferred[None] | None:
         number, lines = _numbers(args, 2, 2)
         self._drop.info(number)
-        return self._start_stream(number, replies.line(replies.TOP_FOLLOWS), TopCutter(lines))
+        return self._send_message(number, replies.line(replies.TOP_FOLLOWS), lines)
+
+    def _send_message(self, number: int, status: bytes, top: int | None) -> Deferred[None] | None:
+        """
+        A message (or with ``top``, its top) as a multi-line response.  One
+        no bigger than a chunk is read whole and goes out with the other
+        replies of the batch; a bigger one is streamed (:meth:`_start_stream`).
+        """
+        if self._drop.info(number).size > self.CHUNK_SIZE:
+            cutter = TopCutter(top) if top is not None else None
+            return self._start_stream(number, status, cutter)
+        message = self._read(number)
+        if message is not None:
+            if top is not None:
+                message = message_top(message, top)
+            self._ok_pieces(multiline(status, message))
+        return None
+
+    def _read(self, number: int) -> bytes | None:
+        """The message, or ``None`` when it cannot be read (replied already)."""
+        return self._from_storage(number, self._drop.read)
 
     def _open(self, number: int) -> BinaryIO | None:
         """The message as a stream, or ``None`` when it cannot be read (replied already)."""
+        return self._from_storage(number, self._drop.open)
+
+    def _from_storage(self, number: int, get: Callable[[int], _T]) -> _T | None:
         try:
-            return self._drop.open(number)
+            return get(number)
         except NoSuchMessage:
             self._server_error(replies.MESSAGE_GONE, number=number)
         except (StorageError, OSError):
