@@ -6,6 +6,7 @@ with a temporary data directory, for end-to-end tests and benchmarks.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,6 +37,19 @@ def tool(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is not installed")
     return found
+
+
+#: The trace headers pymail prepends to every delivered message.
+TRACE = re.compile(
+    rb"\AReturn-Path: <[^>\r\n]*>\r\nReceived: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*"
+)
+
+
+def strip_trace(message: bytes) -> bytes:
+    """The message as the client sent it: without the Return-Path and Received pymail adds."""
+    m = TRACE.match(message)
+    assert m, f"no Return-Path/Received trace headers at the top of {message[:200]!r}"
+    return message[m.end():]
 
 
 def corpus_messages() -> list[Path]:

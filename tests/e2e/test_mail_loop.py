@@ -12,21 +12,9 @@ import smtplib
 import subprocess
 from pathlib import Path
 
-from harness import PymailProcess, corpus_messages, tool, wire
+from harness import PymailProcess, corpus_messages, strip_trace, tool, wire
 
 ALICE = ("alice@localhost", "alice-pw")
-
-TRACE = re.compile(
-    rb"\AReturn-Path: <[^>\r\n]*>\r\nReceived: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*"
-)
-
-
-def strip_trace(message: bytes) -> bytes:
-    """The message as the client sent it: without the Return-Path and Received pymail adds."""
-    m = TRACE.match(message)
-    assert m, f"no Return-Path/Received trace headers at the top of {message[:200]!r}"
-    return message[m.end():]
-
 
 def imap_fetch_all(server: PymailProcess) -> list[bytes]:
     imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])

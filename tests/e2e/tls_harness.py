@@ -6,28 +6,15 @@ for submission, IMAP and POP3 beside the plain ones.
 
 from __future__ import annotations
 
-import re
 import smtplib
 import ssl
 from pathlib import Path
 
-from harness import PymailProcess, corpus_messages, free_port, tool, wire
+from harness import PymailProcess, corpus_messages, free_port, strip_trace, tool, wire
 
 HOSTNAME = "mx.test.example"
 ALICE = ("alice@localhost", "alice-pw")
 IMPLICIT = {"submission": "submission_tls", "imap": "imap_tls", "pop3": "pop3_tls"}
-
-TRACE = re.compile(
-    rb"\AReturn-Path: <[^>\r\n]*>\r\nReceived: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*"
-)
-
-
-def strip_trace(message: bytes) -> bytes:
-    """The message as the client sent it: without the Return-Path and Received pymail adds."""
-    m = TRACE.match(message)
-    assert m, f"no Return-Path/Received trace headers at the top of {message[:200]!r}"
-    return message[m.end():]
-
 
 class TLSPymailProcess(PymailProcess):
     """:class:`PymailProcess` plus a test certificate and implicit-TLS listeners."""
