@@ -6,5 +6,10 @@ Public entry point: :class:`pymail.imap.server.IMAPFactory`.  Modules:
 (command grammar), ``dispatch`` (command table and states), ``server``
 (the protocol), ``mailboxes`` and ``selected`` (handlers), ``session``
 (the selected-mailbox view), ``fetch``, ``search``, ``envelope``,
-``bodystructure``, ``message`` and ``responses``.
+``bodystructure``, ``message``, ``responses`` and ``cache`` (rendered
+ENVELOPE/BODYSTRUCTURE and SEARCH fields in memory, shared by all sessions).
+
+CONDSTORE and QRESYNC are offered when the store factory has
+``persistent_modseq = True``; FETCH reads message bodies in the thread pool
+when the mailbox has ``threadsafe_read = True`` (both Maildir).
 """
