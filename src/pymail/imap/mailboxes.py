@@ -9,7 +9,7 @@ APPENDUID (UIDPLUS, RFC 4315).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pymail.errors import MailboxExists, NoSuchMailbox, StorageError
 from pymail.imap.commands import (
@@ -285,7 +285,7 @@ async def handle_list(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     if "SPECIAL-USE" in selection:
         matched = {n: sel for n, sel in matched.items() if n in roles}
     order = sorted(matched, key=lambda n: (n != "INBOX", n))
-    status_items = returns.get("STATUS")
+    status_items = cast("tuple[str, ...] | None", returns.get("STATUS"))
     for name in order:
         selectable = matched[name]
         if lsub:

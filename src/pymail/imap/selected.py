@@ -235,7 +235,9 @@ async def _fetch_with_messages(
         wanted = [uids[i] for i in batch]
         if threaded:
             return deferToThreadPool(
-                reactor, reactor.getThreadPool(), _read_batch, mailbox, wanted  # type: ignore[attr-defined]
+                reactor,  # type: ignore[arg-type]
+                reactor.getThreadPool(),  # type: ignore[attr-defined]
+                _read_batch, mailbox, wanted,
             )
         return succeed(_read_batch(mailbox, wanted))
 

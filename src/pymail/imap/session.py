@@ -297,15 +297,15 @@ class SelectedMailbox:
 def uid_set_bytes(uids: Iterable[int]) -> bytes:
     """Ascending UIDs as a compact sequence set: ``1:3,7,9:10``."""
     out: list[bytes] = []
-    start = prev = None
-    for uid in sorted(uids):
-        if start is None:
-            start = prev = uid
-        elif uid == prev + 1:  # type: ignore[operator]
+    ordered = sorted(uids)
+    if not ordered:
+        return b""
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
             prev = uid
-        else:
-            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-            start = prev = uid
-    if start is not None:
+            continue
         out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = uid
+    out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
     return b",".join(out)
