@@ -274,10 +274,22 @@ biff = no
         stop_pid(self.pid)
 
 
+def argon2id_hash(password: str) -> str:
+    """A hash with pymail's argon2id parameters, in the notation both servers read."""
+    import argon2
+    hasher = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+    return "{ARGON2ID}" + hasher.hash(password)
+
+
 class DovecotServer(Server):
+    """
+    Dovecot with the same argon2id password hashes as pymail (so LOGIN costs
+    both servers the same hashing), or with ``scheme="plain"`` none at all.
+    """
+
     name = "dovecot"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, scheme: str = "argon2id") -> None:
         self.root = root
         self.mail = root / "mail"
         self.ports = {"imap": free_port(), "pop3": free_port()}
@@ -287,8 +299,8 @@ class DovecotServer(Server):
         nobody = pwd.getpwnam("nobody")
         self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
         os.chown(self.mail, self.uid, self.gid)
-        (root / "passwd").write_text(
-            "".join(f"{u}:{{PLAIN}}{PASSWORD}::::::\n" for u in USERS))
+        secret = argon2id_hash(PASSWORD) if scheme == "argon2id" else "{PLAIN}" + PASSWORD
+        (root / "passwd").write_text("".join(f"{u}:{secret}::::::\n" for u in USERS))
         self.config = root / "dovecot.conf"
         self.config.write_text(f"""\
 instance_name = bench-dovecot-{self.ports['imap']}
