@@ -33,6 +33,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 USER = ("mem@localhost", "mem-pw")
 WARM_LOGINS = 40
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--selected", type=int, default=0,
                         help="how many of them also SELECT INBOX")
+    parser.add_argument("--messages", type=int, default=0,
+                        help="corpus messages written into the INBOX first")
     parser.add_argument("--top", type=int, default=12, help="allocation sites to show")
     parser.add_argument("--rss-only", action="store_true",
                         help="no tracemalloc (its own bookkeeping inflates RSS)")
@@ -103,6 +106,15 @@ def main() -> None:
                   f"max_connections_per_ip = {args.connections + 200}\n")
         setup = PymailProcess(Path(tmp), extra_config=limits, users=dict([USER]))
         port = setup.ports["imap"]
+        if args.messages:
+            from imap_bench import fill
+
+            from pymail.storage.maildir import MaildirStoreFactory
+
+            root = Path(MaildirStoreFactory.account_root(USER[0], str(setup.data_dir)))
+            for sub in ("cur", "new", "tmp"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            fill(root, args.messages)
         service = make_service(load(str(setup.config_path)), reactor)
         service.startService()
 
@@ -135,7 +147,8 @@ def main() -> None:
             gc.collect()
             rss_after = rss_kb()
             rss = (rss_after - rss_before) * 1024 / args.connections
-            print(f"connections: {args.connections} ({args.selected} with INBOX selected)")
+            print(f"connections: {args.connections} ({args.selected} with INBOX selected, "
+                  f"{args.messages} messages)")
             if args.rss_only:
                 print(f"RSS growth:  {rss:8.0f} bytes per connection   (goal <= 5 KB)")
                 done.set()

@@ -111,3 +111,29 @@ def test_fetch_of_bodies_waits_while_the_transport_is_full() -> None:
     assert resumed == 3  # once after each batch
     assert transport.producer is None  # unregistered at the end
     assert client.cmd("n NOOP").endswith(b"n OK NOOP completed\r\n")
+
+
+def test_sessions_in_the_same_state_share_one_uid_list() -> None:
+    """Sessions selecting a folder share its UID list; after a change they share the new one."""
+    server = Server()
+    for _ in range(3):
+        server.deliver(SIMPLE)
+    first = server.connect().login()
+    second = server.connect().login()
+    first.select()
+    second.select()
+    assert first.proto.selected is not None and second.proto.selected is not None
+    assert first.proto.selected.uids is second.proto.selected.uids
+    old = first.proto.selected.uids
+    server.deliver(SIMPLE)
+    assert b"* 4 EXISTS" in first.cmd("a NOOP")
+    assert old == [1, 2, 3]  # never changed in place
+    assert b"* 4 EXISTS" in second.cmd("b NOOP")
+    assert first.proto.selected.uids == [1, 2, 3, 4]
+    assert first.proto.selected.uids is second.proto.selected.uids
+    first.cmd("c STORE 2 +FLAGS.SILENT (\\Deleted)")
+    first.cmd("d EXPUNGE")
+    assert first.proto.selected.uids == [1, 3, 4]
+    assert second.proto.selected.uids == [1, 2, 3, 4]  # not told yet
+    assert b"* 2 EXPUNGE" in second.cmd("e NOOP")
+    assert first.proto.selected.uids is second.proto.selected.uids

@@ -9,6 +9,10 @@ Asking the index costs a query and a decode per message, though, which is
 most of the time of a ``FETCH 1:* (... ENVELOPE)`` over a big folder; this
 cache keeps the wire-ready values in memory in front of it.
 
+It also hands out one shared list of a folder's UIDs per folder state
+(:meth:`DerivedCache.shared_uids`), so sessions that select the same big
+folder do not each hold a copy.
+
 Values never change for a given UID under one UIDVALIDITY (a message's
 bytes are immutable), so entries are only ever dropped for memory: the
 cache holds at most about ``budget`` bytes, evicting whole folders, least
@@ -65,6 +69,9 @@ class DerivedCache:
         )
         self._size = 0
         self._clock = 0
+        self._uid_lists: weakref.WeakKeyDictionary[
+            IMailbox, tuple[tuple[int, int, int], list[int]]
+        ] = weakref.WeakKeyDictionary()
 
     def table(self, mailbox: IMailbox, name: str) -> dict[int, Any]:
         """
@@ -132,6 +139,26 @@ class DerivedCache:
                 continue
             del self._folders[mailbox]
             self._size -= folder.size
+
+    def shared_uids(self, mailbox: IMailbox) -> list[int]:
+        """
+        The UIDs of ``mailbox`` now, ascending, as one list shared by every
+        session that sees the folder in this state (a big folder selected by
+        many sessions is then held once).  Callers must never change it in
+        place: replace it instead.
+
+        Within one UIDVALIDITY, the number of messages and the highest UID
+        together name the state: UIDs only grow, so an expunge can never be
+        undone by a later append.
+        """
+        messages = mailbox.messages()
+        key = (mailbox.uidvalidity(), len(messages), messages[-1].uid if messages else 0)
+        known = self._uid_lists.get(mailbox)
+        if known is not None and known[0] == key:
+            return known[1]
+        uids = [info.uid for info in messages]
+        self._uid_lists[mailbox] = (key, uids)
+        return uids
 
     @property
     def size(self) -> int:

@@ -84,7 +84,9 @@ class SelectedMailbox:
         self.cache = cache if cache is not None else DerivedCache()
         self.readonly = readonly
         self._tracker = tracker
-        self.uids: list[int] = [info.uid for info in mailbox.messages()]
+        # Shared with other sessions in the same state: replaced, never changed
+        # in place (see DerivedCache.shared_uids).
+        self.uids: list[int] = self.cache.shared_uids(mailbox)
         floor = tracker.claimed_up_to(mailbox)
         self.recent: set[int] = {uid for uid in self.uids if uid > floor}
         if not readonly and self.uids:
@@ -262,7 +264,7 @@ class SelectedMailbox:
                     continue
                 new.append(uid)
             if new:
-                self.uids.extend(new)
+                self.uids = self.uids + new
                 lines.append(b"* %d EXISTS\r\n" % len(self.uids))
                 lines.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._pending_flags:
@@ -277,7 +279,16 @@ class SelectedMailbox:
                 except NoSuchMessage:
                     continue
                 lines.append(self.flag_update(seq, info, with_uid or self.qresync))
+        self._share_uids()
         return lines
+
+    def _share_uids(self) -> None:
+        # The same count and highest UID as the folder means the same UIDs
+        # (DerivedCache.shared_uids): take the shared list, drop our copy.
+        messages = self.mailbox.messages()
+        uids = self.uids
+        if len(uids) == len(messages) and (not uids or uids[-1] == messages[-1].uid):
+            self.uids = self.cache.shared_uids(self.mailbox)
 
     def flag_update(self, seq: int, info: MessageInfo, with_uid: bool) -> bytes:
         """An untagged FETCH telling the client a message's flags (and MODSEQ)."""
