@@ -55,6 +55,7 @@ import probe  # noqa: E402
 import procstat  # noqa: E402
 
 HOST = "127.0.0.1"
+RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = ("probe", "smtp", "imap", "pop3", "audit")
 SETTLE_TIMEOUT_S = 60.0
 
@@ -417,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3, minimum 3)")
     parser.add_argument("--only", default=",".join(PROTOCOLS),
                         help=f"comma-separated subset of {','.join(PROTOCOLS)}")
-    parser.add_argument("--jsonl", type=Path, default=Path("benchmark-results.jsonl"),
-                        help="append JSON lines here (default ./benchmark-results.jsonl)")
+    parser.add_argument("--jsonl", type=Path, default=RESULTS / "results.jsonl",
+                        help="append JSON lines here (default benchmarks/results/results.jsonl, "
+                             "which git ignores)")
     parser.add_argument("--chart", type=Path, help="write a PNG chart of the goals here")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--max-minutes", type=float, help="time bound (default 6 quick, 40 full)")
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         anchors.ensure_installed(prog.say)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     rec = Recorder(args.jsonl)
     truncated: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="pymail-bench-", dir="/var/tmp"))
