@@ -135,6 +135,12 @@ class Server:
     def stop(self) -> None:
         stop_pid(self.pid)
 
+    def _spawn(self, args: list[str]) -> None:
+        """Start a foreground server process and wait for its SMTP port."""
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_listening([self.ports["smtp"]], START_TIMEOUT_S, lambda: self.proc.poll() is None)
+
 
 # Every load comes from 127.0.0.1: lift the per-address connection limit.
 PYMAIL_EXTRA_CONFIG = """
