@@ -231,6 +231,35 @@ class PymailService(MultiService):
         return super().stopService()
 
 
+def tune_allocator() -> bool:
+    """
+    Make glibc return large freed blocks to the system (``mallopt``
+    M_MMAP_THRESHOLD = 128 KiB, fixed).
+
+    Every password check allocates a 19 MiB argon2id buffer in a pool
+    thread.  With glibc's default *dynamic* threshold, the first freed
+    buffer raises the threshold, later buffers come from the thread's
+    arena and stay mapped: the benchmarks measured 190-510 MiB of RSS
+    after many logins, 179 KiB per idle IMAP connection.  With the
+    threshold fixed they are mmapped and unmapped each time (3.7 KiB per
+    connection).  twistd's ``pymail`` calls this at start-up; an embedder
+    may call it too.  Returns False where it does not apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 128 * 1024))
+
+
 def make_service(config: Config, reactor: Any) -> PymailService:
     """
     Build pymail's services from a configuration.

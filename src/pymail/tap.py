@@ -12,7 +12,7 @@ from twisted.python import usage
 
 from pymail.config import embedded_default, load
 from pymail.errors import ConfigError, ListenError
-from pymail.service import PymailService, make_service
+from pymail.service import PymailService, make_service, tune_allocator
 
 
 class Options(usage.Options):
@@ -36,6 +36,7 @@ def makeService(options: Options) -> PymailService:
     """
     from twisted.internet import reactor
 
+    tune_allocator()
     try:
         config = load(options["config"]) if options["config"] else embedded_default()
         service = make_service(config, reactor)
