@@ -181,10 +181,13 @@ def measure(backend: str, data_dir: str, phase: str) -> dict[str, float]:
         result["fetch_s"] = time.perf_counter() - t0
         result["rss_mib"] = (rss_kib() - before) / 1024
         result["rss_total_mib"] = rss_kib() / 1024
-        # STORE +FLAGS on one message (Maildir: a rename; mbox: a rewrite).
-        t0 = time.perf_counter()
-        box.set_flags([box.messages()[len(box.messages()) // 2].uid], ["\\Answered"], "add")
-        result["store_s"] = time.perf_counter() - t0
+        # STORE +FLAGS on one message (Maildir: a rename; mbox: a rewrite,
+        # which the first time rebuilds every message another program wrote
+        # and later copies the messages pymail wrote as they are).
+        for key, flag in (("store_first_s", "\\Answered"), ("store_s", "\\Flagged")):
+            t0 = time.perf_counter()
+            box.set_flags([box.messages()[len(box.messages()) // 2].uid], [flag], "add")
+            result[key] = time.perf_counter() - t0
         # Another program delivers one message: the next SELECT rescans
         # (Maildir: lists the directories; mbox: parses the file and
         # rewrites it to give the message its X-UID header).
@@ -322,7 +325,9 @@ def main() -> None:
             print(f"  SELECT, folder already open:            {warm['select_open_s']:7.3f} s   "
                   f"(after another program's delivery: {warm['select_rescan_s']:.3f} s)")
             print(f"  FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE): {warm['fetch_s']:5.2f} s")
-            print(f"  STORE +FLAGS on one message:            {warm['store_s']:7.3f} s")
+            print(f"  STORE +FLAGS on one message:            {warm['store_s']:7.3f} s   "
+                  f"(the first one after another program wrote the folder: "
+                  f"{warm['store_first_s']:.3f} s)")
             print(f"  RSS of the open folder:                 {warm['rss_mib']:7.1f} MiB   "
                   f"(process {warm['rss_total_mib']:.1f} MiB)")
             print(f"  durable delivery, 10 writers, 4 KiB:    {rate:7.0f} messages/s   "

@@ -261,3 +261,30 @@ class MboxIndexTests(SynchronousTestCase):
         again = self.open_inbox()
         assert list(again.messages()) == []
         assert again.uidnext() == uid + 1
+
+    def test_rewrites_keep_every_message_exact(self) -> None:
+        """Flag changes and an expunge (which copy untouched messages as they are) lose nothing."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG + b"n %d\r\n" % n)) for n in range(8)]
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        md.add(b"From: outside@example.org\nSubject: outside\n\nFrom here\n")
+        md.flush()
+        md.unlock()
+        md.close()
+        self.successResultOf(box.refresh())
+        self.successResultOf(box.set_flags(uids[2:4], ["\\Seen", "$Work"], "add"))
+        self.successResultOf(box.set_flags(uids[5:6], ["\\Deleted"], "add"))
+        self.successResultOf(box.set_flags(uids[0:1], ["\\Flagged"], "add"))
+        self.successResultOf(box.expunge())
+        live = self.snapshot(box)
+        assert len(live) == 8 and all(e[5] for e in live)
+        state = os.path.join(self.data, "mbox", "example.org", "alice", ".pymail-state")
+        for name in os.listdir(state):
+            if ".index.sqlite" in name:
+                os.unlink(os.path.join(state, name))
+        assert self.snapshot(self.open_inbox()) == live
+        md = mailbox.mbox(self.path, create=False)
+        flags = [set(m.get_flags()) for m in md]
+        md.close()
+        assert flags[0] == {"O", "F"} and flags[2] == {"R", "O"} and len(flags) == 8

@@ -67,10 +67,19 @@ class _Entry:
     internaldate: datetime
     size: int
     quoted: bool = True  # "From " lines in the body are mboxrd-quoted
+    #: The file holds exactly what a rewrite would write for this message
+    #: (pymail wrote it, and its flags have not changed since): a rewrite
+    #: copies its bytes instead of parsing and rebuilding them.
+    clean: bool = False
 
     def row(self) -> Row:
         return (self.uid, self.start, self.body_start, self.end, " ".join(sorted(self.flags)),
-                int(self.internaldate.timestamp()), self.size, int(self.quoted))
+                int(self.internaldate.timestamp()), self.size,
+                int(self.quoted) | (_CLEAN_BIT if self.clean else 0))
+
+
+#: In an index row's ``quoted`` column: the message is clean (see _Entry.clean).
+_CLEAN_BIT = 2
 
 
 
@@ -236,7 +245,8 @@ class MboxMailbox(ViewBacked):
                 flags = flag_sets[text] = _shared_flags(text)
             if date != last_date:  # messages of one second share one object
                 last_date, when = date, datetime.fromtimestamp(date, UTC)
-            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size, quoted == 1)
+            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size,
+                                  quoted & 1 == 1, quoted & _CLEAN_BIT != 0)
             infos.append(MessageInfo(uid, prefix + str(uid), flags, when, size, modseq))
         self._disk.uidvalidity = validity
         self._disk.next_uid = max(next_uid, uid + 1)
@@ -373,11 +383,23 @@ class MboxMailbox(ViewBacked):
         Write the folder anew (without the UIDs in ``drop``) beside the old
         file, fsync, and rename it into place.
         """
-        parts: list[bytes] = []
+        # Pieces of the new file: bytes, or (start, end) ranges of ``data``
+        # copied as they are (clean messages; adjacent ones merge into one).
+        parts: list[bytes | tuple[int, int]] = []
         offsets: dict[int, tuple[int, int, int]] = {}
         pos = 0
         for entry in sorted(self._disk.entries.values(), key=lambda e: e.start):
             if entry.uid in drop:
+                continue
+            if entry.clean and entry.quoted and data[entry.end:entry.end + 1] == b"\n":
+                offsets[entry.uid] = (pos, pos + entry.body_start - entry.start,
+                                      pos + entry.end - entry.start)
+                pos += entry.end + 1 - entry.start
+                last = parts[-1] if parts else None
+                if isinstance(last, tuple) and last[1] == entry.start:
+                    parts[-1] = (last[0], entry.end + 1)
+                else:
+                    parts.append((entry.start, entry.end + 1))
                 continue
             stripped, _, _ = _parse_meta(data[entry.body_start:entry.end])
             if not entry.quoted:
@@ -394,9 +416,10 @@ class MboxMailbox(ViewBacked):
         tmp = os.path.join(os.path.dirname(self.path),
                            f".{os.path.basename(self.path)}.pymail-rewrite")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        whole = memoryview(data)
         try:
             for part in parts:
-                view = memoryview(part)
+                view = whole[part[0]:part[1]] if isinstance(part, tuple) else memoryview(part)
                 while view:
                     view = view[os.write(fd, view):]
             os.fsync(fd)
@@ -412,7 +435,7 @@ class MboxMailbox(ViewBacked):
             self._disk.entries.pop(uid, None)
         for uid, (start, body_start, end) in offsets.items():
             e = self._disk.entries[uid]
-            e.start, e.body_start, e.end, e.quoted = start, body_start, end, True
+            e.start, e.body_start, e.end, e.quoted, e.clean = start, body_start, end, True, True
         self._disk.stamp = self._stamp()
         # UIDs of removed messages must never come back after a restart.
         self._write_state()
@@ -496,7 +519,7 @@ class MboxMailbox(ViewBacked):
                 block += b"\n"
             chunk = p.from_line + b"\n" + block + b"\n"
             entries.append(_Entry(uid, pos, pos + len(p.from_line) + 1, pos + len(chunk) - 1,
-                                  p.flags, p.when, p.size))
+                                  p.flags, p.when, p.size, clean=True))
             chunks.append(chunk)
             pos += len(chunk)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -545,7 +568,7 @@ class MboxMailbox(ViewBacked):
                 done.append(uid)
                 new = apply_flag_mode(entry.flags, flags, mode)
                 if new != entry.flags:
-                    entry.flags = new
+                    entry.flags, entry.clean = new, False
                     changed[uid] = new
             if changed:
                 self._rewrite_locked(data, set())
