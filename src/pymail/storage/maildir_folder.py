@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, UTC
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -170,38 +170,32 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             self._index.put_cached(uid, name, value)
             return value  # type: ignore[no-any-return]
 
-    def read(self, uid: int) -> bytes:
+    def _open_file(self, uid: int) -> BinaryIO:
+        """
+        The message's file, opened (so a later rename or unlink by another
+        program cannot cut a read short).  A file renamed by another program
+        (a flag change) is found again by its base name.
+        """
         if uid not in self._view:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         relpath = self._disk.files.get(uid)
         for attempt in range(2):
             if relpath is not None:
                 try:
-                    with open(os.path.join(self.path, relpath), "rb") as f:
-                        return to_crlf(f.read())
+                    return open(os.path.join(self.path, relpath), "rb")  # noqa: SIM115
                 except FileNotFoundError:
                     pass
             if attempt == 0:
-                # Another program renamed it (a flag change) or removed it:
-                # find it by its base name.
                 relpath = self._find_by_uid(uid)
         raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
 
+    def read(self, uid: int) -> bytes:
+        with self._open_file(uid) as f:
+            return to_crlf(f.read())
+
     def open_message(self, uid: int) -> BinaryIO:
         """The message file, converted to wire form chunk by chunk (see :meth:`read`)."""
-        if uid not in self._view:
-            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
-        relpath = self._disk.files.get(uid)
-        for attempt in range(2):
-            if relpath is not None:
-                try:
-                    # Open, so a rename or unlink after this cannot cut it short.
-                    return CRLFStream(open(os.path.join(self.path, relpath), "rb"))  # noqa: SIM115
-                except FileNotFoundError:
-                    pass
-            if attempt == 0:
-                relpath = self._find_by_uid(uid)
-        raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
+        return cast(BinaryIO, CRLFStream(self._open_file(uid)))
 
     def _find_by_uid(self, uid: int) -> str | None:
         old = self._disk.files.get(uid)
