@@ -11,12 +11,15 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from pymail.errors import StorageError
 from pymail.interfaces import SPECIAL_USE_FOLDERS
 from pymail.storage.base import (
+    canonical_name,
+    check_mailbox_name,
     decode_roles,
     decode_subscriptions,
     encode_roles,
@@ -172,3 +175,43 @@ class AccountFiles:
                 roles[name] = role
             self._write_subscriptions(set(self.subscriptions()) | {"INBOX"} | set(roles))
             write_file_durably(self._roles, encode_roles(roles))
+
+
+class FileStoreMixin:
+    """
+    The :class:`~pymail.interfaces.IMailStore` methods the file backends
+    (Maildir, mbox) answer the same way: thread-pool work, subscriptions
+    and special-use roles kept in an :class:`AccountFiles`.  A store using it
+    sets ``_files`` and ``_factory`` (with a ``reactor``) and has
+    ``list_mailboxes()``.
+    """
+
+    _files: AccountFiles
+    _factory: Any
+
+    def list_mailboxes(self) -> list[str]:
+        raise NotImplementedError
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        reactor = self._factory.reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    def subscriptions(self) -> list[str]:
+        return self._files.subscriptions()
+
+    def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
+        try:
+            name = check_mailbox_name(canonical_name(name))
+        except StorageError as e:
+            return fail(e)
+        return self._in_thread(self._files.change_subscription, name, add)
+
+    def subscribe(self, name: str) -> Deferred[None]:
+        return self._change_subscriptions(name, True)
+
+    def unsubscribe(self, name: str) -> Deferred[None]:
+        return self._change_subscriptions(name, False)
+
+    def special_use(self) -> dict[str, str]:
+        existing = set(self.list_mailboxes())
+        return {name: role for name, role in self._files.roles().items() if name in existing}

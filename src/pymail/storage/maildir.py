@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -34,7 +32,12 @@ import twisted.mail.imap4  # noqa: F401, E402
 
 from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, StorageError
 from pymail.interfaces import IMailbox, IMailStore, IMailStoreFactory
-from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
+from pymail.storage.account import (
+    AccountFiles,
+    FileStoreMixin,
+    OpenMailboxes,
+    ensure_thread_pool,
+)
 from pymail.storage.base import (
     canonical_name,
     check_mailbox_name,
@@ -65,7 +68,7 @@ TRASHED_PREFIX = "..pymail-deleted."
 
 
 @implementer(IMailStore)
-class MaildirStore:
+class MaildirStore(FileStoreMixin):
     """The folders of one account in one Maildir++ directory."""
 
     def __init__(self, root: str, factory: MaildirStoreFactory) -> None:
@@ -79,10 +82,6 @@ class MaildirStore:
             return self.root
         check_mailbox_name(name)
         return os.path.join(self.root, "." + encode_folder_name(name))
-
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        reactor = self._factory.reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def list_mailboxes(self) -> list[str]:
         names = ["INBOX"]
@@ -198,28 +197,6 @@ class MaildirStore:
                     box.path, box.name = target_path, target
 
         return self._in_thread(rename).addCallback(moved)
-
-    # -- subscriptions and special use -------------------------------------
-
-    def subscriptions(self) -> list[str]:
-        return self._files.subscriptions()
-
-    def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
-        try:
-            name = check_mailbox_name(canonical_name(name))
-        except StorageError as e:
-            return fail(e)
-        return self._in_thread(self._files.change_subscription, name, add)
-
-    def subscribe(self, name: str) -> Deferred[None]:
-        return self._change_subscriptions(name, True)
-
-    def unsubscribe(self, name: str) -> Deferred[None]:
-        return self._change_subscriptions(name, False)
-
-    def special_use(self) -> dict[str, str]:
-        existing = set(self.list_mailboxes())
-        return {name: role for name, role in self._files.roles().items() if name in existing}
 
     def ensure_account(self) -> None:
         """Give a new account its INBOX and special-use folders (see AccountFiles.set_up)."""

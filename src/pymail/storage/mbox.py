@@ -39,17 +39,20 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, StorageError
 from pymail.interfaces import IMailbox, IMailStore, IMailStoreFactory
-from pymail.storage.account import AccountFiles, OpenMailboxes, ensure_thread_pool
+from pymail.storage.account import (
+    AccountFiles,
+    FileStoreMixin,
+    OpenMailboxes,
+    ensure_thread_pool,
+)
 from pymail.storage.base import (
     canonical_name,
     check_mailbox_name,
@@ -72,7 +75,7 @@ ROLES = ".pymail-special-use"
 
 
 @implementer(IMailStore)
-class MboxStore:
+class MboxStore(FileStoreMixin):
     """The folders of one account: an INBOX file and a directory of folder files."""
 
     def __init__(self, inbox: str, folders: str, factory: MboxStoreFactory) -> None:
@@ -93,10 +96,6 @@ class MboxStore:
             raise BadMailboxName(f"{name!r} would clash with INBOX")
         return (canonical, os.path.join(self.folders, encoded),
                 os.path.join(self.folders, STATE_DIR, encoded))
-
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        reactor = self._factory.reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def list_mailboxes(self) -> list[str]:
         names = ["INBOX"]
@@ -219,26 +218,6 @@ class MboxStore:
                     box._index, box._index_synced = MboxIndex(target_state), False
 
         return self._in_thread(rename).addCallback(moved)
-
-    def subscriptions(self) -> list[str]:
-        return self._files.subscriptions()
-
-    def _change_subscriptions(self, name: str, add: bool) -> Deferred[None]:
-        try:
-            name = check_mailbox_name(canonical_name(name))
-        except StorageError as e:
-            return fail(e)
-        return self._in_thread(self._files.change_subscription, name, add)
-
-    def subscribe(self, name: str) -> Deferred[None]:
-        return self._change_subscriptions(name, True)
-
-    def unsubscribe(self, name: str) -> Deferred[None]:
-        return self._change_subscriptions(name, False)
-
-    def special_use(self) -> dict[str, str]:
-        existing = set(self.list_mailboxes())
-        return {n: r for n, r in self._files.roles().items() if n in existing}
 
     def ensure_account(self) -> None:
         """Give a new account its INBOX file and special-use folders, once."""
