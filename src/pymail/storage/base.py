@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import bisect
 import io
-from collections.abc import Iterable, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 
@@ -31,6 +31,8 @@ from pymail.interfaces import (
     MessageInfo,
 )
 from pymail.storage.fsutil import to_crlf
+
+_T = TypeVar("_T")
 
 log = Logger()
 
@@ -232,10 +234,31 @@ def decode_folder_name(name: str) -> str:
 class ViewBacked:
     """
     The ``IMailbox`` methods every backend answers from its
-    :class:`MailboxView` (``self._view``), written once.
+    :class:`MailboxView` (``self._view``), written once.  The defaults for
+    keywords (any number, those in use) and :meth:`cached` (a dict in
+    ``self._cache`` that the backend clears when messages change) suit a
+    backend without a persistent index; Maildir overrides them.
     """
 
     _view: MailboxView
+    _cache: dict[tuple[int, str], Any]
+
+    def read(self, uid: int) -> bytes:
+        raise NotImplementedError
+
+    def keywords(self) -> frozenset[str]:
+        return keywords_of(self._view.messages())
+
+    def accepts_new_keywords(self) -> bool:
+        return True
+
+    def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
+        key = (uid, name)
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._cache[key] = compute(self.read(uid))
+            return value
 
     def highestmodseq(self) -> int:
         return self._view.highestmodseq

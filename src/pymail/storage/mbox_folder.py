@@ -27,7 +27,6 @@ from pymail.storage.base import (
     MailboxView,
     ViewBacked,
     apply_flag_mode,
-    keywords_of,
     normalise_flags,
 )
 from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
@@ -146,20 +145,6 @@ class MboxMailbox(ViewBacked):
 
     def uidnext(self) -> int:
         return self._disk.next_uid
-
-    def keywords(self) -> frozenset[str]:
-        return keywords_of(self._view.messages())
-
-    def accepts_new_keywords(self) -> bool:
-        return True
-
-    def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
-        key = (uid, name)
-        try:
-            return self._cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            value = self._cache[key] = compute(self.read(uid))
-            return value
 
     def read(self, uid: int) -> bytes:
         if uid not in self._view:

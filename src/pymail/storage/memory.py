@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, UTC
 from typing import Any, BinaryIO, TypeVar
 
@@ -31,7 +31,6 @@ from pymail.storage.base import (
     apply_flag_mode,
     canonical_name,
     check_mailbox_name,
-    keywords_of,
     normalise_flags,
     rename_plan,
 )
@@ -67,20 +66,6 @@ class MemoryMailbox(ViewBacked):
 
     def open_message(self, uid: int) -> BinaryIO:
         return io.BytesIO(self.read(uid))
-
-    def keywords(self) -> frozenset[str]:
-        return keywords_of(self._view.messages())
-
-    def accepts_new_keywords(self) -> bool:
-        return True
-
-    def cached(self, uid: int, name: str, compute: Callable[[bytes], _T]) -> _T:
-        key = (uid, name)
-        try:
-            return self._cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            value = self._cache[key] = compute(self.read(uid))
-            return value
 
     def append(
         self,
