@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pymail.config import Config, check_endpoints, check_storage_backend, embedded_default, load
 from pymail.directory.files import FileDirectory
-from pymail.directory.passwords import hash_password
+from pymail.directory.passwords import hash_password, scram_credential
 from pymail.errors import ConfigError, DirectoryError
 
 EXAMPLES = """\
@@ -71,11 +71,11 @@ def cmd_user(args: argparse.Namespace) -> None:
         return
     if args.action == "add":
         password = read_password(args.address)
-        address = directory.add_user(args.address, hash_password(password))
+        address = directory.add_user(args.address, hash_password(password), scram_credential(password))
         print(f"added account {address}")
     elif args.action == "passwd":
         password = read_password(args.address)
-        directory.set_password(args.address, hash_password(password))
+        directory.set_password(args.address, hash_password(password), scram_credential(password))
         print(f"changed the password of {args.address.lower()}")
     elif args.action == "del":
         directory.delete_user(args.address)

@@ -14,18 +14,25 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.directory.files import FileDirectory
-from pymail.directory.passwords import hash_password, needs_rehash, scheme_of, verify_password
+from pymail.auth.sasl import IScramCredentialSource, IScramVerified
+from pymail.directory.passwords import (
+    hash_password,
+    needs_rehash,
+    scheme_of,
+    scram_credential,
+    verify_password,
+)
 
 log = Logger(namespace="pymail.auth")
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IScramCredentialSource)
 @attrs.define
 class AccountsChecker:
     """
@@ -38,15 +45,28 @@ class AccountsChecker:
     A password stored in another scheme (bcrypt, SHA512-CRYPT, a Dovecot
     ``{SCHEME}``: see :mod:`pymail.directory.passwords`) is replaced by an
     argon2id hash after it matched, so imported accounts move to argon2id
-    as their users log in.
+    as their users log in.  The same goes for an account without a
+    SCRAM-SHA-256 credential: it gets one at its next password login.
+
+    SCRAM logins (:class:`pymail.auth.sasl.IScramVerified`) were verified
+    by the SASL exchange against :meth:`scram_credential`; here the account
+    must still exist and not be disabled.
     """
 
-    credentialInterfaces = (IUsernamePassword,)
+    credentialInterfaces = (IUsernamePassword, IScramVerified)
 
     _directory: FileDirectory
     _reactor: Any = None
 
+    def scram_credential(self, username: str) -> str | None:
+        entry = self._directory.user(username.strip().lower())
+        if entry is None or entry.disabled:
+            return None
+        return entry.scram
+
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        if IScramVerified.providedBy(credentials):
+            return self._scram_avatar_id(credentials)
         username = credentials.username
         password = credentials.password
         if isinstance(username, bytes):
@@ -64,11 +84,20 @@ class AccountsChecker:
             ok = verify_password(stored, password)
             if not ok or entry is None or entry.disabled or stored is None:
                 raise UnauthorizedLogin("authentication failed")
-            if needs_rehash(stored):
+            if needs_rehash(stored) or entry.scram is None:
                 self._rehash(entry.address, stored, password)
             return entry.address
 
         return deferToThreadPool(reactor, reactor.getThreadPool(), check)
+
+    def _scram_avatar_id(self, credentials: Any) -> Deferred[Any]:
+        username = credentials.username
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        entry = self._directory.user(username.strip().lower())
+        if not credentials.verified or entry is None or entry.disabled or entry.scram is None:
+            return fail(UnauthorizedLogin("authentication failed"))
+        return succeed(entry.address)
 
     def _rehash(self, address: str, old: str, password: str) -> None:
         # In the thread pool, after a successful check.  The hash is only
@@ -76,16 +105,20 @@ class AccountsChecker:
         # meanwhile by `pymail user passwd` wins).  A failure here never
         # fails the login.
         try:
-            new = hash_password(password)
+            new = hash_password(password) if needs_rehash(old) else old
+            scram = scram_credential(password)
             current = self._directory.user(address)
             if current is None or current.password_hash != old:
                 return
-            self._directory.set_password(address, new)
+            self._directory.set_password(address, new, scram)
         except Exception:
             log.failure("could not rehash the password of {address}", address=address)
             return
-        log.info("rehashed the password of {address} from {scheme} to argon2id",
-                 address=address, scheme=scheme_of(old) or "an old scheme")
+        if new != old:
+            log.info("rehashed the password of {address} from {scheme} to argon2id",
+                     address=address, scheme=scheme_of(old) or "an old scheme")
+        else:
+            log.info("stored a SCRAM-SHA-256 credential for {address}", address=address)
 
 
 @implementer(ICheckerFactory)
@@ -98,7 +131,7 @@ class AccountsCheckerFactory:
         "The argument is the path of the passwd file in pymail's data directory."
     )
     argStringFormat = "Path of the passwd file, e.g. /var/lib/pymail/passwd"
-    credentialInterfaces = (IUsernamePassword,)
+    credentialInterfaces = (IUsernamePassword, IScramVerified)
 
     def generateChecker(self, argstring: str = "") -> AccountsChecker:
         if not argstring:

@@ -22,22 +22,36 @@ between the framing and ``portal.login``::
 Every error is a :class:`SASLError` subclass whose ``str()`` is safe to put
 in a reply; it never contains the client's data.
 
-SCRAM-SHA-256 is not offered: pymail's accounts file holds argon2id hashes,
-from which no SCRAM key can be derived (it would need a ``{SCRAM-SHA-256}``
-credential stored beside the password hash).
+SCRAM-SHA-256 (RFC 5802, RFC 7677) needs the stored credential of the
+account: ``sasl.start(b"SCRAM-SHA-256", initial, scram=scram_source(portal))``.
+It ends in :class:`IScramVerified` credentials, checked by the portal like a
+password, so disabled accounts and the login throttle work the same.  SCRAM
+never sends the password, so it is offered where clear text is not.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
+import hmac
+import os
 from collections.abc import Callable
+from typing import Any
 
 import attrs
-from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
+from zope.interface import Attribute, Interface, implementer
+
+from pymail.directory.passwords import SCRAM_ITERATIONS, SCRAM_SALT_OCTETS, parse_scram_credential
 
 #: Clear-text mechanisms this module implements, in the order advertised.
 CLEARTEXT_MECHANISMS: tuple[bytes, ...] = (b"PLAIN", b"LOGIN")
+#: The mechanism that does not send the password (RFC 7677).
+SCRAM_SHA_256 = b"SCRAM-SHA-256"
+#: Octets of server nonce (before base64) added to the client's.
+SCRAM_NONCE_OCTETS = 18
 #: RFC 4616 section 2: authcid and passwd are at most 255 octets of UTF-8;
 #: with the authzid and separators a PLAIN response fits well in this.
 MAX_RESPONSE_OCTETS = 2048
@@ -81,15 +95,61 @@ def is_loopback(host: str | None) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
-def mechanisms(policy: str, tls_active: bool, client_is_loopback: bool) -> list[bytes]:
+def mechanisms(policy: str, tls_active: bool, client_is_loopback: bool,
+               scram: bool = False) -> list[bytes]:
     """
-    The mechanism names to advertise on this connection now: PLAIN and
-    LOGIN where clear text is allowed, else none (RFC 4954 / RFC 3501 /
-    RFC 5034 all say not to advertise what would be refused).
+    The mechanism names to advertise on this connection now: SCRAM-SHA-256
+    when ``scram`` (the portal can look up SCRAM credentials, see
+    :func:`scram_source`), then PLAIN and LOGIN where clear text is allowed
+    (RFC 4954 / RFC 3501 / RFC 5034 all say not to advertise what would be
+    refused).
     """
+    names = [SCRAM_SHA_256] if scram else []
     if cleartext_allowed(policy, tls_active, client_is_loopback):
-        return list(CLEARTEXT_MECHANISMS)
-    return []
+        names.extend(CLEARTEXT_MECHANISMS)
+    return names
+
+
+class IScramVerified(ICredentials):
+    """
+    The outcome of a SCRAM exchange: ``username`` sent a ClientProof, and
+    ``verified`` says whether it matched the stored credential.  A checker
+    accepts it only when verified and the account may log in.
+    """
+
+    username = Attribute("The authentication identity, bytes.")
+    verified = Attribute("Whether the ClientProof matched, bool.")
+
+
+class IScramCredentialSource(Interface):
+    """A checker that can hand out the stored SCRAM-SHA-256 credentials."""
+
+    def scram_credential(username: str) -> str | None:
+        """
+        ``<iterations>:<salt>:<StoredKey>:<ServerKey>`` of an account that
+        may log in, or None (unknown, disabled, or no SCRAM credential).
+        """
+
+
+@implementer(IScramVerified)
+@attrs.frozen
+class ScramVerified:
+    username: bytes
+    verified: bool
+
+
+ScramLookup = Callable[[str], "str | None"]
+
+
+def scram_source(portal: Any) -> ScramLookup | None:
+    """
+    The SCRAM credential lookup of ``portal``'s checker for
+    :class:`IScramVerified` credentials, or None (then do not offer SCRAM).
+    """
+    checker = getattr(portal, "checkers", {}).get(IScramVerified)
+    if checker is not None and IScramCredentialSource.providedBy(checker):
+        return checker.scram_credential  # type: ignore[no-any-return]
+    return None
 
 
 @attrs.frozen
@@ -107,7 +167,7 @@ class Challenge:
 class Done:
     """The exchange is complete: check ``credentials`` with the portal."""
 
-    credentials: IUsernamePassword = attrs.field(repr=False)
+    credentials: IUsernamePassword | IScramVerified = attrs.field(repr=False)
 
     @property
     def username(self) -> bytes:
@@ -165,10 +225,141 @@ def _parse_plain(message: bytes) -> Done:
     return Done(UsernamePassword(authcid, password))
 
 
+@functools.cache
+def _dummy_secret() -> bytes:
+    # Per process: the salt of a user without a credential is derived from it,
+    # so it is stable between attempts, as a real one would be.
+    return os.urandom(32)
+
+
+def _saslname(value: bytes) -> bytes:
+    # RFC 5802 section 5.1: ',' and '=' travel as =2C and =3D; any other '='.
+    if b"\x00" in value:
+        raise MalformedResponse("user name must not contain NUL")
+    out = value.replace(b"=2C", b",").replace(b"=3D", b"\x00")
+    if b"=" in out:
+        raise MalformedResponse("SCRAM user name has a bad '=' escape")
+    return out.replace(b"\x00", b"=")
+
+
+def _attributes(message: bytes, names: bytes) -> list[bytes]:
+    # A SCRAM message is comma-separated "a=value" attributes in a fixed order.
+    parts = message.split(b",")
+    if len(parts) < len(names):
+        raise MalformedResponse("SCRAM message is missing attributes")
+    values = []
+    for name, part in zip(names, parts):
+        if part[:2] != bytes([name]) + b"=":
+            raise MalformedResponse("SCRAM message has unexpected attributes")
+        values.append(part[2:])
+    return values
+
+
+def _random_nonce() -> bytes:
+    # Printable, no ',' (RFC 5802 section 5.1).
+    return base64.b64encode(os.urandom(SCRAM_NONCE_OCTETS))
+
+
+class ScramExchange:
+    """
+    The server side of SCRAM-SHA-256 (RFC 5802 section 5, RFC 7677), without
+    channel binding.  ``lookup`` gives the stored credential of a user name;
+    ``nonce`` the server's printable nonce part (random; injectable for tests).
+    """
+
+    def __init__(self, lookup: ScramLookup, nonce: Callable[[], bytes] | None = None) -> None:
+        self._lookup = lookup
+        self._nonce = nonce or _random_nonce
+        self._next: Callable[[bytes], Step] = self.client_first
+
+    def client_first(self, data: bytes) -> Step:
+        # gs2-header "n,," (no channel binding, no authzid other than the
+        # user), then "n=user,r=nonce[,extensions]".
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedResponse("SCRAM message must be UTF-8") from None
+        if data.startswith(b"p="):
+            raise MalformedResponse("SCRAM channel binding is not supported")
+        if data[:2] not in (b"n,", b"y,"):
+            raise MalformedResponse("SCRAM message must start with the gs2 header n,,")
+        cbind, _, rest = data.partition(b",")
+        authzid, comma, bare = rest.partition(b",")
+        if not comma:
+            raise MalformedResponse("SCRAM gs2 header is incomplete")
+        if authzid and not authzid.startswith(b"a="):
+            raise MalformedResponse("SCRAM gs2 header is malformed")
+        if bare.startswith(b"m="):
+            raise MalformedResponse("SCRAM extensions are not supported")
+        user, client_nonce = _attributes(bare, b"nr")
+        user = _check_text(_saslname(user), "user name")
+        if authzid and _saslname(authzid[2:]).lower() != user.lower():
+            raise MalformedResponse("authorization identity must be empty or the user name")
+        if not client_nonce or any(c < 0x21 or c > 0x7E or c == 0x2C for c in client_nonce):
+            raise MalformedResponse("SCRAM nonce must be printable")
+        self._gs2 = cbind + b"," + authzid + b","
+        self._user = user
+        self._client_first_bare = bare
+        name = user.decode("utf-8").strip().lower()
+        stored = self._lookup(name)
+        parsed = parse_scram_credential(stored) if stored is not None else None
+        if parsed is None:
+            # No account, or none that may use SCRAM: answer like for one, with
+            # a salt that is stable per name, and let the proof fail.
+            salt = hmac.new(_dummy_secret(), b"salt:" + name.encode(), hashlib.sha256).digest()
+            parsed = (SCRAM_ITERATIONS, salt[:SCRAM_SALT_OCTETS], b"", b"")
+        iterations, salt, self._stored_key, self._server_key = parsed
+        self._known = stored is not None and self._stored_key != b""
+        self._nonce_full = client_nonce + self._nonce()
+        self._server_first = (b"r=" + self._nonce_full + b",s=" + base64.b64encode(salt)
+                              + b",i=" + str(iterations).encode())
+        self._next = self.client_final
+        return Challenge(self._server_first)
+
+    def client_final(self, data: bytes) -> Step:
+        # "c=base64(gs2 header),r=nonce[,extensions],p=proof"
+        without_proof, comma, proof_attr = data.rpartition(b",")
+        if not comma or not proof_attr.startswith(b"p="):
+            raise MalformedResponse("SCRAM final message must end with the proof")
+        channel, nonce = _attributes(without_proof, b"cr")
+        try:
+            proof = base64.b64decode(proof_attr[2:], validate=True)
+            gs2 = base64.b64decode(channel, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedResponse("SCRAM attribute is not valid base64") from None
+        if gs2 != self._gs2:
+            raise MalformedResponse("SCRAM channel binding does not match the gs2 header")
+        if not hmac.compare_digest(nonce, self._nonce_full):
+            raise MalformedResponse("SCRAM nonce does not match")
+        auth_message = self._client_first_bare + b"," + self._server_first + b"," + without_proof
+        verified = False
+        if self._known and len(proof) == hashlib.sha256().digest_size:
+            signature = hmac.new(self._stored_key, auth_message, hashlib.sha256).digest()
+            client_key = bytes(a ^ b for a, b in zip(proof, signature))
+            verified = hmac.compare_digest(hashlib.sha256(client_key).digest(), self._stored_key)
+        if not verified:
+            return Done(ScramVerified(self._user, False))  # type: ignore[arg-type]
+        server_signature = hmac.new(self._server_key, auth_message, hashlib.sha256).digest()
+        self._next = self.client_empty
+        return Challenge(b"v=" + base64.b64encode(server_signature))
+
+    def client_empty(self, data: bytes) -> Step:
+        # RFC 5802 section 5: the server-final message went as a challenge;
+        # the client answers it with an empty response.
+        if data:
+            raise MalformedResponse("SCRAM expects an empty response after the server signature")
+        return Done(ScramVerified(self._user, True))  # type: ignore[arg-type]
+
+    def __call__(self, data: bytes) -> Step:
+        return self._next(data)
+
+
 class Exchange:
     """One SASL exchange on the server side; see the module docstring."""
 
-    def __init__(self, mechanism: bytes, initial: bytes | None) -> None:
+    def __init__(self, mechanism: bytes, initial: bytes | None,
+                 scram: ScramLookup | None = None,
+                 nonce: Callable[[], bytes] | None = None) -> None:
         self.mechanism = mechanism
         self._responses: list[bytes] = []
         self._next: Callable[[bytes], Step]
@@ -182,6 +373,9 @@ class Exchange:
                 self.step = Challenge(b"Username:")
             else:
                 self.step = self.respond(initial)
+        elif mechanism == SCRAM_SHA_256 and scram is not None:
+            self._next = ScramExchange(scram, nonce)
+            self.step = Challenge(b"") if initial is None else self.respond(initial)
         else:
             raise UnknownMechanism("unsupported authentication mechanism")
 
@@ -205,13 +399,17 @@ class Exchange:
         return Done(UsernamePassword(self._username, data))
 
 
-def start(mechanism: bytes, initial: bytes | None = None) -> Exchange:
+def start(mechanism: bytes, initial: bytes | None = None,
+          scram: ScramLookup | None = None,
+          nonce: Callable[[], bytes] | None = None) -> Exchange:
     """
     Begin an exchange.  ``mechanism`` is compared case-insensitively;
     ``initial`` is the initial response as sent (base64, or ``=`` for empty),
-    ``None`` when the client sent none.
+    ``None`` when the client sent none.  ``scram`` is the credential lookup
+    (:func:`scram_source`) that enables SCRAM-SHA-256; ``nonce`` replaces the
+    random server nonce (tests only).
 
-    :raises UnknownMechanism: not PLAIN or LOGIN.
+    :raises UnknownMechanism: not PLAIN, LOGIN or (with ``scram``) SCRAM-SHA-256.
     :raises SASLError: the initial response is malformed.
     """
-    return Exchange(mechanism.upper(), initial)
+    return Exchange(mechanism.upper(), initial, scram, nonce)

@@ -7,7 +7,10 @@ The account database in plain files under the data directory.
     One account per line, in Dovecot's passwd-file layout
     (``user:password:uid:gid:gecos:home:shell:extra_fields``); pymail uses the
     user (a lower-case ``local@domain``), the password hash and, in the
-    extra fields, ``nologin`` for a disabled account.
+    extra fields, ``nologin`` for a disabled account and
+    ``scram-sha-256=<iterations>:<salt>:<StoredKey>:<ServerKey>`` (base64;
+    see :func:`pymail.directory.passwords.scram_credential`) for SCRAM-SHA-256
+    logins.  Other extra fields are kept as they are.
 ``aliases``
     ``alias@domain: target@domain, other@domain`` lines.
 
@@ -107,15 +110,27 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
         return
 
 
+#: The extra field holding the SCRAM-SHA-256 credential.
+SCRAM_FIELD = "scram-sha-256="
+
+
 @attrs.frozen
 class UserEntry:
     address: str
     password_hash: str = attrs.field(repr=False)
     disabled: bool = False
+    #: ``<iterations>:<salt>:<StoredKey>:<ServerKey>``, or None: no SCRAM login.
+    scram: str | None = attrs.field(default=None, repr=False)
+    #: Extra fields pymail does not use, kept when the line is rewritten.
+    other_extra: tuple[str, ...] = ()
 
     def to_line(self) -> str:
-        extra = "nologin" if self.disabled else ""
-        return f"{self.address}:{self.password_hash}::::::{extra}"
+        extra = list(self.other_extra)
+        if self.disabled:
+            extra.insert(0, "nologin")
+        if self.scram:
+            extra.append(SCRAM_FIELD + self.scram)
+        return f"{self.address}:{self.password_hash}::::::{' '.join(extra)}"
 
 
 @attrs.define
@@ -135,9 +150,12 @@ def _parse(data_dir: str) -> _Snapshot:
         fields = line.split(":")
         if len(fields) < 2:
             continue
-        extra = fields[7].split() if len(fields) > 7 else []
+        # The extra fields may hold ':' (the SCRAM credential does).
+        extra = ":".join(fields[7:]).split() if len(fields) > 7 else []
         address = fields[0].strip().lower()
-        snap.users[address] = UserEntry(address, fields[1], "nologin" in extra)
+        scram = next((e[len(SCRAM_FIELD):] for e in extra if e.startswith(SCRAM_FIELD)), None)
+        other = tuple(e for e in extra if e != "nologin" and not e.startswith(SCRAM_FIELD))
+        snap.users[address] = UserEntry(address, fields[1], "nologin" in extra, scram, other)
     for _, line in _lines(os.path.join(data_dir, ALIASES)):
         alias, colon, targets = line.partition(":")
         if colon:
@@ -309,7 +327,7 @@ class FileDirectory:
             snap.domains.remove(domain)
             self._write_domains(snap)
 
-    def add_user(self, address: str, password_hash: str) -> str:
+    def add_user(self, address: str, password_hash: str, scram: str | None = None) -> str:
         address = check_account_address(address)
         domain = address.split("@")[1]
         with self._locked() as snap:
@@ -322,17 +340,21 @@ class FileDirectory:
                 raise DirectoryError(f"account {address} exists already")
             if address in snap.aliases:
                 raise DirectoryError(f"{address} is an alias; delete the alias first")
-            snap.users[address] = UserEntry(address, password_hash)
+            snap.users[address] = UserEntry(address, password_hash, scram=scram)
             self._write_users(snap)
         return address
 
-    def set_password(self, address: str, password_hash: str) -> None:
+    def set_password(self, address: str, password_hash: str, scram: str | None = None) -> None:
+        """
+        Replace the password hash, and the SCRAM credential with ``scram``
+        (None removes it: a credential of the old password must not stay).
+        """
         address = check_account_address(address)
         with self._locked() as snap:
             entry = snap.users.get(address)
             if entry is None:
                 raise DirectoryError(f"account {address} does not exist")
-            snap.users[address] = attrs.evolve(entry, password_hash=password_hash)
+            snap.users[address] = attrs.evolve(entry, password_hash=password_hash, scram=scram)
             self._write_users(snap)
 
     def set_disabled(self, address: str, disabled: bool) -> None:

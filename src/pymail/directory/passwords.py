@@ -33,6 +33,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -212,3 +213,55 @@ _CRYPT_PREFIXES = (
     ("$6$", "SHA512-CRYPT"),
     ("$5$", "SHA256-CRYPT"),
 )
+
+
+# -- SCRAM-SHA-256 (RFC 5802, RFC 7677) ----------------------------------------
+
+#: PBKDF2 iterations of new SCRAM-SHA-256 credentials.  RFC 7677 section 4:
+#: at least 4096; more costs every client that much on every login.
+SCRAM_ITERATIONS = 10_000
+#: Salt length of new SCRAM credentials, in octets.
+SCRAM_SALT_OCTETS = 16
+
+
+def scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """
+    StoredKey and ServerKey of ``password`` (RFC 5802 section 3), SHA-256.
+    The password is used as UTF-8 without SASLprep (pymail passwords are
+    not normalised anywhere else either).
+    """
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    return hashlib.sha256(client_key).digest(), server_key
+
+
+def scram_credential(password: str, salt: bytes | None = None,
+                     iterations: int = SCRAM_ITERATIONS) -> str:
+    """
+    The SCRAM-SHA-256 credential of ``password`` as stored in the passwd
+    file: ``<iterations>:<salt>:<StoredKey>:<ServerKey>``, base64.  It does
+    not reveal the password (only PBKDF2 outputs), but like a hash it allows
+    guessing offline, and StoredKey/ServerKey allow impersonating the server.
+    """
+    if salt is None:
+        salt = os.urandom(SCRAM_SALT_OCTETS)
+    stored_key, server_key = scram_keys(password, salt, iterations)
+    b64 = base64.b64encode
+    return f"{iterations}:{b64(salt).decode()}:{b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def parse_scram_credential(value: str) -> tuple[int, bytes, bytes, bytes] | None:
+    """``(iterations, salt, StoredKey, ServerKey)`` of a stored credential, None if malformed."""
+    parts = value.split(":")
+    if len(parts) != 4 or not parts[0].isdigit():
+        return None
+    try:
+        salt, stored, server = (base64.b64decode(p, validate=True) for p in parts[1:])
+    except (binascii.Error, ValueError):
+        return None
+    iterations = int(parts[0])
+    if iterations < 4096 or not salt or len(stored) != 32 or len(server) != 32:
+        return None
+    return iterations, salt, stored, server
+

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape as xml_escape
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from pymail.directory.passwords import hash_password
+from pymail.directory.passwords import hash_password, scram_credential
 from pymail.errors import DirectoryError
 from pymail.web import views
 from pymail.web.http import Context, HTTPError, Response
@@ -83,7 +83,8 @@ def add_routes(app: WebApp) -> None:
         if checked is None:
             return await account_page(ctx, "The current password is wrong.", status=400)
         checked[1]()  # the avatar from the check is not kept
-        await in_thread(lambda: app.directory.set_password(session.address, hash_password(new)))
+        await in_thread(lambda: app.directory.set_password(
+            session.address, hash_password(new), scram_credential(new)))
         ended = app.sessions.end_others(session.address, session.id)
         log.info("web: {account} changed their password ({ended} other sessions ended)",
                  account=session.address, ended=ended)
@@ -173,8 +174,10 @@ def add_routes(app: WebApp) -> None:
                 None), status=400)
         d = app.directory
         works: dict[str, tuple[Callable[[], object], str]] = {
-            "add": (lambda: d.add_user(address, hash_password(password)), "user-added"),
-            "password": (lambda: d.set_password(address, hash_password(password)),
+            "add": (lambda: d.add_user(address, hash_password(password),
+                                       scram_credential(password)), "user-added"),
+            "password": (lambda: d.set_password(address, hash_password(password),
+                                               scram_credential(password)),
                          "password-set"),
             "delete": (lambda: d.delete_user(address), "user-deleted"),
             "disable": (lambda: d.set_disabled(address, True), "user-disabled"),
