@@ -71,7 +71,8 @@ def cmd_user(args: argparse.Namespace) -> None:
         return
     if args.action == "add":
         password = read_password(args.address)
-        address = directory.add_user(args.address, hash_password(password), scram_credential(password))
+        address = directory.add_user(
+            args.address, hash_password(password), scram_credential(password))
         print(f"added account {address}")
     elif args.action == "passwd":
         password = read_password(args.address)

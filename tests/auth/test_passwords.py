@@ -16,7 +16,9 @@ from pymail.directory.files import FileDirectory
 from pymail.directory.passwords import (
     hash_password,
     needs_rehash,
+    parse_scram_credential,
     scheme_of,
+    scram_credential,
     verify_password,
 )
 from pymail.testing import CheckerContract, ThreadlessReactor
@@ -106,6 +108,21 @@ class RehashTests(SynchronousTestCase):
         # And the new hash keeps working.
         self.successResultOf(checker.requestAvatarId(
             UsernamePassword(b"carol@example.org", password.encode())))
+
+    def test_password_login_stores_a_missing_scram_credential(self) -> None:
+        """An account without a SCRAM credential gets one of its password at a password login."""
+        directory = FileDirectory(str(Path(self.mktemp())))
+        directory.ensure_domains(["example.org"])
+        stored = hash_password("pencil")
+        directory.add_user("dave@example.org", stored)
+        checker = AccountsChecker(directory, ThreadlessReactor())
+        self.successResultOf(checker.requestAvatarId(
+            UsernamePassword(b"dave@example.org", b"pencil")))
+        entry = directory.user("dave@example.org")
+        assert entry is not None and entry.scram is not None
+        self.assertEqual(entry.password_hash, stored)
+        iterations, salt, stored_key, _ = parse_scram_credential(entry.scram)  # type: ignore[misc]
+        self.assertEqual(scram_credential("pencil", salt, iterations), entry.scram)
 
     def test_failed_login_does_not_rehash(self) -> None:
         """A wrong password leaves an imported hash alone."""

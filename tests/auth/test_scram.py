@@ -51,7 +51,7 @@ def client_final(password: str, client_first_bare: bytes, server_first: bytes,
     without_proof = b"c=" + b64(gs2) + b",r=" + attrs[b"r"]
     auth_message = client_first_bare + b"," + server_first + b"," + without_proof
     signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
     server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
     return without_proof + b",p=" + b64(proof), b"v=" + b64(server_signature)
@@ -61,7 +61,7 @@ RFC_CREDENTIALS = {"user": scram_credential("pencil", RFC_SALT, 4096)}
 
 
 def test_rfc7677_example_exchange() -> None:
-    """The server side reproduces RFC 7677's example byte for byte and ends verified."""
+    """The server side reproduces RFC 7677's example byte for byte, ending verified."""
     exchange = rfc_exchange(RFC_CREDENTIALS)
     assert exchange.step == sasl.Challenge(b"")
     step = exchange.respond(b64(RFC_CLIENT_FIRST))
@@ -82,7 +82,7 @@ def test_initial_response_starts_the_exchange() -> None:
 
 
 def test_wrong_password_ends_unverified() -> None:
-    """A proof made with another password ends in unverified credentials, without a server signature."""
+    """A proof made with another password ends unverified, without a server signature."""
     exchange = rfc_exchange(RFC_CREDENTIALS)
     exchange.respond(b64(RFC_CLIENT_FIRST))
     final, _ = client_final("pencils", b"n=user,r=rOprNGfwEbeRWgbNEkqO", RFC_SERVER_FIRST)
@@ -91,8 +91,8 @@ def test_wrong_password_ends_unverified() -> None:
     assert done.credentials.verified is False
 
 
-def test_other_user_proof_is_refused() -> None:
-    """A correct proof for the credential but computed over another nonce does not verify."""
+def test_changed_nonce_is_refused() -> None:
+    """A final message whose nonce is not the one the server sent is refused."""
     exchange = rfc_exchange(RFC_CREDENTIALS)
     exchange.respond(b64(RFC_CLIENT_FIRST))
     with pytest.raises(sasl.MalformedResponse):
@@ -115,7 +115,7 @@ def test_other_user_proof_is_refused() -> None:
     b"",
 ])
 def test_malformed_client_first_is_refused(message: bytes) -> None:
-    """Every malformed client-first message is a MalformedResponse, not an exception of another kind."""
+    """Every malformed client-first message is a MalformedResponse, nothing else."""
     exchange = rfc_exchange(RFC_CREDENTIALS)
     with pytest.raises(sasl.MalformedResponse):
         exchange.respond(b64(message))
@@ -168,7 +168,7 @@ def test_non_empty_answer_to_server_final_is_refused() -> None:
 
 
 def test_unknown_user_gets_a_stable_plausible_challenge() -> None:
-    """An unknown user gets a server-first of the same shape, with a salt stable per name, and never verifies."""
+    """An unknown user gets a same-shaped server-first, a per-name stable salt, never verifies."""
     def server_first(user: bytes) -> bytes:
         step = rfc_exchange(RFC_CREDENTIALS).respond(b64(b"n,,n=" + user + b",r=abc"))
         assert isinstance(step, sasl.Challenge)
@@ -225,7 +225,7 @@ def _result(d: Deferred[object]) -> object:
 
 
 def test_passwd_line_keeps_the_credential_and_other_fields(tmp_path: object) -> None:
-    """The credential is stored as an extra field, unknown extra fields survive, and a new password replaces it."""
+    """The credential is an extra field, other extra fields survive, a new password drops it."""
     d = _directory(tmp_path)
     path = os.path.join(str(tmp_path), "passwd")
     with open(path) as f:

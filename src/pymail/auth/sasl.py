@@ -248,7 +248,7 @@ def _attributes(message: bytes, names: bytes) -> list[bytes]:
     if len(parts) < len(names):
         raise MalformedResponse("SCRAM message is missing attributes")
     values = []
-    for name, part in zip(names, parts):
+    for name, part in zip(names, parts, strict=False):
         if part[:2] != bytes([name]) + b"=":
             raise MalformedResponse("SCRAM message has unexpected attributes")
         values.append(part[2:])
@@ -335,7 +335,7 @@ class ScramExchange:
         verified = False
         if self._known and len(proof) == hashlib.sha256().digest_size:
             signature = hmac.new(self._stored_key, auth_message, hashlib.sha256).digest()
-            client_key = bytes(a ^ b for a, b in zip(proof, signature))
+            client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
             verified = hmac.compare_digest(hashlib.sha256(client_key).digest(), self._stored_key)
         if not verified:
             return Done(ScramVerified(self._user, False))  # type: ignore[arg-type]
@@ -385,7 +385,11 @@ class Exchange:
 
         :raises SASLError: cancelled or malformed; the exchange is over.
         """
-        self.step = self._next(decode(line))
+        return self.feed(decode(line))
+
+    def feed(self, data: bytes) -> Step:
+        """Like :meth:`respond` for a response the protocol has base64-decoded already."""
+        self.step = self._next(data)
         return self.step
 
     def _login_username(self, data: bytes) -> Step:

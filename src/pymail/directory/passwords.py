@@ -248,7 +248,8 @@ def scram_credential(password: str, salt: bytes | None = None,
         salt = os.urandom(SCRAM_SALT_OCTETS)
     stored_key, server_key = scram_keys(password, salt, iterations)
     b64 = base64.b64encode
-    return f"{iterations}:{b64(salt).decode()}:{b64(stored_key).decode()}:{b64(server_key).decode()}"
+    fields = (b64(salt).decode(), b64(stored_key).decode(), b64(server_key).decode())
+    return f"{iterations}:" + ":".join(fields)
 
 
 def parse_scram_credential(value: str) -> tuple[int, bytes, bytes, bytes] | None:

@@ -1,12 +1,14 @@
 """
 Getting in: LOGIN (RFC 3501 section 6.2.3), AUTHENTICATE with the PLAIN
-mechanism (RFC 4616) or LOGIN (through :mod:`pymail.auth.sasl`) and an
-initial response (SASL-IR, RFC 4959), and
+mechanism (RFC 4616), LOGIN or SCRAM-SHA-256 (RFC 7677; through
+:mod:`pymail.auth.sasl`) and an initial response (SASL-IR, RFC 4959), and
 STARTTLS (RFC 3501 section 6.2.1).
 
 Plaintext passwords (LOGIN, PLAIN) are refused with ``LOGINDISABLED`` in
 CAPABILITY until TLS is on, when the server has TLS to offer; a loopback
-connection may be let off (``allow_plaintext_on_loopback``).
+connection may be let off (``allow_plaintext_on_loopback``).  SCRAM-SHA-256
+sends no password and is offered on every connection whose portal can look
+up SCRAM credentials.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = Logger()
 #: SASL mechanisms offered (``AUTH=`` capabilities); LOGIN is the
 #: obsolete user-then-password exchange some clients still prefer.
 MECHANISMS = ("PLAIN", "LOGIN")
+#: The mechanism that sends no password, offered without TLS too.
+SCRAM = "SCRAM-SHA-256"
 #: The longest SASL response accepted, base64 (a PLAIN response is small).
 MAX_SASL_RESPONSE = 8 * 1024
 
@@ -70,6 +74,8 @@ def access_capabilities(conn: IMAPServerProtocol) -> list[str]:
     caps = []
     if conn.tls is not None and not is_tls(conn):
         caps.append("STARTTLS")
+    if sasl.scram_source(conn.portal) is not None:
+        caps.append("AUTH=" + SCRAM)
     if plaintext_allowed(conn):
         caps.extend("AUTH=" + m for m in MECHANISMS)
     else:
@@ -82,8 +88,11 @@ def _refuse_plaintext() -> Exception:
 
 
 async def _log_in(conn: IMAPServerProtocol, user: bytes, password: bytes) -> Reply | None:
-    name = user.decode("utf-8", "replace")
-    credentials = UsernamePassword(user, password)
+    return await _log_in_with(conn, UsernamePassword(user, password))
+
+
+async def _log_in_with(conn: IMAPServerProtocol, credentials: Any) -> Reply | None:
+    name = credentials.username.decode("utf-8", "replace")
     try:
         if conn.throttle is not None:
             # Repeated failures are slowed, then refused (pymail.auth.throttle).
@@ -142,6 +151,9 @@ def _b64(data: bytes) -> bytes:
 async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     args = cmd.args
     assert isinstance(args, Authenticate)
+    scram = sasl.scram_source(conn.portal)
+    if args.mechanism == SCRAM and scram is not None:
+        return await _authenticate_sasl(conn, args.mechanism, args.initial, scram)
     if args.mechanism not in MECHANISMS:
         raise no(
             f"unsupported mechanism {args.mechanism!r} (offered: {' '.join(MECHANISMS)})",
@@ -150,7 +162,7 @@ async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply |
     if not plaintext_allowed(conn):
         raise _refuse_plaintext()
     if args.mechanism == "LOGIN":
-        return await _authenticate_login(conn, args.initial)
+        return await _authenticate_sasl(conn, "LOGIN", args.initial)
     if args.initial is not None:
         raw = args.initial
     else:
@@ -167,10 +179,11 @@ async def handle_authenticate(conn: IMAPServerProtocol, cmd: Command) -> Reply |
     return Reply("AUTHENTICATE completed", reply.code)
 
 
-async def _authenticate_login(conn: IMAPServerProtocol, initial: bytes | None) -> Reply | None:
-    """The LOGIN mechanism (user name, then password), run by :mod:`pymail.auth.sasl`."""
+async def _authenticate_sasl(conn: IMAPServerProtocol, mechanism: str, initial: bytes | None,
+                             scram: sasl.ScramLookup | None = None) -> Reply | None:
+    """LOGIN (user name, then password) or SCRAM-SHA-256, run by :mod:`pymail.auth.sasl`."""
     try:
-        exchange = sasl.start(b"LOGIN", initial)
+        exchange = sasl.start(mechanism.encode("ascii"), initial, scram=scram)
         step = exchange.step
         while isinstance(step, sasl.Challenge):
             conn.send_raw(b"+ " + step.encoded + b"\r\n")
@@ -182,8 +195,7 @@ async def _authenticate_login(conn: IMAPServerProtocol, initial: bytes | None) -
         raise bad("AUTHENTICATE cancelled") from None
     except sasl.SASLError as e:
         raise bad(f"AUTHENTICATE: {e}") from None
-    credentials = step.credentials
-    reply = await _log_in(conn, credentials.username, credentials.password)
+    reply = await _log_in_with(conn, step.credentials)
     if reply is None:
         return None
     return Reply("AUTHENTICATE completed", reply.code)

@@ -507,10 +507,12 @@ class POP3Server(Protocol):
             if self._tls is not None and not self._tls_active:
                 caps.append(b"STLS")
             mechanisms = sasl.mechanisms(
-                self._cleartext_auth, self._tls_active, sasl.is_loopback(self._peer_host())
+                self._cleartext_auth, self._tls_active, sasl.is_loopback(self._peer_host()),
+                scram=self._scram() is not None,
             )
-            if mechanisms:
+            if self._cleartext_ok():
                 caps.append(b"USER")
+            if mechanisms:
                 caps.append(b"SASL " + b" ".join(mechanisms))
         caps += [b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"IMPLEMENTATION pymail"]
         return caps
@@ -575,19 +577,22 @@ class POP3Server(Protocol):
     def do_auth(self, args: bytes) -> Deferred[None] | None:
         parts = args.split()
         allowed = self._cleartext_ok()
+        scram = self._scram()
         if not parts:
             # RFC 1734 habit kept by many servers: bare AUTH lists mechanisms.
-            names = list(sasl.CLEARTEXT_MECHANISMS) if allowed else []
+            names = [sasl.SCRAM_SHA_256] if scram is not None else []
+            names += list(sasl.CLEARTEXT_MECHANISMS) if allowed else []
             self._ok_pieces(multiline_lines(replies.line(replies.AUTH_LIST), names))
             return None
         if len(parts) > 2:
             raise _SyntaxError()
-        if not allowed:
+        is_scram = parts[0].upper() == sasl.SCRAM_SHA_256 and scram is not None
+        if not allowed and not is_scram:
             self._fail(replies.CLEARTEXT_REFUSED)
             return None
         initial = parts[1] if len(parts) == 2 else None
         try:
-            exchange = sasl.start(parts[0], initial)
+            exchange = sasl.start(parts[0], initial, scram=scram)
         except sasl.UnknownMechanism:
             self._fail(replies.AUTH_UNKNOWN_MECHANISM)
             return None
@@ -595,6 +600,10 @@ class POP3Server(Protocol):
             self._fail(replies.AUTH_MALFORMED, reason=str(e))
             return None
         return self._sasl_step(exchange)
+
+    def _scram(self) -> sasl.ScramLookup | None:
+        """The SCRAM credential lookup of the portal, None if SCRAM is not offered."""
+        return sasl.scram_source(self._portal)
 
     def _sasl_step(self, exchange: sasl.Exchange) -> Deferred[None] | None:
         step = exchange.step

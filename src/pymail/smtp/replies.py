@@ -164,6 +164,7 @@ AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the base64 response")
 AUTH_MALFORMED = Reply(
     501, "5.5.2", "Malformed PLAIN response: expected authzid NUL authcid NUL passwd"
 )
+AUTH_SASL_MALFORMED = Reply(501, "5.5.2", "Malformed SASL response")
 AUTH_UNKNOWN_MECHANISM = Reply(
     504, "5.5.4", "Unsupported mechanism {mechanism}; use PLAIN or LOGIN"
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import itertools
 import os
 import re
@@ -46,6 +47,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from pymail import maillog
+from pymail.auth import sasl
 from pymail.auth.throttle import LoginThrottle
 from pymail.address import (
     Address,
@@ -478,8 +480,12 @@ class SMTPServer(LineReceiver):
         ]
         if self.factory.tls is not None and not self._tls:
             lines.append("STARTTLS")
-        if self.factory.mode == SUBMISSION and self._auth_allowed():
-            lines.append("AUTH PLAIN LOGIN")
+        if self.factory.mode == SUBMISSION:
+            mechanisms = [sasl.SCRAM_SHA_256.decode()] if self._scram() is not None else []
+            if self._auth_allowed():
+                mechanisms += ["PLAIN", "LOGIN"]
+            if mechanisms:
+                lines.append("AUTH " + " ".join(mechanisms))
         self._reply(Reply(250, None, "\n".join(lines)))
 
     @property
@@ -497,6 +503,10 @@ class SMTPServer(LineReceiver):
                 return True
             transport = getattr(transport, "transport", None)
         return False
+
+    def _scram(self) -> sasl.ScramLookup | None:
+        """The portal's SCRAM credential lookup; None: SCRAM-SHA-256 is not offered."""
+        return sasl.scram_source(self.factory.portal)
 
     def _auth_allowed(self) -> bool:
         """Whether AUTH may be used on this connection now (RFC 4954 section 4, RFC 8314)."""
@@ -888,12 +898,24 @@ class SMTPServer(LineReceiver):
         if self._transaction is not None:
             self._reply(R.AUTH_IN_TRANSACTION)
             return None
-        if not self._auth_allowed():
-            self._reply(R.ENCRYPTION_REQUIRED)
-            return None
         mechanism, _, initial = arg.partition(" ")
         mechanism = mechanism.upper()
         initial = initial.strip(" ")
+        scram = self._scram()
+        if mechanism == sasl.SCRAM_SHA_256.decode() and scram is not None:
+            # SCRAM sends no password: allowed without TLS (docs/security.md).
+            self._auth_mechanism = mechanism
+            exchange = sasl.start(sasl.SCRAM_SHA_256, None, scram=scram)
+            step: Callable[[bytes], Deferred[None] | None] = functools.partial(
+                self._sasl_step, exchange)
+            if not initial:
+                self._auth_step = step
+                self._reply(R.AUTH_CHALLENGE.format(challenge=""), count=False)
+                return None
+            return self._auth_response(step, b"" if initial == "=" else initial.encode())
+        if not self._auth_allowed():
+            self._reply(R.ENCRYPTION_REQUIRED)
+            return None
         if mechanism not in ("PLAIN", "LOGIN"):
             self._reply(R.AUTH_UNKNOWN_MECHANISM.format(mechanism=mechanism or "(none)"))
             return None
@@ -932,14 +954,30 @@ class SMTPServer(LineReceiver):
             return None
         return self._check_credentials(authcid, password)
 
+    def _sasl_step(self, exchange: sasl.Exchange, response: bytes) -> Deferred[None] | None:
+        """One response of a :mod:`pymail.auth.sasl` exchange (SCRAM-SHA-256)."""
+        try:
+            step = exchange.feed(response)
+        except sasl.SASLError:
+            self._reply(R.AUTH_SASL_MALFORMED)
+            return None
+        if isinstance(step, sasl.Challenge):
+            self._auth_step = functools.partial(self._sasl_step, exchange)
+            challenge = step.encoded.decode("ascii")
+            self._reply(R.AUTH_CHALLENGE.format(challenge=challenge), count=False)
+            return None
+        return self._check(step.credentials)
+
     def _login_username(self, response: bytes) -> None:
         self._auth_step = lambda password: self._check_credentials(response, password)
         self._reply(R.AUTH_CHALLENGE.format(challenge=_b64("Password:")), count=False)
 
     def _check_credentials(self, username: bytes, password: bytes) -> Deferred[None]:
+        return self._check(UsernamePassword(username, password))
+
+    def _check(self, credentials: Any) -> Deferred[None]:
         portal = self.factory.portal
         assert portal is not None
-        credentials = UsernamePassword(username, password)
         if self.factory.throttle is not None:
             d = self.factory.throttle.login(
                 portal, credentials, IAccount, peer=self._client, service="submission"
