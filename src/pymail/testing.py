@@ -12,10 +12,16 @@ Public fakes for plugin authors, embedders and pymail's own tests.
   passwords, the same realm the server uses, and in-memory mail stores.
 - :class:`CheckerContract`: the contract test mixin for password checkers
   (``auth = [...]`` plugins; see docs/plugins.md).
+- :class:`ScramClient`: the client side of SCRAM-SHA-256, to drive a
+  server's exchange in a test.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC
 from typing import Any
@@ -619,3 +625,49 @@ class CheckerContract:
         for name in (b"alice@example.org\x00", b"alice@example.org\r\nx", b"../../etc/passwd",
                      b"\xff\xfe@example.org", b"", b"a" * 5000):
             self._refused(name, b"correct horse")
+
+
+class ScramClient:
+    """
+    The client side of one SCRAM-SHA-256 exchange (RFC 5802 section 3),
+    for tests of servers: call it with each decoded server challenge (None
+    or ``b""`` first) and send back what it returns.  After the server's
+    final message ``server_verified`` says whether its signature was right.
+    ``nonce`` and ``gs2`` (``b"n,,"``, or ``b"n,a=user,"``) may be replaced
+    to reproduce published exchanges.
+    """
+
+    def __init__(self, user: str, password: str, nonce: bytes | None = None,
+                 gs2: bytes = b"n,,") -> None:
+        self.user = user
+        self.password = password
+        self.nonce = nonce if nonce is not None else base64.b64encode(os.urandom(18))
+        self.gs2 = gs2
+        self.server_verified = False
+        self.expected_server_final = b""
+        self._state = 0
+
+    def __call__(self, challenge: bytes | None = None) -> bytes:
+        if self._state == 0:
+            self._state = 1
+            self.client_first_bare = b"n=" + self.user.encode() + b",r=" + self.nonce
+            return self.gs2 + self.client_first_bare
+        if self._state == 1:
+            self._state = 2
+            assert challenge is not None
+            attributes = dict(a.split(b"=", 1) for a in challenge.split(b","))
+            salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(),
+                                         base64.b64decode(attributes[b"s"]),
+                                         int(attributes[b"i"]))
+            client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+            stored_key = hashlib.sha256(client_key).digest()
+            without_proof = b"c=" + base64.b64encode(self.gs2) + b",r=" + attributes[b"r"]
+            auth_message = self.client_first_bare + b"," + challenge + b"," + without_proof
+            signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+            proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+            server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+            self.expected_server_final = b"v=" + base64.b64encode(
+                hmac.new(server_key, auth_message, hashlib.sha256).digest())
+            return without_proof + b",p=" + base64.b64encode(proof)
+        self.server_verified = challenge == self.expected_server_final
+        return b""

@@ -6,8 +6,6 @@ exchange in :mod:`pymail.auth.sasl`, and the checker's part.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 
 import pytest
@@ -19,6 +17,7 @@ from pymail.auth import sasl
 from pymail.auth.checkers import AccountsChecker
 from pymail.directory.files import FileDirectory
 from pymail.directory.passwords import hash_password, parse_scram_credential, scram_credential
+from pymail.testing import ScramClient
 
 # RFC 7677 section 3.
 RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
@@ -42,19 +41,12 @@ def rfc_exchange(credentials: dict[str, str]) -> sasl.Exchange:
 
 def client_final(password: str, client_first_bare: bytes, server_first: bytes,
                  gs2: bytes = b"n,,") -> tuple[bytes, bytes]:
-    """A client's final message and the ServerSignature it expects (RFC 5802 section 3)."""
-    attrs = dict(a.split(b"=", 1) for a in server_first.split(b","))
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs[b"s"]),
-                                 int(attrs[b"i"]))
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    without_proof = b"c=" + b64(gs2) + b",r=" + attrs[b"r"]
-    auth_message = client_first_bare + b"," + server_first + b"," + without_proof
-    signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
-    return without_proof + b",p=" + b64(proof), b"v=" + b64(server_signature)
+    """A client's final message and the server-final it expects, by :class:`ScramClient`."""
+    user, nonce = (a.split(b"=", 1)[1] for a in client_first_bare.split(b","))
+    client = ScramClient(user.decode(), password, nonce=nonce, gs2=gs2)
+    client()
+    final = client(server_first)
+    return final, client.expected_server_final
 
 
 RFC_CREDENTIALS = {"user": scram_credential("pencil", RFC_SALT, 4096)}

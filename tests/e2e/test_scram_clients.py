@@ -1,18 +1,15 @@
 """
-SCRAM-SHA-256 against the real process: a client-side SCRAM (RFC 5802
-section 3, written here with hashlib/hmac; the stdlib clients have none)
-driven by imaplib's AUTHENTICATE, a raw POP3 AUTH and smtplib's AUTH, over
-plain TCP with the ``tls`` clear-text policy: SCRAM sends no password, so it
-is offered where PLAIN and LOGIN are not.
+SCRAM-SHA-256 against the real process: a client-side SCRAM
+(:class:`pymail.testing.ScramClient`, RFC 5802 section 3 with hashlib/hmac;
+the stdlib clients have none) driven by imaplib's AUTHENTICATE, a raw POP3
+AUTH and smtplib's AUTH, over plain TCP with the ``tls`` clear-text policy:
+SCRAM sends no password, so it is offered where PLAIN and LOGIN are not.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import imaplib
-import os
 import poplib
 import smtplib
 from collections.abc import Callable, Iterator
@@ -20,44 +17,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from harness import PymailProcess
 
+from pymail.testing import ScramClient
+
 USERS = {"alice@example.org": "pencil-and-paper", "bob@example.org": "bob-pw"}
-
-
-class ScramClient:
-    """The client side of one SCRAM-SHA-256 exchange, as a SASL callback."""
-
-    def __init__(self, user: str, password: str) -> None:
-        self.user = user
-        self.password = password
-        self.nonce = base64.b64encode(os.urandom(18))
-        self.state = 0
-        self.server_verified = False
-
-    def __call__(self, challenge: bytes | None) -> bytes:
-        if self.state == 0:
-            self.state = 1
-            self.bare = b"n=" + self.user.encode() + b",r=" + self.nonce
-            return b"n,," + self.bare
-        if self.state == 1:
-            self.state = 2
-            assert challenge is not None
-            attrs = dict(a.split(b"=", 1) for a in challenge.split(b","))
-            assert attrs[b"r"].startswith(self.nonce) and len(attrs[b"r"]) > len(self.nonce)
-            salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(),
-                                         base64.b64decode(attrs[b"s"]), int(attrs[b"i"]))
-            client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-            stored_key = hashlib.sha256(client_key).digest()
-            without_proof = b"c=biws,r=" + attrs[b"r"]
-            auth_message = self.bare + b"," + challenge + b"," + without_proof
-            signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
-            proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-            server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-            self.expected = b"v=" + base64.b64encode(
-                hmac.new(server_key, auth_message, hashlib.sha256).digest())
-            return without_proof + b",p=" + base64.b64encode(proof)
-        assert challenge == self.expected, "the server's signature is wrong"
-        self.server_verified = True
-        return b""
 
 
 @pytest.fixture(scope="module")
