@@ -35,6 +35,7 @@ from zope.interface import implementer
 from twisted.internet.task import Clock
 
 from pymail.auth.realm import MailRealm
+from pymail.directory.passwords import scram_prepare
 from pymail.interfaces import IDirectory, IMailboxListener, IMailStoreFactory
 from pymail.storage.memory import MemoryStoreFactory
 
@@ -656,7 +657,7 @@ class ScramClient:
             self._state = 2
             assert challenge is not None
             attributes = dict(a.split(b"=", 1) for a in challenge.split(b","))
-            salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(),
+            salted = hashlib.pbkdf2_hmac("sha256", scram_prepare(self.password).encode(),
                                          base64.b64decode(attributes[b"s"]),
                                          int(attributes[b"i"]))
             client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()

@@ -256,3 +256,15 @@ def test_checker_refuses_unverified_disabled_and_unknown(tmp_path: object) -> No
     assert disabled.check(UnauthorizedLogin)  # type: ignore[attr-defined]
     for failure in (bad, unknown, disabled):
         failure.trap(UnauthorizedLogin)  # type: ignore[attr-defined]
+
+
+def test_saslprep_applied_to_stored_credential() -> None:
+    """RFC 4013: a soft hyphen is mapped to nothing, so 'I\\u00adX' and 'IX' give one credential."""
+    from pymail.directory.passwords import scram_credential, scram_prepare
+
+    salt = b"0123456789abcdef"
+    assert scram_prepare("I\u00adX") == "IX"
+    assert scram_prepare("a\u00a0b") == "a b"  # a non-ASCII space becomes a space
+    assert scram_credential("I\u00adX", salt=salt) == scram_credential("IX", salt=salt)
+    # SASLprep refuses control characters: such a password is used unchanged.
+    assert scram_prepare("a\u0007b") == "a\u0007b"
