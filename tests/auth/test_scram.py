@@ -251,7 +251,9 @@ def test_checker_refuses_unverified_disabled_and_unknown(tmp_path: object) -> No
     unknown = _result(checker.requestAvatarId(sasl.ScramVerified(b"eve@example.org", True)))
     assert unknown.check(UnauthorizedLogin)  # type: ignore[attr-defined]
     d.set_disabled("alice@example.org", True)
-    assert sasl.scram_source(portal)("alice@example.org") is None  # type: ignore[misc]
+    decoy = sasl.scram_source(portal)("alice@example.org")  # type: ignore[misc]
+    assert decoy != d.user("alice@example.org").scram  # type: ignore[union-attr]
+    assert parse_scram_credential(decoy) is not None  # well formed, like a real one
     disabled = _result(checker.requestAvatarId(ok))
     assert disabled.check(UnauthorizedLogin)  # type: ignore[attr-defined]
     for failure in (bad, unknown, disabled):
@@ -268,3 +270,15 @@ def test_saslprep_applied_to_stored_credential() -> None:
     assert scram_credential("I\u00adX", salt=salt) == scram_credential("IX", salt=salt)
     # SASLprep refuses control characters: such a password is used unchanged.
     assert scram_prepare("a\u0007b") == "a\u0007b"
+
+
+def test_decoy_salt_is_stable_across_restarts(tmp_path: object) -> None:
+    """An unknown user's decoy salt is the same for a new checker (a restart) on the same data."""
+    d = _directory(tmp_path)
+    first = AccountsChecker(d).scram_credential("eve@example.org")
+    again = AccountsChecker(FileDirectory(d.data_dir)).scram_credential("eve@example.org")
+    other = AccountsChecker(d).scram_credential("mallory@example.org")
+    assert first == again
+    assert first != other
+    parsed = parse_scram_credential(first)  # type: ignore[arg-type]
+    assert parsed is not None and len(parsed[1]) == 16

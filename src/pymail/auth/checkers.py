@@ -6,6 +6,9 @@ application as the ``pymail-passwd`` strcred plugin
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from typing import Any
 
@@ -19,17 +22,23 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pymail.directory.files import FileDirectory
 from pymail.auth.sasl import IScramCredentialSource, IScramVerified
+from pymail.directory.files import FileDirectory
 from pymail.directory.passwords import (
+    SCRAM_ITERATIONS,
+    SCRAM_SALT_OCTETS,
     hash_password,
     needs_rehash,
     scheme_of,
     scram_credential,
     verify_password,
 )
+from pymail.storage.fsutil import write_file_durably
 
 log = Logger(namespace="pymail.auth")
+
+#: A file in the data directory: the secret behind decoy SCRAM salts.
+DECOY_SECRET = ".scram-decoy-secret"
 
 
 @implementer(ICredentialsChecker, IScramCredentialSource)
@@ -59,10 +68,43 @@ class AccountsChecker:
     _reactor: Any = None
 
     def scram_credential(self, username: str) -> str | None:
-        entry = self._directory.user(username.strip().lower())
-        if entry is None or entry.disabled:
-            return None
-        return entry.scram
+        """
+        The account's SCRAM credential; for an unknown, disabled or SCRAM-less
+        account a decoy whose salt and keys are derived from the name and a
+        secret kept in the data directory (so no password matches it):
+        the same for every attempt and across restarts, as a real salt is,
+        so the challenge does not tell whether the account exists.
+        """
+        name = username.strip().lower()
+        entry = self._directory.user(name)
+        if entry is not None and not entry.disabled and entry.scram:
+            return entry.scram
+        secret = self._decoy_secret()
+
+        def derive(label: bytes) -> bytes:
+            return hmac.new(secret, label + b":" + name.encode(), hashlib.sha256).digest()
+
+        # Keys no password produces (they come from a secret): the proof
+        # fails exactly as a wrong password's does.
+        fields = (derive(b"salt")[:SCRAM_SALT_OCTETS], derive(b"stored"), derive(b"server"))
+        return f"{SCRAM_ITERATIONS}:" + ":".join(base64.b64encode(f).decode() for f in fields)
+
+    def _decoy_secret(self) -> bytes:
+        path = os.path.join(self._directory.data_dir, DECOY_SECRET)
+        try:
+            with open(path, "rb") as f:
+                secret = f.read()
+            if len(secret) >= 32:
+                return secret
+        except FileNotFoundError:
+            pass
+        secret = os.urandom(32)
+        try:
+            write_file_durably(path, secret, mode=0o600)
+        except OSError:
+            log.warn("cannot keep the SCRAM decoy secret in {path}; using one per process",
+                     path=path)
+        return secret
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         if IScramVerified.providedBy(credentials):
