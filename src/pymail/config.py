@@ -130,6 +130,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "web": {
         "listen": Key(list, [], "Endpoints of the webmail (HTTP) service; [] turns it off."),
+        "listen_tls": Key(
+            list, [], "Implicit-TLS (HTTPS) webmail endpoints (port 443); needs [tls]."
+        ),
         "session_lifetime": Key(
             int, 8 * 3600, "Seconds a webmail session lasts after sign-in.", minimum=60
         ),
@@ -255,6 +258,7 @@ class WebConfig:
     session_lifetime: int
     idle_timeout: int
     admins: tuple[str, ...]
+    listen_tls: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -426,7 +430,7 @@ def from_mapping(data: Mapping[str, Any], source: str, base_dir: str = ".") -> C
     auth = tuple(values.get("auth", ()))
     tls = sections["tls"]
     if not tls.enabled:
-        for section in ("submission", "imap", "pop3"):
+        for section in ("submission", "imap", "pop3", "web"):
             if sections[section].listen_tls:
                 raise ConfigError(
                     f"{source}: [{section}] listen_tls needs a certificate: set [tls] "

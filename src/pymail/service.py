@@ -354,12 +354,21 @@ def make_service(config: Config, reactor: Any) -> PymailService:
             EndpointListener(label, description, endpoint, factory).setServiceParent(
                 IServiceCollection(root)
             )
-    if config.web.listen:
+    if config.web.listen or config.web.listen_tls:
         from pymail.web.site import WEB_REFUSAL, make_web_site
 
         site = make_web_site(config, portal, directory, delivery, reactor, throttle=throttle)
-        for description in config.web.listen:
-            web_factory = LimitedFactory(limits, site, label="[web]", refusal=WEB_REFUSAL,
+        for description, secure in [(d, False) for d in config.web.listen] + [
+            (d, True) for d in config.web.listen_tls
+        ]:
+            # HTTPS: the same certificates (and SIGHUP reload) as IMAPS/POP3S/465.
+            web_site: Any = site
+            if secure:
+                assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
+                web_site = tls.wrap(site)
+            web_factory = LimitedFactory(limits, web_site,
+                                         label="[web]" + (" tls" if secure else ""),
+                                         refusal=b"" if secure else WEB_REFUSAL,
                                          preauth=False)
             EndpointListener("[web]", description, serverFromString(reactor, description),
                              web_factory).setServiceParent(IServiceCollection(root))
