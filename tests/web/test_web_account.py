@@ -142,10 +142,29 @@ class ClientSetupTests(SynchronousTestCase):
     def test_autoconfig_ignores_a_hostile_address(self) -> None:
         """A crafted emailaddress cannot inject XML."""
         reply = make_world().browser().get(
-            '/mail/config-v1.1.xml?emailaddress=a%40x%22%3E%3Cevil%2F%3E')
+            '/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=a%40x%22%3E%3Cevil%2F%3E')
         root = ET.fromstring(reply.body)
         self.assertIsNone(root.find(".//evil"))
         self.assertEqual(root.find("emailProvider").get("id"), "mail.example.org")  # type: ignore[union-attr]
+
+    def test_folder_named_like_the_autoconfig_file_is_not_shadowed(self) -> None:
+        """A folder called config-v1.1.xml opens as a folder; autoconfig is only on its path."""
+        world = make_world()
+        store = world.stores.open_store("alice@example.org", "/nonexistent")
+        store.create_mailbox("config-v1.1.xml")
+        world.reactor.advance(0)
+        browser = world.browser()
+        browser.sign_in("alice@example.org")
+        reply = browser.get("/mail/config-v1.1.xml")
+        self.assertEqual(reply.status, 200)
+        self.assertEqual(reply.header("content-type"), "text/html; charset=utf-8")
+        self.assertIn('data-folder="config-v1.1.xml"', reply.text)
+        self.assertNotIn("clientConfig", reply.text)
+        signed_out = world.browser().get("/mail/config-v1.1.xml?emailaddress=a%40example.org")
+        self.assertEqual((signed_out.status, signed_out.header("location")), (303, "/signin"))
+        self.assertEqual(world.browser().get(
+            "/.well-known/autoconfig/mail/config-v1.1.xml").header("content-type"),
+            "application/xml; charset=utf-8")
 
     def test_settings_page_shows_ports(self) -> None:
         """The settings page tells the user name and each service's port."""

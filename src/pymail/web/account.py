@@ -30,6 +30,9 @@ MIN_PASSWORD_LENGTH = 10
 
 _T = TypeVar("_T")
 
+#: Where Thunderbird looks for its autoconfig file on the mail domain's web server.
+AUTOCONFIG_PATH = "/.well-known/autoconfig/mail/config-v1.1.xml"
+
 ADMIN_NOTICES = {
     "domain-added": "Domain added.", "domain-deleted": "Domain deleted.",
     "user-added": "Account added.", "user-deleted": "Account deleted (its mail stays on disk).",
@@ -220,8 +223,9 @@ def add_routes(app: WebApp) -> None:
     r.add("POST", "/admin/users", admin_users, admin=True)
     r.add("POST", "/admin/aliases", admin_aliases, admin=True)
     r.add("GET", "/settings", settings)
-    r.add("GET", "/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig, public=True)
-    r.add("GET", "/mail/config-v1.1.xml", autoconfig, public=True)
+    # Only the exact well-known path (no /mail/config-v1.1.xml): every other
+    # path under /mail/ is a folder, and a folder may have any name.
+    r.add("GET", AUTOCONFIG_PATH, autoconfig, public=True)
 
 
 def _security(kind: str) -> tuple[str, str]:
@@ -245,7 +249,7 @@ def settings_body(s: ClientSettings, address: str) -> str:
         '<table class="settings"><thead><tr><th>Service</th><th>Server</th><th>Port</th>'
         f'<th>Connection security</th></tr></thead><tbody>{table}</tbody></table>'
         '<p>Thunderbird and other clients that read '
-        '<a href="/.well-known/autoconfig/mail/config-v1.1.xml">the autoconfig file</a> '
+        f'<a href="{AUTOCONFIG_PATH}">the autoconfig file</a> '
         'set themselves up from your email address.</p>'
     )
 
@@ -272,4 +276,4 @@ def autoconfig_xml(s: ClientSettings, domain: str) -> str:
             '  </emailProvider>\n</clientConfig>\n')
 
 
-__all__ = ["add_routes", "autoconfig_xml", "settings_body", "views"]
+__all__ = ["AUTOCONFIG_PATH", "add_routes", "autoconfig_xml", "settings_body", "views"]

@@ -39,6 +39,7 @@ from pymail.web.http import (
     HTTPError,
     Response,
     Router,
+    WebSite,
     parse_body,
     parse_query,
     same_origin,
@@ -82,6 +83,8 @@ class WebApp:
     settings: ClientSettings
     admins: frozenset[str] = frozenset()
     max_body: int = DEFAULT_MAX_BODY
+    #: Largest message sent from the web (the submission port's SIZE), or no limit.
+    max_message_size: int | None = None
     throttle: LoginThrottle | None = None
     summaries: SummaryCache = attrs.Factory(SummaryCache)
     order: FolderOrder = attrs.Factory(FolderOrder)
@@ -91,8 +94,6 @@ class WebApp:
     def __attrs_post_init__(self) -> None:
         from pymail.web import account, mail
 
-        # Account routes first: Thunderbird's /mail/config-v1.1.xml would
-        # otherwise be taken for a folder of that name.
         account.add_routes(self)
         mail.add_routes(self)
         self.router.add("GET", "/static/([a-z]+\\.(?:js|css))", self._static, public=True)
@@ -253,7 +254,7 @@ class WebResource(Resource):
 
 def make_site(app: WebApp) -> Site:
     """The ``twisted.web`` site for a :class:`WebApp` (no access log of its own)."""
-    site = Site(WebResource(app), reactor=app.clock)
+    site = WebSite(WebResource(app), max_body=app.max_body, reactor=app.clock)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

@@ -62,6 +62,7 @@ def make_web_site(config: Config, portal: Portal, directory: Any, policy: IDeliv
         settings=client_settings(config),
         admins=frozenset(a.lower() for a in config.web.admins),
         max_body=config.smtp.max_message_size + 1024 * 1024,
+        max_message_size=config.smtp.max_message_size,
         throttle=throttle,
     )
     return make_site(app)
