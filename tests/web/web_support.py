@@ -116,11 +116,7 @@ class Browser:
 
     def open(self, method: str, path: str, body: bytes = b"",
              headers: dict[str, str] | None = None) -> tuple[Reply, StringTransport]:
-        kind = TLSStringTransport if self.secure else StringTransport
-        transport = kind(peerAddress=IPv4Address("TCP", self.client_ip, 40000),
-                         hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
-        channel = self.world.site.buildProtocol(transport.getPeer())
-        channel.makeConnection(transport)
+        channel, transport = self.connect()
         all_headers = {"Host": self.host}
         if self.cookies:
             all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -140,6 +136,15 @@ class Browser:
             else:
                 self.cookies.pop(name, None)
         return reply, transport
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """A connection to the site, to feed a request piece by piece."""
+        kind = TLSStringTransport if self.secure else StringTransport
+        transport = kind(peerAddress=IPv4Address("TCP", self.client_ip, 40000),
+                         hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        channel = self.world.site.buildProtocol(transport.getPeer())
+        channel.makeConnection(transport)
+        return channel, transport
 
     def get(self, path: str, **kw: Any) -> Reply:
         return self.open("GET", path, **kw)[0]
@@ -201,7 +206,8 @@ class WebWorld:
         return found[0]
 
 
-def make_world(admins: tuple[str, ...] = (), directory: Any = None) -> WebWorld:
+def make_world(admins: tuple[str, ...] = (), directory: Any = None,
+               max_body: int | None = None, max_message_size: int | None = None) -> WebWorld:
     reactor = ThreadlessReactor()
     stores = MemoryStoreFactory()
     portal, memory_directory, _ = memory_portal(PASSWORDS, stores)
@@ -209,7 +215,9 @@ def make_world(admins: tuple[str, ...] = (), directory: Any = None) -> WebWorld:
     app = WebApp(portal=portal, sessions=SessionStore(reactor, 3600, 600),
                  submitter=Submitter(delivery, "mail.example.org"),
                  directory=directory if directory is not None else memory_directory,
-                 clock=reactor, settings=SETTINGS, admins=frozenset(admins))
+                 clock=reactor, settings=SETTINGS, admins=frozenset(admins),
+                 max_message_size=max_message_size,
+                 **({"max_body": max_body} if max_body is not None else {}))
     return WebWorld(reactor, stores, delivery, app, make_site(app))
 
 

@@ -14,10 +14,14 @@ from email.parser import BytesParser
 from urllib.parse import parse_qs, unquote
 
 import attrs
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
 from twisted.web.server import Request as IRequest
 
 from pymail.web.compose import Upload, guess_type
 from pymail.web.sessions import WebSession
+
+log = Logger()
 
 #: The Content-Security-Policy of every page: scripts, styles and images
 #: only from this server, no inline script or style, no framing by others.
@@ -226,5 +230,87 @@ def same_origin(request: IRequest) -> bool:
     return origin.lower() == scheme + b"://" + host.lower()
 
 
-__all__ = ["PAGE_CSP", "Context", "Form", "HTTPError", "Response", "Route", "Router",
+class BoundedRequest(Request):
+    """
+    A request whose body may not be larger than its site's ``max_body``.
+
+    The check happens while the body arrives, not after: a ``Content-Length``
+    over the limit is refused with 413 as soon as the header is read
+    (before any of the body, and without ``100 Continue``), and a chunked
+    body is counted chunk by chunk and refused the moment it passes the
+    limit.  Either way the connection is closed after the 413 (RFC 9110
+    section 15.5.14), so twisted.web never buffers an oversized body.
+    """
+
+    _received = 0
+    refused = False
+
+    @property
+    def max_body(self) -> int | None:
+        return getattr(getattr(self.channel, "site", None), "max_body", None)
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.max_body
+        if limit is not None and length is not None and length > limit:
+            # Not "100 Continue": the client must not send the body.
+            self.requestHeaders.removeHeader(b"expect")
+            self._refuse(limit)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        limit = self.max_body
+        if limit is not None and self._received > limit:
+            self._refuse(limit)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.refused:
+            return  # answered already; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, limit: int) -> None:
+        self.refused = True
+        content = getattr(self, "content", None)
+        if content is not None:
+            content.close()  # a chunked body's temporary file: dropped, not kept
+        self.content = None  # type: ignore[assignment]
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return
+        log.info("web: request body over {limit} octets refused (413) from {client}",
+                 limit=limit, client=getattr(self.getClientAddress(), "host", "?"))
+        channel.transport.write(too_large_response(limit))
+        channel.loseConnection()
+
+
+def too_large_response(limit: int) -> bytes:
+    """The whole 413 response (the request was not read; the connection closes)."""
+    text = (f"The request is too large (at most {limit} octets, the largest message "
+            "this server accepts).\n").encode("ascii")
+    return (b"HTTP/1.1 413 Content Too Large\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n"
+            b"Connection: close\r\n"
+            + f"Content-Length: {len(text)}\r\n\r\n".encode("ascii") + text)
+
+
+class WebSite(Site):
+    """
+    A ``twisted.web`` site whose requests are :class:`BoundedRequest`: no
+    body over ``max_body`` octets is read; twisted.web's own form parsing is
+    off (the pages parse what they need with :func:`parse_body`).
+    """
+
+    def __init__(self, resource: object, max_body: int, reactor: object = None) -> None:
+        super().__init__(resource, requestFactory=BoundedRequest,
+                         parsePOSTFormSubmission=False, reactor=reactor)
+        self.max_body = max_body
+
+
+__all__ = ["PAGE_CSP", "BoundedRequest", "WebSite", "too_large_response", "Context", "Form", "HTTPError", "Response", "Route", "Router",
            "body_csp", "parse_body", "parse_query", "same_origin", "security_headers"]

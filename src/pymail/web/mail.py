@@ -290,6 +290,10 @@ def add_routes(app: WebApp) -> None:
                                     references=f"{refs} {message_id}".strip())
         message = build_message(draft, session.address, app.submitter.hostname,
                                 datetime.fromtimestamp(app.clock.seconds(), UTC))
+        if app.max_message_size is not None and len(message) > app.max_message_size:
+            # The submission port's SIZE limit (attachments grow by a third in base64).
+            return await again(f"Not sent: the message is too large ({len(message)} octets "
+                               f"with attachments encoded; at most {app.max_message_size}).")
         try:
             sent = await app.submitter.submit(session.account, ctx.client, draft, message)
         except ReplyError as e:

@@ -1,0 +1,74 @@
+"""The request body limit: enforced while the body arrives, never after buffering it."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from web_support import csrf_of, make_world, parse_response
+
+LIMIT = 4096
+
+
+class BodyLimitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = make_world(max_body=LIMIT)
+        self.browser = self.world.browser()
+        self.browser.sign_in("alice@example.org")
+        self.csrf = self.browser.csrf()
+        self.cookie = "; ".join(f"{k}={v}" for k, v in self.browser.cookies.items())
+
+    def head(self, extra: str) -> bytes:
+        return (f"POST /compose HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: {self.cookie}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n" + extra + "\r\n").encode()
+
+    def test_oversized_content_length_is_refused_before_the_body(self) -> None:
+        """A Content-Length over the limit gets 413 and a close with no body sent at all."""
+        channel, transport = self.browser.connect()
+        channel.dataReceived(self.head(f"Content-Length: {LIMIT + 1}\r\n"
+                                       "Expect: 100-continue\r\n"))
+        raw = transport.value()
+        self.assertTrue(raw.startswith(b"HTTP/1.1 413 "), raw[:80])
+        self.assertNotIn(b"100 Continue", raw)
+        self.assertTrue(transport.disconnecting)
+        reply = parse_response(raw)
+        self.assertIn(f"at most {LIMIT} octets", reply.text)
+        self.assertEqual(reply.header("connection"), "close")
+        # Whatever the client sends anyway is dropped, and nothing is handled.
+        channel.dataReceived(b"to=bob%40example.org&subject=x&body=" + b"y" * (LIMIT + 1))
+        self.world.reactor.advance(0)
+        self.assertEqual(transport.value(), raw)
+        self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])
+
+    def test_chunked_body_is_counted_as_it_arrives(self) -> None:
+        """A chunked body is refused with 413 the moment it passes the limit, before it ends."""
+        channel, transport = self.browser.connect()
+        channel.dataReceived(self.head("Transfer-Encoding: chunked\r\n"))
+        chunk = b"x" * 1024
+        for _ in range(LIMIT // len(chunk)):
+            channel.dataReceived(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.assertEqual(transport.value(), b"")  # within the limit: still reading
+        channel.dataReceived(b"1\r\nx\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_body_at_the_limit_is_accepted(self) -> None:
+        """A form of exactly the limit is read and handled as usual."""
+        fields = f"csrf={self.csrf}&to=bob%40example.org&subject=Limit&body=".encode()
+        body = fields + b"z" * (LIMIT - len(fields))
+        reply, _ = self.browser.open("POST", "/compose", body, {
+            "Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(reply.status, 200, reply.text[:300])
+        self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 1)
+
+    def test_message_over_the_size_limit_is_not_sent(self) -> None:
+        """A composed message larger than the submission size limit is refused, not sent."""
+        world = make_world(max_message_size=2048)
+        browser = world.browser()
+        browser.sign_in("alice@example.org")
+        reply = browser.post_multipart("/compose", {
+            "csrf": browser.csrf(), "to": "bob@example.org", "subject": "Big", "body": "see"},
+            [("big.bin", "application/octet-stream", bytes(range(256)) * 8)])
+        self.assertEqual(reply.status, 400)
+        self.assertIn("too large", reply.text)
+        self.assertEqual(world.mailbox("bob@example.org").messages(), [])
+        self.assertIsNotNone(csrf_of(reply.text))
