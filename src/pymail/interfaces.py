@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -246,6 +246,27 @@ class IMessageStream(Interface):
         flag change or expunge does not cut it short.
 
         :raises pymail.errors.NoSuchMessage: the message is gone.
+        """
+
+
+class ICachedMany(Interface):
+    """
+    Optional, for a folder's first FETCH of ENVELOPEs (or first SEARCH):
+    many :meth:`IMailbox.cached` values read and kept at once, from any
+    thread, so the IMAP server can fill them in the thread pool with one
+    index query and one transaction per batch instead of one per message.
+    """
+
+    def cached_many(uids: Iterable[int], name: str) -> dict[int, Any]:
+        """
+        The values ``name`` already kept for those of ``uids`` that have
+        one; UIDs without a value (or gone) are left out.
+        """
+
+    def store_cached(name: str, values: dict[int, Any]) -> None:
+        """
+        Keep ``values`` (UID to the value ``compute(message)`` gave, as for
+        :meth:`IMailbox.cached`) under ``name``, all at once.
         """
 
 

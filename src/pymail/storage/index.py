@@ -257,6 +257,36 @@ class FolderIndex(SqliteIndex):
             if self._db is not None:
                 self._run("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (uid, name, text))
 
+    def get_cached_many(self, uids: Iterable[int], name: str) -> dict[int, Any]:
+        """The cached values ``name`` of those of ``uids`` that have one, in one query."""
+        wanted = sorted(set(uids))
+        if not wanted:
+            return {}
+        with self._lock:
+            if self._db is None:
+                return {}
+            rows = self._run(
+                "SELECT uid, value FROM cache WHERE name=? AND uid BETWEEN ? AND ?",
+                (name, wanted[0], wanted[-1]))
+        keep = set(wanted)
+        return {uid: decode_value(text) for uid, text in rows if uid in keep}
+
+    def put_cached_many(self, name: str, values: dict[int, Any]) -> None:
+        """Store the values ``name`` of many messages in one transaction."""
+        rows = [(uid, name, encode_value(v)) for uid, v in values.items()]
+        if not rows:
+            return
+        with self._lock:
+            if self._db is None:
+                return
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
 
 class IndexQueue:
     """

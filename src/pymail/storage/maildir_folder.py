@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import (
+    ICachedMany,
     IMailbox,
     IMailboxListener,
     IMailboxRestore,
@@ -118,7 +119,7 @@ class _IndexWriter:
         box._index_queue.add(upsert=rows, highestmodseq=highest)
 
 
-@implementer(IMailbox, IMailboxRestore, IMessageStream)
+@implementer(IMailbox, IMailboxRestore, IMessageStream, ICachedMany)
 class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     """One Maildir folder."""
 
@@ -169,6 +170,17 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             value = decode_value(encode_value(compute(self.read(uid))))
             self._index.put_cached(uid, name, value)
             return value  # type: ignore[no-any-return]
+
+    def cached_many(self, uids: Iterable[int], name: str) -> dict[int, Any]:
+        """
+        :meth:`cached` values ``name`` the index already holds for ``uids``
+        (any thread; :class:`~pymail.interfaces.ICachedMany`).
+        """
+        return self._index.get_cached_many(uids, name)
+
+    def store_cached(self, name: str, values: dict[int, Any]) -> None:
+        """Keep computed values ``name`` in the index, in one transaction (any thread)."""
+        self._index.put_cached_many(name, values)
 
     def _open_file(self, uid: int) -> BinaryIO:
         """
