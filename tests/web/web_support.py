@@ -207,9 +207,10 @@ class WebWorld:
 
 
 def make_world(admins: tuple[str, ...] = (), directory: Any = None,
-               max_body: int | None = None, max_message_size: int | None = None) -> WebWorld:
+               max_body: int | None = None, max_message_size: int | None = None,
+               special_use: bool = False) -> WebWorld:
     reactor = ThreadlessReactor()
-    stores = MemoryStoreFactory()
+    stores = MemoryStoreFactory(special_use_folders=special_use)
     portal, memory_directory, _ = memory_portal(PASSWORDS, stores)
     delivery = LocalDelivery(memory_directory, stores, "/nonexistent")
     app = WebApp(portal=portal, sessions=SessionStore(reactor, 3600, 600),

@@ -92,9 +92,10 @@ class WebApp:
     router: Router = attrs.Factory(Router)
 
     def __attrs_post_init__(self) -> None:
-        from pymail.web import account, mail
+        from pymail.web import account, folders, mail
 
         account.add_routes(self)
+        folders.add_routes(self)
         mail.add_routes(self)
         self.router.add("GET", "/static/([a-z]+\\.(?:js|css))", self._static, public=True)
 

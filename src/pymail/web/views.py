@@ -65,6 +65,7 @@ def layout(title: str, body: str, *, address: str | None = None, csrf: str = "",
             + '</select><input type="search" name="q" placeholder="Search mail" '
             'aria-label="Search"><button>Search</button></form>'
             '<nav><a class="button primary" href="/compose">Compose</a>'
+            '<a href="/folders">Folders</a>'
             f'<a href="/settings">Settings</a><a href="/account">Account</a>{admin}'
             f'<span class="who">{esc(address)}</span>'
             f'<form method="post" action="/signout">{csrf_field(csrf)}'

@@ -2,6 +2,14 @@
 // Loaded as a file (the Content-Security-Policy allows no inline script).
 "use strict";
 
+// Buttons with data-confirm ask before submitting (deleting a folder).
+document.addEventListener("click", (e) => {
+  const button = e.target.closest && e.target.closest("button[data-confirm]");
+  if (button && !window.confirm(button.dataset.confirm)) {
+    e.preventDefault();
+  }
+});
+
 (function () {
   const body = document.body;
   const events = body.dataset.events;
