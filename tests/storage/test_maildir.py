@@ -120,6 +120,32 @@ class MaildirTests(SynchronousTestCase):
         again = self.open_inbox()
         assert len(again.messages()) == 1
 
+    def test_store_renames_only_messages_whose_flags_change(self) -> None:
+        """A STORE over many messages renames and re-MODSEQs only those whose flags change."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG)) for _ in range(4)]
+        self.successResultOf(box.set_flags(uids[:2], ["\\Seen"], "add"))
+        before = {i.uid: i.modseq for i in box.messages()}
+        names = set(os.listdir(os.path.join(self.root, "cur")))
+        result = self.successResultOf(box.set_flags(uids, ["\\Seen"], "add"))
+        assert result == {uid: frozenset({"\\Seen"}) for uid in uids}
+        after = {i.uid: i.modseq for i in box.messages()}
+        assert [after[u] == before[u] for u in uids] == [True, True, False, False]
+        now = set(os.listdir(os.path.join(self.root, "cur")))
+        assert names <= now and len(now) == 4
+        assert os.listdir(os.path.join(self.root, "new")) == []
+
+    def test_store_moves_new_files_to_cur(self) -> None:
+        """A flag change on a message still in new/ moves it to cur/ with the flags, byte-exact."""
+        box = self.open_inbox()
+        uid = self.successResultOf(box.append(MSG))
+        [name] = os.listdir(os.path.join(self.root, "new"))
+        self.successResultOf(box.set_flags([uid], ["\\Flagged", "\\Answered"], "add"))
+        assert os.listdir(os.path.join(self.root, "new")) == []
+        assert os.listdir(os.path.join(self.root, "cur")) == [name + ":2,FR"]
+        assert box.read(uid) == MSG
+        assert self.open_inbox().info(uid).flags == {"\\Flagged", "\\Answered"}
+
 
 class ThreadedAppendTests(SynchronousTestCase):
     """Group commit with real threads: concurrent appends all land with unique UIDs."""

@@ -99,6 +99,11 @@ def check_mailbox_name(name: str) -> str:
     return name
 
 
+#: :meth:`MailboxView.lookup` walks the whole view instead of searching per
+#: UID when asked for at least 1/this of its messages.
+_LOOKUP_SCAN_RATIO = 8
+
+
 @attrs.define
 class MailboxView:
     """
@@ -133,6 +138,27 @@ class MailboxView:
 
     def __contains__(self, uid: int) -> bool:
         return self._position(uid) >= 0
+
+    def lookup(self, uids: Iterable[int]) -> list[MessageInfo]:
+        """
+        The messages of those of ``uids`` that are in the view, in the order
+        given (UIDs not in the view are left out).  One pass over the view
+        when the request is a large part of it (a STORE 1:*), else a binary
+        search per UID.
+        """
+        wanted = uids if isinstance(uids, (list, tuple)) else list(uids)
+        infos, all_uids = self._infos, self._uids
+        if len(wanted) * _LOOKUP_SCAN_RATIO >= len(all_uids):
+            by_uid = dict(zip(all_uids, infos, strict=True))
+            return [by_uid[u] for u in wanted if u in by_uid]
+        out = []
+        count = len(all_uids)
+        bisect_left = bisect.bisect_left
+        for uid in wanted:
+            pos = bisect_left(all_uids, uid)
+            if pos < count and all_uids[pos] == uid:
+                out.append(infos[pos])
+        return out
 
     def next_modseq(self) -> int:
         self.highestmodseq += 1
@@ -185,16 +211,23 @@ class MailboxView:
     def apply_flags(self, new_flags: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
         changed = []
         result = {}
+        infos, all_uids = self._infos, self._uids
+        count = len(all_uids)
+        bisect_left = bisect.bisect_left
+        modseq = self.highestmodseq
+        # The hot loop of a STORE 1:* (one new MessageInfo per changed message).
         for uid, flags in new_flags.items():
-            pos = self._position(uid)
-            if pos < 0:
+            pos = bisect_left(all_uids, uid)
+            if pos >= count or all_uids[pos] != uid:
                 continue
-            old = self._infos[pos]
+            old = infos[pos]
             result[uid] = flags
             if old.flags == flags:
                 continue
-            self._infos[pos] = attrs.evolve(old, flags=flags, modseq=self.next_modseq())
+            modseq += 1
+            infos[pos] = MessageInfo(uid, old.key, flags, old.internaldate, old.size, modseq)
             changed.append(uid)
+        self.highestmodseq = modseq
         if changed:
             self._tell(MailboxChange("flags", tuple(sorted(changed))))
         return result
