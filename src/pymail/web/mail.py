@@ -22,6 +22,7 @@ from pymail.web.events import EventStream
 from pymail.web.http import Context, HTTPError, Response, body_csp
 from pymail.web.messages import (
     SEARCH_FIELDS,
+    FoundRow,
     Page,
     attachment,
     folder_list,
@@ -30,6 +31,7 @@ from pymail.web.messages import (
     reply_addresses,
     role_folder,
     search,
+    search_all,
     take_apart,
 )
 from pymail.web.sanitize import sanitise_html
@@ -221,13 +223,22 @@ def add_routes(app: WebApp) -> None:
         query = ctx.query.get("q").strip()
         if field not in SEARCH_FIELDS:
             raise HTTPError(400, f"Search in one of: {', '.join(SEARCH_FIELDS)}.")
-        mailbox = await app.mailbox(ctx, name)
-        found = []
-        if query:
-            found = await search(mailbox, app.order.newest_first(mailbox), field, query,
-                                 app.summaries, app.pause)
         session = ctx.require_session()
-        folders = await folder_list(session.account.store, app.counts)
+        store = session.account.store
+        found: list[FoundRow] = []
+        if not name:  # every folder
+            if query:
+                found = await search_all(store, app.order, field, query, app.summaries,
+                                         app.pause)
+            folders = await folder_list(store, app.counts)
+            body = views.search_results(None, field, query, found, folders, session.csrf)
+            return await app.page(ctx, "Search", body)
+        mailbox = await app.mailbox(ctx, name)
+        if query:
+            rows = await search(mailbox, app.order.newest_first(mailbox), field, query,
+                                app.summaries, app.pause)
+            found = [FoundRow(mailbox.name, row) for row in rows]
+        folders = await folder_list(store, app.counts)
         body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
         return await app.page(ctx, "Search", body, mailbox.name)
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from pymail.errors import NoSuchMessage
+from pymail.errors import BadMailboxName, NoSuchMailbox, NoSuchMessage
 from pymail.interfaces import IMailbox, IMailStore, MessageInfo
 
 #: Messages on one page of the message list.
@@ -216,15 +216,20 @@ async def folder_list(store: IMailStore, counts: UnseenCounts | None = None
     """Every folder with its unread and total counts, INBOX and special-use first."""
     counts = counts if counts is not None else UnseenCounts()
     roles = _special_use(store)
-    order = {name: i for i, (name, _) in enumerate(sorted(roles.items(), key=lambda x: x[1]))}
-    names = sorted(store.list_mailboxes(),
-                   key=lambda n: (n.upper() != "INBOX", n not in roles, order.get(n, 0), n))
     entries = []
-    for name in names:
+    for name in folder_names(store):
         mailbox = await store.get_mailbox(name)
         entries.append(FolderEntry(name, counts.unseen(mailbox), len(mailbox.messages()),
                                    roles.get(name)))
     return entries
+
+
+def folder_names(store: IMailStore) -> list[str]:
+    """The folder names in the order the folder list shows: INBOX, special-use, the rest."""
+    roles = _special_use(store)
+    order = {name: i for i, (name, _) in enumerate(sorted(roles.items(), key=lambda x: x[1]))}
+    return sorted(store.list_mailboxes(),
+                  key=lambda n: (n.upper() != "INBOX", n not in roles, order.get(n, 0), n))
 
 
 def _special_use(store: IMailStore) -> dict[str, str]:
@@ -459,10 +464,13 @@ async def search(
     query: str,
     summaries: SummaryCache,
     pause: Callable[[], Any],
+    limit: int = MAX_SEARCH_RESULTS,
 ) -> list[Row]:
     """
     The messages (in ``uids`` order) whose sender, subject or text contains
-    ``query`` (case-insensitive), at most :data:`MAX_SEARCH_RESULTS`.
+    ``query`` (case-insensitive), at most ``limit``.  Sender and subject
+    come from the folder's index (:meth:`IMailbox.cached`, the summary the
+    message list shows), so only a "text" search opens messages.
 
     :param pause: returns an awaitable that yields to the reactor; it is
         awaited every :data:`SEARCH_BATCH` messages so a long search does
@@ -489,9 +497,44 @@ async def search(
             continue
         if hit:
             rows.append(Row(info, summary))
-            if len(rows) >= MAX_SEARCH_RESULTS:
+            if len(rows) >= limit:
                 break
     return rows
+
+
+@attrs.frozen
+class FoundRow:
+    """A search result with the folder it is in."""
+
+    folder: str
+    row: Row
+
+
+async def search_all(
+    store: IMailStore,
+    order: FolderOrder,
+    field: str,
+    query: str,
+    summaries: SummaryCache,
+    pause: Callable[[], Any],
+) -> list[FoundRow]:
+    """
+    :func:`search` in every folder of ``store`` (INBOX and special-use
+    folders first, as the folder list shows them), at most
+    :data:`MAX_SEARCH_RESULTS` in all.
+    """
+    found: list[FoundRow] = []
+    for name in folder_names(store):
+        try:
+            mailbox = await store.get_mailbox(name)
+        except (NoSuchMailbox, BadMailboxName):
+            continue  # deleted meanwhile
+        rows = await search(mailbox, order.newest_first(mailbox), field, query, summaries,
+                            pause, MAX_SEARCH_RESULTS - len(found))
+        found.extend(FoundRow(mailbox.name, row) for row in rows)
+        if len(found) >= MAX_SEARCH_RESULTS:
+            break
+    return found
 
 
 def _searchable_text(message: bytes) -> str:

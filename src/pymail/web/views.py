@@ -19,6 +19,7 @@ from pymail.web.messages import (
     SEARCH_FIELDS,
     Attachment,
     FolderEntry,
+    FoundRow,
     Page,
     ParsedMessage,
     Row,
@@ -59,7 +60,9 @@ def layout(title: str, body: str, *, address: str | None = None, csrf: str = "",
         top = (
             '<header class="top"><a class="brand" href="/">pymail</a>'
             '<form class="search" action="/search" method="get">'
-            f'<input type="hidden" name="folder" value="{attr(current or "INBOX")}">'
+            '<select name="folder" aria-label="Search where">'
+            f'<option value="{attr(current or "INBOX")}">{esc(current or "INBOX")}</option>'
+            '<option value="">All folders</option></select>'
             '<select name="field" aria-label="Search in">'
             + "".join(f'<option value="{f}">{f}</option>' for f in SEARCH_FIELDS)
             + '</select><input type="search" name="q" placeholder="Search mail" '
@@ -118,7 +121,11 @@ def _flags(row: Row) -> str:
     return "".join(marks)
 
 
-def message_rows(folder: str, rows: Iterable[Row]) -> str:
+def message_rows(folder: str, rows: Iterable[Row], show_folder: bool = False) -> str:
+    """
+    The rows of a message list; with ``show_folder`` (a search of every
+    folder) the first cell names the folder instead of a selection box.
+    """
     out = []
     for row in rows:
         unread = "\\Seen" not in row.info.flags
@@ -128,8 +135,11 @@ def message_rows(folder: str, rows: Iterable[Row]) -> str:
         subject = row.summary.subject or "(no subject)"
         out.append(
             f'<tr class="{cls}" data-uid="{row.info.uid}">'
-            f'<td><input type="checkbox" name="uid" value="{row.info.uid}" '
-            f'aria-label="Select"></td><td class="marks">{_flags(row)}</td>'
+            + (f'<td class="folder"><a href="{attr(folder_url(folder))}">{esc(folder)}</a></td>'
+               if show_folder else
+               f'<td><input type="checkbox" name="uid" value="{row.info.uid}" '
+               'aria-label="Select"></td>')
+            + f'<td class="marks">{_flags(row)}</td>'
             f'<td class="from"><a href="{attr(url)}">{esc(row.summary.sender or "(unknown)")}</a>'
             f'</td><td class="subject"><a href="{attr(url)}">{esc(subject)}</a></td>'
             f'<td class="date">{esc(date)}</td><td class="size">{_size(row.info.size)}</td></tr>'
@@ -185,14 +195,21 @@ def message_list(folder: str, page: Page, folders: Sequence[FolderEntry], csrf: 
     )
 
 
-def search_results(folder: str, field: str, query: str, rows: Sequence[Row],
+def search_results(folder: str | None, field: str, query: str, found: Sequence[FoundRow],
                    folders: Sequence[FolderEntry], csrf: str) -> str:
+    """Results of a search of one folder, or of every folder (``folder`` is ``None``)."""
+    where = "all folders" if folder is None else folder
+    head = (f'<h1>Search {esc(where)}: {esc(field)} contains &ldquo;{esc(query)}&rdquo;</h1>'
+            f'<p>{len(found)} found.</p>')
+    if folder is None:
+        rows = "".join(message_rows(f.folder, [f.row], show_folder=True) for f in found)
+        return head + f'<table class="messages search-all"><tbody>{rows}</tbody></table>'
     action = attr(folder_url(folder) + "/actions")
     return (
-        f'<h1>Search {esc(folder)}: {esc(field)} contains &ldquo;{esc(query)}&rdquo;</h1>'
-        f'<p>{len(rows)} found.</p><form method="post" action="{action}" class="list">'
+        head + f'<form method="post" action="{action}" class="list">'
         + action_bar(folder, folders, csrf)
-        + '<table class="messages"><tbody>' + message_rows(folder, rows) + '</tbody></table></form>'
+        + '<table class="messages"><tbody>' + message_rows(folder, [f.row for f in found])
+        + '</tbody></table></form>'
     )
 
 

@@ -1,0 +1,68 @@
+"""Search across every folder: results name their folder; sender and subject come from the index."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from web_support import make_world, message
+
+
+def results(html: str) -> list[tuple[str, str]]:
+    """(folder, subject) of each result row."""
+    return re.findall(r'<td class="folder"><a href="[^"]*">([^<]*)</a></td>.*?'
+                      r'<td class="subject"><a href="[^"]*">([^<]*)</a>', html)
+
+
+class SearchAllTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = make_world()
+        self.browser = self.world.browser()
+        self.browser.sign_in("alice@example.org")
+        store = self.world.stores.open_store("alice@example.org", "/nonexistent")
+        store.create_mailbox("Projects")
+        self.world.reactor.advance(0)
+        self.world.deliver("alice@example.org", message("Budget in the inbox", "x",
+                                                        sender="carol@corp.example"))
+        self.projects = self.world.mailbox("alice@example.org", "Projects")
+        self.projects.append(message("Budget for projects", "y", sender="dave@corp.example"),
+                             ())
+        self.projects.append(message("Unrelated", "budget in the text only"), ())
+        self.world.reactor.advance(0)
+
+    def test_results_from_every_folder_name_their_folder(self) -> None:
+        """A subject search with folder= empty finds matches in INBOX and Projects, each labelled."""
+        page = self.browser.get("/search?folder=&field=subject&q=BUDGET").text
+        self.assertIn("Search all folders", page)
+        self.assertEqual(results(page), [("INBOX", "Budget in the inbox"),
+                                         ("Projects", "Budget for projects")])
+        self.assertIn('href="/mail/Projects/1"', page)
+        self.assertEqual(
+            results(self.browser.get("/search?folder=&field=from&q=corp.example").text),
+            [("INBOX", "Budget in the inbox"), ("Projects", "Budget for projects")])
+        self.assertEqual(
+            results(self.browser.get("/search?folder=&field=text&q=only").text),
+            [("Projects", "Unrelated")])
+
+    def test_sender_and_subject_search_does_not_open_messages(self) -> None:
+        """Once the folders were listed, a sender or subject search reads no message file."""
+        for name in ("INBOX", "Projects"):
+            self.browser.get(f"/mail/{name}")  # the list computes the index's summaries
+        opened: list[int] = []
+        for name in ("INBOX", "Projects"):
+            box = self.world.mailbox("alice@example.org", name)
+            read = box.read
+            box.read = lambda uid, read=read: opened.append(uid) or read(uid)  # type: ignore[method-assign]
+        page = self.browser.get("/search?folder=&field=subject&q=budget").text
+        self.assertEqual(len(results(page)), 2)
+        self.browser.get("/search?folder=&field=from&q=dave")
+        self.assertEqual(opened, [])
+        self.browser.get("/search?folder=&field=text&q=budget")
+        self.assertNotEqual(opened, [])  # the text search does read them: the probe works
+
+    def test_search_form_offers_all_folders(self) -> None:
+        """The search box's folder choice has the current folder and "All folders"."""
+        page = self.browser.get("/mail/Projects").text
+        self.assertIn('<option value="Projects">Projects</option>'
+                      '<option value="">All folders</option>', page)
