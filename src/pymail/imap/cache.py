@@ -117,6 +117,22 @@ class DerivedCache:
             self._evict(folder)
         return value
 
+    def put_many(self, mailbox: IMailbox, name: str, values: dict[int, Any]) -> None:
+        """Keep values ``name`` of many messages, as :meth:`get` keeps one."""
+        folder = self._folder(mailbox)
+        table = folder.values.get(name)
+        if table is None:
+            table = folder.values[name] = {}
+        grown = 0
+        for uid, value in values.items():
+            if uid not in table:
+                table[uid] = value
+                grown += value_size(value) + ENTRY_OVERHEAD
+        folder.size += grown
+        self._size += grown
+        if self._size > self.budget:
+            self._evict(folder)
+
     def _folder(self, mailbox: IMailbox) -> _FolderCache:
         self._clock += 1
         folder = self._folders.get(mailbox)

@@ -17,10 +17,10 @@ from typing import Protocol
 import attrs
 
 from pymail.imap import bodystructure as bs
-from pymail.imap.envelope import envelope, envelope_sexp
+from pymail.imap.derive import BODY, BODYSTRUCTURE, ENVELOPE, Derivation
 from pymail.imap.message import header_subset, split_message
 from pymail.imap.parser import Cursor, ParseError, format_date_time
-from pymail.imap.responses import astring, literal, sexp
+from pymail.imap.responses import astring, literal
 from pymail.interfaces import MessageInfo
 
 _ITEM_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -182,18 +182,6 @@ class FetchView(Protocol):
         """A rendered value derived from the message, cached by the storage index."""
 
 
-def _envelope(message: bytes) -> bytes:
-    return sexp(envelope_sexp(envelope(message)))
-
-
-def _bodystructure(message: bytes) -> bytes:
-    return sexp(bs.bodystructure(message, True))
-
-
-def _body(message: bytes) -> bytes:
-    return sexp(bs.bodystructure(message, False))
-
-
 def internaldate(view: FetchView, when: datetime) -> bytes:
     cache = view.date_cache
     value = cache.get(when)
@@ -224,6 +212,15 @@ def section_bytes(section: Section, message: bytes) -> bytes:
     return header_subset(header, names, section.text == "HEADER.FIELDS.NOT")
 
 
+#: The derived values behind ENVELOPE, BODYSTRUCTURE and BODY.
+_DERIVATIONS = {"ENVELOPE": ENVELOPE, "BODYSTRUCTURE": BODYSTRUCTURE, "BODY": BODY}
+
+
+def derivation(item: FetchItem) -> Derivation | None:
+    """The derived value ``item`` shows, if it is ENVELOPE, BODYSTRUCTURE or BODY."""
+    return _DERIVATIONS.get(item.name)
+
+
 def renderer(item: FetchItem) -> Renderer:
     """The function that renders ``item`` for one message."""
     name = item.name
@@ -238,14 +235,11 @@ def renderer(item: FetchItem) -> Renderer:
     if name == "MODSEQ":
         # RFC 7162 3.1.4.1; asking for it turns CONDSTORE on (the caller does).
         return lambda v, i, m: b"MODSEQ (%d)" % i.modseq
-    if name == "ENVELOPE":
-        return lambda v, i, m: b"ENVELOPE " + v.derived(i.uid, "imap.envelope.1", _envelope, m)
-    if name == "BODYSTRUCTURE":
-        return lambda v, i, m: b"BODYSTRUCTURE " + v.derived(
-            i.uid, "imap.bodystructure.1", _bodystructure, m
-        )
-    if name == "BODY":
-        return lambda v, i, m: b"BODY " + v.derived(i.uid, "imap.body.1", _body, m)
+    derivation = _DERIVATIONS.get(name)
+    if derivation is not None:
+        label = name.encode() + b" "
+        key, compute = derivation.name, derivation.compute
+        return lambda v, i, m: label + v.derived(i.uid, key, compute, m)
     if name == "RFC822":
         return lambda v, i, m: b"RFC822 " + literal(m or b"")
     if name == "RFC822.HEADER":

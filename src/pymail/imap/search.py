@@ -25,6 +25,7 @@ from typing import cast
 import attrs
 
 from pymail.imap.cache import DerivedCache
+from pymail.imap.derive import Derivation
 from pymail.imap import bodystructure as bs
 from pymail.imap.message import (
     decoded_value,
@@ -70,6 +71,10 @@ def searched_fields(message: bytes) -> tuple[tuple[str, ...], ...]:
         if i is not None:
             found[i].append(decoded_value(field_value(raw)).casefold())
     return tuple(tuple(values) for values in found)
+
+
+#: :func:`searched_fields` as a derived value (it looks only at the header).
+SEARCH_FIELDS = Derivation(SEARCH_FIELDS_NAME, searched_fields, True)
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 

@@ -36,7 +36,8 @@ from pymail.imap.commands import (
 from pymail.imap.condstore import need_condstore, vanished_earlier
 from pymail.imap.dispatch import SELECTED, CommandSpec, Reply
 from pymail.imap.errors import bad, no, reply_for_storage_error
-from pymail.imap.fetch import FetchItem, Section, renderer
+from pymail.imap.derive import FILL_BATCH, FILL_MIN_MISSING, Derivation, can_fill, fill_in_batches
+from pymail.imap.fetch import FetchItem, Section, derivation, renderer
 from pymail.imap.parser import SequenceSet
 from pymail.imap.search import CHARSETS, Candidate, compile_key, uses_modseq
 from pymail.imap.responses import string
@@ -167,7 +168,10 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         writer.add(body)
         writer.add(flags + b")\r\n")
 
-    if not needs_message:
+    derivations = [d for d in map(derivation, items) if d is not None]
+    if not needs_message and derivations and can_fill(mailbox) and len(indexes) >= FILL_MIN_MISSING:
+        await _render_filled(conn, view, indexes, derivations, render)
+    elif not needs_message:
         for index in indexes:
             render(index, None)
     else:
@@ -177,6 +181,37 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     if missing:
         raise no(f"{missing} of the messages were expunged and could not be fetched", _EXPUNGED)
     return None
+
+
+async def _render_filled(
+    conn: IMAPServerProtocol, view: SelectedMailbox, indexes: Sequence[int],
+    derivations: Sequence[Derivation], render: Callable[[int, bytes | None], None],
+) -> None:
+    """
+    Render ``indexes`` a batch at a time, each batch once the derived
+    values it shows are in memory: values not computed yet (a folder's
+    first FETCH of ENVELOPEs) are filled in the thread pool
+    (:func:`pymail.imap.derive.fill_in_batches`), not one by one here.
+    """
+    chunks = [indexes[i : i + FILL_BATCH] for i in range(0, len(indexes), FILL_BATCH)]
+    uids = view.uids
+
+    def ready(n: int) -> None:
+        for index in chunks[n]:
+            render(index, None)
+        conn.writer.flush()
+
+    reactor = conn.reactor
+
+    def in_thread(f: Callable[..., object], *args: object) -> Deferred[object]:
+        return deferToThreadPool(
+            reactor,  # type: ignore[arg-type]
+            reactor.getThreadPool(),  # type: ignore[attr-defined]
+            f, *args,
+        )
+
+    await fill_in_batches(in_thread, view.cache, view.mailbox,
+                          [[uids[i] for i in chunk] for chunk in chunks], derivations, ready)
 
 
 #: Messages read per batch when a FETCH needs message bytes, and the bytes
