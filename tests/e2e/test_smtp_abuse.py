@@ -9,24 +9,50 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 from pathlib import Path
 
 from harness import PymailProcess
 
 
-def session(port: int, lines: list[bytes], *, raw: bytes = b"") -> list[str]:
-    """Send ``lines`` (pipelined) or ``raw``; return the final reply lines."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+#: How long a session waits for the replies it expects (a loaded CI machine
+#: may take seconds for a login).
+REPLY_WAIT_S = 30.0
+
+
+def session(port: int, lines: list[bytes], *, raw: bytes = b"", expect: int = 0,
+            half_close: bool = False) -> list[str]:
+    """
+    Send ``lines`` (pipelined) or ``raw``; return the final reply lines, read
+    until the server closes or ``expect`` of them have come.  With
+    ``half_close`` the client shuts down its sending side after sending.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=REPLY_WAIT_S) as s:
         s.sendall(raw or b"".join(line + b"\r\n" for line in lines))
-        # Read until the server closes (QUIT, or a 421); no half-close, which
-        # would end the session before slow answers (a login) are sent.
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         data = b""
-        while True:
-            chunk = s.recv(65536)
+        finals: list[str] = []
+        deadline = time.monotonic() + REPLY_WAIT_S
+        while not expect or len(finals) < expect:
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
             if not chunk:
                 break
             data += chunk
-    return [line for line in data.decode("utf-8", "replace").split("\r\n")
+            finals = final_lines(data)
+    finals = final_lines(data)
+    assert len(finals) >= expect, f"expected {expect} replies, got {finals}"
+    return finals
+
+
+def final_lines(data: bytes) -> list[str]:
+    """The last line of each complete reply in ``data``."""
+    complete = data[: data.rfind(b"\r\n") + 2] if b"\r\n" in data else b""
+    return [line for line in complete.decode("utf-8", "replace").split("\r\n")
             if len(line) > 3 and line[3] == " "]
 
 
@@ -44,7 +70,8 @@ def test_open_relay_forms_refused(server: PymailProcess) -> None:
               b"<elsewhere.example!victim@localhost>", b"<@localhost:victim@elsewhere.example>",
               b'<"victim@elsewhere.example"@localhost>', b"<victim@elsewhere.example.>"]
     mx = session(server.ports["smtp"], [b"EHLO evil.example", b"MAIL FROM:<a@evil.example>"]
-                 + [b"RCPT TO:" + t for t in tricks] + [b"DATA", b"QUIT"])
+                 + [b"RCPT TO:" + t for t in tricks] + [b"DATA", b"QUIT"],
+                 expect=5 + len(tricks))
     # mx[0] is the greeting, then EHLO and MAIL.
     rcpt_codes = [line[:3] for line in mx[3:3 + len(tricks)]]
     assert all(c[0] == "5" for c in rcpt_codes), mx
@@ -53,7 +80,7 @@ def test_open_relay_forms_refused(server: PymailProcess) -> None:
               b"<@relay.example:victim@other.example>", b'<"a@b"@other.example>']
     sub = session(server.ports["submission"],
                   [b"EHLO c.example", b"AUTH PLAIN " + token, b"MAIL FROM:<bob@example.org>"]
-                  + [b"RCPT TO:" + t for t in routed] + [b"QUIT"])
+                  + [b"RCPT TO:" + t for t in routed] + [b"QUIT"], expect=5 + len(routed))
     assert sub[2][:3] == "235" and sub[3][:3] == "250", sub
     assert all(line[:5] == "550 5" for line in sub[4:4 + len(routed)]), sub
     assert stored_files(server) == []
@@ -85,3 +112,21 @@ def test_long_lines_and_floods(server: PymailProcess, tmp_path: Path) -> None:
     assert flood[-1][:9] == "421 4.7.0", flood[-3:]
     assert len(flood) < 30
     assert "client=127.0.0.1" in server.log()
+
+
+def test_half_closed_pipelined_session_is_answered_and_stored(server: PymailProcess) -> None:
+    """A client that pipelines a whole transaction and then half-closes gets every reply."""
+    message = b"Subject: half-close\r\n\r\nsent, then shutdown(SHUT_WR)\r\n"
+    with socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=REPLY_WAIT_S) as s:
+        s.sendall(b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<bob@example.org>\r\n"
+                  b"DATA\r\n" + message + b".\r\nNOOP\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        # No QUIT was sent: the server closes once everything is answered.
+        while chunk := s.recv(65536):
+            data += chunk
+    replies = final_lines(data)
+    assert [line[:3] for line in replies] == ["220", "250", "250", "250", "354", "250", "250"]
+    assert replies[5].startswith("250 2.0.0 Ok: queued as "), replies
+    [stored] = stored_files(server)
+    assert Path(stored).read_bytes().endswith(message.replace(b"\r\n", b"\n"))

@@ -523,6 +523,25 @@ class DurabilityTests(SynchronousTestCase):
         d.callback(1)
         self.assertEqual(h.codes(), ["250 2.0.0", "250 2.0.0"])
 
+    def test_half_close_still_answers_pipelined_commands(self) -> None:
+        """After the client's EOF, commands pipelined behind a slow store are still answered."""
+        h, mailbox = self.slow_server()
+        h.send(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.com>\r\n")
+        h.protocol.readConnectionLost()
+        self.assertFalse(h.transport.disconnecting)
+        mailbox.appends[0][1].callback(1)
+        self.assertEqual(h.codes(), ["250 2.0.0", "250 2.0.0", "250 2.1.0", "250 2.1.5"])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_half_close_when_idle_closes(self) -> None:
+        """A client's EOF with nothing left to answer closes the connection at once."""
+        h = make_server()
+        h.send(b"EHLO client.example.org\r\nNOOP\r\nunfinished")
+        h.protocol.readConnectionLost()
+        self.assertEqual(h.codes(), ["220", "250", "250 2.0.0"])
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
     def test_failed_append_gives_451(self) -> None:
         """A failed append gives 451 4.3.0, is logged, and the session goes on."""
         h, mailbox = self.slow_server()
@@ -574,6 +593,17 @@ class TimeoutTests(SynchronousTestCase):
         h.clock.advance(60)
         self.assertEqual(h.codes()[-1], "421 4.4.2")
         self.assertEqual(h.inbox("alice@example.com"), [])
+
+    def test_timeout_counts_from_the_end_of_a_slow_command(self) -> None:
+        """A store slower than the timeout does not close the session: silence counts after it."""
+        h, mailbox = DurabilityTests.slow_server(self)  # type: ignore[arg-type]
+        h.clock.advance(h.factory.timeout + 1)
+        mailbox.appends[0][1].callback(1)
+        self.assertEqual(h.codes(), ["250 2.0.0", "250 2.0.0"])
+        h.clock.advance(h.factory.timeout - 1)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(1)
+        self.assertEqual(h.codes(), ["421 4.4.2"])
 
     def test_connection_lost_cancels_timeout(self) -> None:
         """Losing the connection leaves no timer behind."""

@@ -21,12 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, alsoProvides
 
 log = Logger(namespace="pymail.limits")
 
@@ -116,6 +116,16 @@ class LimitedProtocol(ProtocolWrapper):
         if self.factory.preauth and limits.preauth_timeout > 0:
             self._timer = limits._reactor.callLater(limits.preauth_timeout, self._preauth_expired)
         super().makeConnection(transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            # After makeConnection, which replaces what this instance provides.
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    def readConnectionLost(self) -> None:
+        """Passed on to a wrapped protocol that answers after the client's EOF (SMTP)."""
+        self.wrappedProtocol.readConnectionLost()  # type: ignore[attr-defined]
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self._counted:

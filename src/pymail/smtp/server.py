@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IReactorTime,
     ISSLTransport,
     ITCPTransport,
@@ -45,6 +46,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pymail import maillog
 from pymail.auth import sasl
@@ -204,8 +206,15 @@ class _Transaction:
     body: str | None = None
 
 
+@implementer(IHalfCloseableProtocol)
 class SMTPServer(LineReceiver):
-    """One SMTP session.  See the module docstring."""
+    """
+    One SMTP session.  See the module docstring.
+
+    A client may pipeline its commands and then shut down its sending side
+    (``shutdown(SHUT_WR)``): every command already received is still
+    answered, in order, before the server closes the connection.
+    """
 
     delimiter = b"\r\n"
     MAX_LENGTH = AUTH_LINE_LIMIT
@@ -237,6 +246,7 @@ class SMTPServer(LineReceiver):
         self._discarding = False
         self._discard_cr = False
         self._refeed = False
+        self._read_closed = False
         self._commands: dict[str, Callable[[str], Deferred[Any] | None]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo_command,
@@ -278,6 +288,22 @@ class SMTPServer(LineReceiver):
             logout, self._logout = self._logout, None
             logout()
 
+    def readConnectionLost(self) -> None:
+        """The client sent EOF: answer what it sent, then close."""
+        self._read_closed = True
+        self._close_if_drained()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing to do: the server never half-closes its own side."""
+
+    def _close_if_drained(self) -> None:
+        # Whatever is still buffered is an unfinished line or message:
+        # with no more input to come it can never be answered.
+        if self._read_closed and not self._busy and not self._closing and not self._lost:
+            self._closing = True
+            self._cancel_timeout()
+            self._transport.loseConnection()
+
     def _close(self, reply: Reply) -> None:
         self._reply(reply, count=False)
         self._closing = True
@@ -285,8 +311,13 @@ class SMTPServer(LineReceiver):
         self._transport.loseConnection()
 
     def _reset_timeout(self) -> None:
-        self._cancel_timeout()
-        if not self._busy and not self._closing and not self._lost:
+        if self._closing or self._lost:
+            return
+        # Moving a pending call later is cheap (no heap operation); making
+        # and cancelling one per command was not.
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.reset(self.factory.timeout)
+        else:
             self._timeout_call = self.factory.reactor.callLater(
                 self.factory.timeout, self._timed_out
             )
@@ -298,6 +329,11 @@ class SMTPServer(LineReceiver):
 
     def _timed_out(self) -> None:
         self._timeout_call = None
+        if self._busy:
+            # The server, not the client, is being waited for: the client's
+            # silence is counted again from the end of the command.
+            self._reset_timeout()
+            return
         self._close(R.TIMEOUT.format(hostname=self.factory.hostname))
 
     def _reply(self, reply: Reply, *, count: bool = True) -> None:
@@ -395,7 +431,6 @@ class SMTPServer(LineReceiver):
     def _wait_for(self, d: Deferred[Any]) -> None:
         """Hold later input until ``d`` (the current command's work) is done."""
         self._busy = True
-        self._cancel_timeout()
 
         def unexpected(failure: Failure) -> None:
             self.log.failure("Unexpected error in an SMTP command", failure, client=self._client)
@@ -408,10 +443,11 @@ class SMTPServer(LineReceiver):
                 self._paused_for_command = False
                 self.paused = False
                 if not self._lost:
-                    if self._transport_paused:
+                    if self._transport_paused and not self._read_closed:
                         self._transport_paused = False
                         self._transport.resumeProducing()  # type: ignore[attr-defined]
                     self.dataReceived(b"")
+                self._close_if_drained()
 
         d.addErrback(unexpected).addBoth(done)
         if self._busy:
