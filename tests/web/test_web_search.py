@@ -32,7 +32,7 @@ class SearchAllTests(SynchronousTestCase):
         self.world.reactor.advance(0)
 
     def test_results_from_every_folder_name_their_folder(self) -> None:
-        """A subject search with folder= empty finds matches in INBOX and Projects, each labelled."""
+        """A search of every folder finds matches in INBOX and Projects, each labelled."""
         page = self.browser.get("/search?folder=&field=subject&q=BUDGET").text
         self.assertIn("Search all folders", page)
         self.assertEqual(results(page), [("INBOX", "Budget in the inbox"),

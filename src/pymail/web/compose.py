@@ -106,9 +106,9 @@ def parse_recipients(name: str, value: str) -> tuple[str, ...]:
 
 
 def check_form(to: str, cc: str, bcc: str, subject: str, body: str,
-               attachments: tuple[Upload, ...] = ()) -> Draft:
+               attachments: tuple[Upload, ...] = (), *, need_recipients: bool = True) -> Draft:
     """
-    Check a compose form.
+    Check a compose form (a draft being saved need not have recipients yet).
 
     :raises ComposeError: saying which field is wrong and why.
     """
@@ -120,7 +120,7 @@ def check_form(to: str, cc: str, bcc: str, subject: str, body: str,
         body=body.replace("\r\n", "\n").replace("\r", "\n"),
         attachments=attachments,
     )
-    if not draft.recipients:
+    if need_recipients and not draft.recipients:
         raise ComposeError("Add at least one recipient (To, Cc or Bcc)")
     if len(draft.recipients) > MAX_RECIPIENTS:
         raise ComposeError(f"Too many recipients (at most {MAX_RECIPIENTS})")
@@ -131,8 +131,13 @@ def check_form(to: str, cc: str, bcc: str, subject: str, body: str,
     return draft
 
 
-def build_message(draft: Draft, sender: str, hostname: str, when: datetime) -> bytes:
-    """The message in wire form (CRLF), Bcc left out of the header."""
+def build_message(draft: Draft, sender: str, hostname: str, when: datetime,
+                  extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """
+    The message in wire form (CRLF), Bcc left out of the header.
+
+    :param extra_headers: more fields, already checked (a draft's Bcc).
+    """
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
     if draft.to:
@@ -146,6 +151,8 @@ def build_message(draft: Draft, sender: str, hostname: str, when: datetime) -> b
         message["In-Reply-To"] = draft.in_reply_to
         message["References"] = draft.references or draft.in_reply_to
     message["User-Agent"] = "pymail webmail"
+    for name, value in extra_headers:
+        message[name] = value
     message.set_content(draft.body, cte="quoted-printable")
     for upload in draft.attachments:
         maintype, _, subtype = upload.content_type.partition("/")

@@ -312,5 +312,6 @@ class WebSite(Site):
         self.max_body = max_body
 
 
-__all__ = ["PAGE_CSP", "BoundedRequest", "WebSite", "too_large_response", "Context", "Form", "HTTPError", "Response", "Route", "Router",
-           "body_csp", "parse_body", "parse_query", "same_origin", "security_headers"]
+__all__ = ["PAGE_CSP", "BoundedRequest", "Context", "Form", "HTTPError", "Response", "Route",
+           "Router", "WebSite", "body_csp", "parse_body", "parse_query", "same_origin",
+           "security_headers", "too_large_response"]

@@ -7,6 +7,7 @@ search, compose and the live-update stream.
 from __future__ import annotations
 
 import email.policy
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -18,10 +19,12 @@ from pymail.interfaces import IMailbox
 from pymail.smtp.replies import ReplyError
 from pymail.web import views
 from pymail.web.compose import ComposeError, Draft, build_message, check_form
+from pymail.web.drafts import DRAFT_FLAGS, draft_message, drafts_folder, kept_attachments, resume
 from pymail.web.events import EventStream
 from pymail.web.http import Context, HTTPError, Response, body_csp
 from pymail.web.messages import (
     SEARCH_FIELDS,
+    Attachment,
     FoundRow,
     Page,
     attachment,
@@ -248,7 +251,17 @@ def add_routes(app: WebApp) -> None:
         mode = ctx.query.get("mode", "reply")
         fields: dict[str, str] = {}
         forwarding = None
-        if reply:
+        draft_ref = ctx.query.get("draft")
+        kept: tuple[Attachment, ...] = ()
+        if draft_ref:
+            box, uid = await _locate_draft(app, ctx, draft_ref)
+            resumed = resume(_read(box, uid))
+            fields.update(to=resumed.to, cc=resumed.cc, bcc=resumed.bcc,
+                          subject=resumed.subject, body=resumed.body)
+            reply, mode, kept = resumed.reply, resumed.mode, resumed.attachments
+            if mode == "forward":
+                forwarding = resumed.subject
+        elif reply:
             original = await _original(app, ctx, reply)
             subject = str(original.get("Subject", "") or "")
             if mode == "forward":
@@ -265,7 +278,8 @@ def add_routes(app: WebApp) -> None:
                 sender = str(original.get("From", "") or "")
                 fields["body"] = f"\n\n{sender} wrote:\n{quoted}\n"
         body = views.compose_page(session.csrf, reply=reply, mode=mode if reply else "",
-                                  forwarding=forwarding, **fields)
+                                  forwarding=forwarding, draft=draft_ref, kept=kept,
+                                  saved=ctx.query.get("done") == "saved", **fields)
         return await app.page(ctx, "Compose", body)
 
     async def send(ctx: Context) -> Response:
@@ -273,19 +287,33 @@ def add_routes(app: WebApp) -> None:
         form = ctx.form
         reply = form.get("reply")
         mode = form.get("mode")
+        draft_ref = form.get("draft")
+        old_draft: tuple[IMailbox, int] | None = None
+        old_data = b""
+        if draft_ref:
+            old_draft = await _locate_draft(app, ctx, draft_ref)
+            old_data = _read(*old_draft)
+        saving = form.get("action") == "draft"
 
         async def again(error: str) -> Response:
+            kept = tuple(a for a in take_apart(old_data).attachments
+                         if str(a.index) in form.all("keep")) if old_data else ()
             body = views.compose_page(
                 session.csrf, to=form.get("to"), cc=form.get("cc"), bcc=form.get("bcc"),
                 subject=form.get("subject"), body=form.get("body"), reply=reply, mode=mode,
-                error=error)
+                error=error, draft=draft_ref, kept=kept)
             return await app.page(ctx, "Compose", body, status=400)
 
         try:
             draft = check_form(form.get("to"), form.get("cc"), form.get("bcc"),
-                               form.get("subject"), form.get("body"), tuple(form.files))
+                               form.get("subject"), form.get("body"),
+                               kept_attachments(old_data, form.all("keep")) + tuple(form.files),
+                               need_recipients=not saving)
         except ComposeError as e:
             return await again(str(e))
+        now = datetime.fromtimestamp(app.clock.seconds(), UTC)
+        if saving:
+            return await save_draft(ctx, draft, reply, mode, old_draft, now, again)
         original_box: IMailbox | None = None
         original_uid = 0
         if reply:
@@ -299,8 +327,7 @@ def add_routes(app: WebApp) -> None:
                     refs = " ".join(str(original.get("References", "") or "").split())
                     draft = _evolve(draft, in_reply_to=message_id,
                                     references=f"{refs} {message_id}".strip())
-        message = build_message(draft, session.address, app.submitter.hostname,
-                                datetime.fromtimestamp(app.clock.seconds(), UTC))
+        message = build_message(draft, session.address, app.submitter.hostname, now)
         if app.max_message_size is not None and len(message) > app.max_message_size:
             # The submission port's SIZE limit (attachments grow by a third in base64).
             return await again(f"Not sent: the message is too large ({len(message)} octets "
@@ -312,8 +339,31 @@ def add_routes(app: WebApp) -> None:
         if original_box is not None and mode != "forward" and _exists(original_box,
                                                                       original_uid):
             await original_box.set_flags([original_uid], ["\\Answered"], "add")
+        if old_draft is not None and _exists(*old_draft):
+            await _purge(old_draft[0], [old_draft[1]])  # sent: the draft has done its job
         return await app.page(ctx, "Sent", views.sent_page(
             sent.queue_id, len(sent.delivered_to), len(sent.queued_for)))
+
+    async def save_draft(ctx: Context, draft: Draft, reply: str, mode: str,
+                         old: tuple[IMailbox, int] | None, now: datetime,
+                         again: Callable[[str], Awaitable[Response]]) -> Response:
+        """Store the form in Drafts (durably), then remove the copy it replaces."""
+        session = ctx.require_session()
+        try:
+            data = draft_message(draft, session.address, app.submitter.hostname, now,
+                                 reply, mode)
+        except ComposeError as e:
+            return await again(str(e))
+        if app.max_message_size is not None and len(data) > app.max_message_size:
+            return await again(f"Not saved: the draft is too large ({len(data)} octets; "
+                               f"at most {app.max_message_size}).")
+        box = await drafts_folder(session.account.store)
+        uid = await box.append(data, DRAFT_FLAGS)
+        if old is not None and _exists(*old) and not (old[0].name == box.name
+                                                      and old[1] == uid):
+            await _purge(old[0], [old[1]])
+        ref = quote(box.name, safe="") + f"/{uid}"
+        return Response.redirect(f"/compose?draft={quote(ref, safe='')}&done=saved")
 
     async def events(ctx: Context) -> None:
         (name,) = ctx.params
@@ -395,6 +445,17 @@ async def _locate(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, 
 
     mailbox = await app.mailbox(ctx, unquote(name))
     return mailbox, app.uid(mailbox, uid_text)
+
+
+async def _locate_draft(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, int]:
+    """
+    A draft (``folder/uid``) of the signed-in account: only a message with
+    ``\\Draft`` may be resumed, saved over or removed when sent.
+    """
+    mailbox, uid = await _locate(app, ctx, reference)
+    if "\\Draft" not in mailbox.info(uid).flags:
+        raise HTTPError(404, "That message is not a draft.")
+    return mailbox, uid
 
 
 async def _original(app: WebApp, ctx: Context, reference: str):  # type: ignore[no-untyped-def]

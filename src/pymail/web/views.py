@@ -237,7 +237,9 @@ def message_view(folder: str, uid: int, flags: frozenset[str], parsed: ParsedMes
         f'<form method="post" action="{actions_url}" class="toolbar">{csrf_field(csrf)}'
         f'<input type="hidden" name="uid" value="{uid}">'
         f'<input type="hidden" name="back" value="message">'
-        f'<a class="button" href="/compose?reply={attr(quote(folder, safe=""))}/{uid}">Reply</a>'
+        + (f'<a class="button primary" href="/compose?draft={attr(quote(folder, safe=""))}'
+           f'%2F{uid}">Edit draft</a>' if "\\Draft" in flags else "")
+        + f'<a class="button" href="/compose?reply={attr(quote(folder, safe=""))}/{uid}">Reply</a>'
         f'<a class="button" href="/compose?reply={attr(quote(folder, safe=""))}/{uid}&amp;'
         'mode=all">Reply all</a>'
         f'<a class="button" href="/compose?reply={attr(quote(folder, safe=""))}/{uid}&amp;'
@@ -278,21 +280,36 @@ def message_view(folder: str, uid: int, flags: frozenset[str], parsed: ParsedMes
 
 def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subject: str = "",
                  body: str = "", reply: str = "", mode: str = "", error: str | None = None,
-                 forwarding: str | None = None) -> str:
+                 forwarding: str | None = None, draft: str = "",
+                 kept: Sequence[Attachment] = (), saved: bool = False) -> str:
+    """
+    The compose form; ``draft`` names the saved draft being edited
+    (``folder/uid``) and ``kept`` its attachments, offered to keep.
+    """
     fwd = (f'<p class="meta">The original message &ldquo;{esc(forwarding)}&rdquo; is attached.'
            '</p>' if forwarding is not None else "")
+    keep = "".join(
+        f'<li><label class="check"><input type="checkbox" name="keep" value="{a.index}" '
+        f'checked> {esc(a.filename)} <span class="meta">{esc(a.content_type)}, '
+        f'{_size(a.size)}</span></label></li>' for a in kept)
+    if keep:
+        keep = ('<fieldset class="kept"><legend>Attached to the draft</legend>'
+                f'<ul>{keep}</ul></fieldset>')
     return (
         f'<h1>Compose</h1>{notice(error, "error")}'
-        '<form method="post" action="/compose" enctype="multipart/form-data" class="compose">'
+        + notice("Draft saved in Drafts." if saved else None)
+        + '<form method="post" action="/compose" enctype="multipart/form-data" class="compose">'
         f'{csrf_field(csrf)}<input type="hidden" name="reply" value="{attr(reply)}">'
         f'<input type="hidden" name="mode" value="{attr(mode)}">'
+        f'<input type="hidden" name="draft" value="{attr(draft)}">'
         f'<label>To<input name="to" value="{attr(to)}" autocomplete="off"></label>'
         f'<label>Cc<input name="cc" value="{attr(cc)}" autocomplete="off"></label>'
         f'<label>Bcc<input name="bcc" value="{attr(bcc)}" autocomplete="off"></label>'
         f'<label>Subject<input name="subject" value="{attr(subject)}"></label>'
         f'<label>Message<textarea name="body" rows="16">\n{esc(body)}</textarea></label>'
-        f'{fwd}<label>Attachments<input type="file" name="attachment" multiple></label>'
-        '<button class="primary">Send</button></form>'
+        f'{fwd}{keep}<label>Attachments<input type="file" name="attachment" multiple></label>'
+        '<div class="buttons"><button class="primary" name="action" value="send">Send</button>'
+        '<button name="action" value="draft" formnovalidate>Save draft</button></div></form>'
     )
 
 
