@@ -56,6 +56,7 @@ from pymail.auth.throttle import LoginThrottle
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
+from pymail.pop3.direct import send_now
 from pymail.pop3.framing import Stuffer, TopCutter, message_top, multiline, multiline_lines
 from pymail.pop3.mailbox import (
     PROCESS_LOCKS,
@@ -411,7 +412,7 @@ class POP3Server(Protocol):
 
     def _flush(self) -> None:
         if self._out and not self._closed:
-            self._channel.writeSequence(self._out)
+            send_now(self._channel, self._out)
         self._out = []
         self._out_size = 0
         if self._closing and not self._closed and not self._channel.disconnecting:
