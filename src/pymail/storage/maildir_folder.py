@@ -46,6 +46,7 @@ from pymail.interfaces import (
     IMailboxListener,
     IMailboxRestore,
     IMessageStream,
+    ISizedRead,
     MessageInfo,
 )
 from pymail.storage.base import (
@@ -119,7 +120,7 @@ class _IndexWriter:
         box._index_queue.add(upsert=rows, highestmodseq=highest)
 
 
-@implementer(IMailbox, IMailboxRestore, IMessageStream, ICachedMany)
+@implementer(IMailbox, IMailboxRestore, IMessageStream, ICachedMany, ISizedRead)
 class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     """One Maildir folder."""
 
@@ -188,13 +189,17 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         program cannot cut a read short).  A file renamed by another program
         (a flag change) is found again by its base name.
         """
+        return open(self._open_fd(uid), "rb")  # noqa: SIM115
+
+    def _open_fd(self, uid: int) -> int:
+        """:meth:`_open_file` as a bare file descriptor, for one ``os.read``."""
         if uid not in self._view:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         relpath = self._disk.files.get(uid)
         for attempt in range(2):
             if relpath is not None:
                 try:
-                    return open(os.path.join(self.path, relpath), "rb")  # noqa: SIM115
+                    return os.open(os.path.join(self.path, relpath), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     pass
             if attempt == 0:
@@ -204,6 +209,27 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def read(self, uid: int) -> bytes:
         with self._open_file(uid) as f:
             return to_crlf(f.read())
+
+    def read_sized(self, uid: int, size: int) -> bytes:
+        """
+        :meth:`read` with one ``os.read`` (:class:`~pymail.interfaces.ISizedRead`):
+        the stored LF form is never longer than the wire form, so a read of
+        ``size + 1`` octets that comes back shorter holds the whole file.
+        """
+        fd = self._open_fd(uid)
+        try:
+            data = os.read(fd, size + 1)
+            if len(data) > size:
+                # Not the size the index knows (changed on disk): read it all.
+                pieces = [data]
+                while chunk := os.read(fd, 1 << 16):
+                    pieces.append(chunk)
+                data = b"".join(pieces)
+        finally:
+            os.close(fd)
+        # Mail with no CR at all (nearly all: files hold LF) is converted in
+        # one pass; to_crlf's own search for CRLF would be a second scan.
+        return data.replace(b"\n", b"\r\n") if b"\r" not in data else to_crlf(data)
 
     def open_message(self, uid: int) -> BinaryIO:
         """The message file, converted to wire form chunk by chunk (see :meth:`read`)."""
@@ -537,21 +563,21 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
         base = f"{unique},S={len(data)},W={len(message)}"
         tmp = os.path.join(self.path, "tmp", base)
+        # INTERNALDATE is the file's mtime, in whole seconds (IMAP's
+        # resolution), so it reads back the same after a restart.
+        stamp = int(internaldate.timestamp() if internaldate is not None else now)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            os.utime(fd, (stamp, stamp))
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.close(fd)
-        # INTERNALDATE is the file's mtime, in whole seconds (IMAP's
-        # resolution), so it reads back the same after a restart.
-        stamp = int(internaldate.timestamp() if internaldate is not None else now)
-        os.utime(tmp, (stamp, stamp))
         if flags:
             with self._lock:
                 letters = self._letters_locked(flags)
@@ -561,11 +587,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         with self._pending_lock:
             self._in_flight.add(base)
         try:
+            # The directory is fsynced by the group commit below, once for
+            # every message renamed meanwhile.
             os.rename(tmp, os.path.join(self.path, relpath))
-            # The directory fsync runs here, in parallel with the other
-            # appends' (the file system joins them in one journal commit);
-            # the serial commit below only appends to the uidlist and fsyncs it.
-            fsync_dir(os.path.join(self.path, relpath.split("/", 1)[0]))
         except BaseException:
             with self._pending_lock:
                 self._in_flight.discard(base)
@@ -603,6 +627,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         try:
             fd = self._flock()
             try:
+                # Durable in this order: every file of the group was fsynced
+                # before its rename; now the directories that hold the new
+                # names, then the uidlist that gives them UIDs.
+                for sub in sorted({p.relpath[:3] for p in batch}):
+                    fsync_dir(os.path.join(self.path, sub))
                 self._read_uidlist_locked()
                 entries = []
                 for p in batch:
