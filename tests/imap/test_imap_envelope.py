@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imap_harness import CORPUS, corpus
 
 from pymail.imap.bodystructure import bodystructure, part_bytes
-from pymail.imap.envelope import envelope, envelope_sexp, parse_address_list
+from pymail.imap.envelope import (
+    _parse_address_list,
+    envelope,
+    envelope_sexp,
+    envelope_wire,
+    parse_address_list,
+)
 from pymail.imap.responses import sexp
 
 
@@ -103,3 +111,36 @@ def test_part_bytes_of_single_part_message() -> None:
     """BODY[1] of a non-multipart message is its body."""
     assert part_bytes(b"Subject: x\r\n\r\nhello\r\n", (1,)) == b"hello\r\n"
     assert part_bytes(b"Subject: x\r\n\r\nhello\r\n", (2,)) is None
+
+
+_ADDRESS_PIECES = st.sampled_from([
+    b"a", b"bob", b"x.y", b"@", b"<", b">", b",", b" ", b"\t", b'"', b'"Carol, C."', b".",
+    b"(c)", b":", b";", b"\\", b"[1.2]", b"=?utf-8?q?=C3=A9?=", b"\xc3\xa9", b"example.org",
+])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_ADDRESS_PIECES, max_size=14))
+def test_fast_address_path_agrees_with_the_tokenizer(pieces: list[bytes]) -> None:
+    """The shortcut for simple addresses gives exactly what the full parser gives."""
+    value = b"".join(pieces).strip()
+    if value:
+        assert parse_address_list(value) == _parse_address_list(value)
+
+
+@pytest.mark.parametrize("value", [
+    b"bob@example.org",
+    b"Alice  Example <alice@example.org>, bob@example.org,\t\"Carol, C.\" <c@x.y>",
+    b'"" <a@b>', b"<a@b>", b"a@b,", b"J. Smith <j@s.t>", b"a@b,,c@d", b"<a@b> junk",
+    b"group: a@b, c@d;", b"=?utf-8?q?=C3=A9?= <e@x.y>",
+])
+def test_fast_address_path_on_common_and_odd_shapes(value: bytes) -> None:
+    """Common address shapes take the shortcut; odd ones still parse as before."""
+    assert parse_address_list(value) == _parse_address_list(value)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CORPUS.glob("*.txt")))
+def test_envelope_wire_is_the_generic_rendering(path: str) -> None:
+    """envelope_wire writes byte for byte what the generic sexp writer gives."""
+    env = envelope(corpus(path))
+    assert envelope_wire(env) == sexp(envelope_sexp(env))

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred
 from pymail.errors import NoSuchMessage
 from pymail.imap import bodystructure as bs
 from pymail.imap.cache import DerivedCache
-from pymail.imap.envelope import envelope, envelope_sexp
+from pymail.imap.envelope import envelope, envelope_wire
 from pymail.imap.responses import sexp
 from pymail.interfaces import ICachedMany, IMailbox
 from pymail.storage.base import open_message
@@ -70,7 +70,7 @@ class Derivation:
 
 
 def _envelope(message: bytes) -> bytes:
-    return sexp(envelope_sexp(envelope(message)))
+    return envelope_wire(envelope(message))
 
 
 def _bodystructure(message: bytes) -> bytes:

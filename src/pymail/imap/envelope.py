@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from pymail.imap.message import first_value, header_fields, split_message
-from pymail.imap.responses import Run, Sexp
+from pymail.imap.responses import Run, Sexp, string
 
 Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 Envelope = tuple[
@@ -62,6 +62,29 @@ def envelope(message: bytes) -> Envelope:
         value(b"in-reply-to"),
         value(b"message-id"),
     )
+
+
+def _address_list_wire(addresses: tuple[Address, ...]) -> bytes:
+    return b"(" + b"".join([
+        b"(" + b" ".join([b"NIL" if v is None else string(v) for v in address]) + b")"
+        for address in addresses
+    ]) + b")"
+
+
+def envelope_wire(env: Envelope) -> bytes:
+    """
+    The ENVELOPE in wire form: what ``sexp(envelope_sexp(env))`` gives,
+    written directly (this runs once per message of a folder's first FETCH).
+    """
+    out = []
+    for i, value in enumerate(env):
+        if value is None:
+            out.append(b"NIL")
+        elif 2 <= i <= 7:
+            out.append(_address_list_wire(value))  # type: ignore[arg-type]
+        else:
+            out.append(string(value))  # type: ignore[arg-type]
+    return b"(" + b" ".join(out) + b")"
 
 
 def envelope_sexp(env: Envelope) -> Sexp:
@@ -203,12 +226,58 @@ def _mailbox(tokens: list[Token]) -> Address | None:
     return (name, route, local, host)
 
 
+_ATOM = rb'[^ \t\r\n()<>@,;:\\".\[\]]+'
+_DOT_ATOM = _ATOM + rb"(?:\." + _ATOM + rb")*"
+#: One mailbox of the shapes nearly every header has (``a@b.c``,
+#: ``Name Words <a@b.c>``, ``"Quoted, Name" <a@b.c>``), then a comma or
+#: the end: what :func:`_tokenize` and :func:`_mailbox` make of exactly
+#: these shapes, without building tokens.
+_SIMPLE_MAILBOX = re.compile(
+    rb"[ \t]*(?:(?P<local>" + _DOT_ATOM + rb")@(?P<host>" + _DOT_ATOM + rb")"
+    rb"|(?:(?P<name>" + _ATOM + rb"(?:[ \t]+" + _ATOM + rb")*)|\"(?P<quoted>[^\"\\\r\n]*)\")?"
+    rb"[ \t]*<(?P<alocal>" + _DOT_ATOM + rb")@(?P<ahost>" + _DOT_ATOM + rb")>)"
+    rb"[ \t]*(?:,|\Z)"
+)
+
+
+def _simple_address_list(value: bytes) -> tuple[Address, ...] | None:
+    """The addresses of ``value`` when every one has a simple shape, else None."""
+    out: list[Address] = []
+    pos = 0
+    end = len(value)
+    match = _SIMPLE_MAILBOX.match
+    while pos < end:
+        m = match(value, pos)
+        if m is None:
+            return None
+        local = m.group("local")
+        if local is not None:
+            out.append((None, None, local, m.group("host")))
+        else:
+            name = m.group("name")
+            if name is not None:
+                name = b" ".join(name.split())
+            else:
+                name = m.group("quoted")
+            out.append((name, None, m.group("alocal"), m.group("ahost")))
+        pos = m.end()
+    return tuple(out)
+
+
 def parse_address_list(value: bytes) -> tuple[Address, ...]:
     """
     The addresses of an address-list header value, with RFC 3501 group
     markers: ``(NIL NIL group NIL)`` ... ``(NIL NIL NIL NIL)``.  Garbage
     is skipped, never raised.
     """
+    simple = _simple_address_list(value)
+    if simple is not None:
+        return simple
+    return _parse_address_list(value)
+
+
+def _parse_address_list(value: bytes) -> tuple[Address, ...]:
+    """:func:`parse_address_list` for any value, token by token."""
     tokens = _tokenize(value)
     out: list[Address] = []
     current: list[Token] = []
