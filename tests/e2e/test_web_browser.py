@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import smtplib
-import socket
-import time
+import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -31,7 +31,7 @@ from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 USERS = {"alice@example.org": "alice-web-pw1", "bob@example.org": "bob-web-pw22"}
 
@@ -64,25 +64,25 @@ def plain_mail(subject: str, body: str, sender: str = "carol@example.net") -> st
             f"Message-ID: <{abs(hash(subject))}@example.net>\r\n\r\n{body}\r\n")
 
 
+#: The server's host name, and the name in its self-signed test certificate.
+HOSTNAME = "mx.test.example"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymailProcess]:
     root = tmp_path_factory.mktemp("web")
-    web_port = free_port()
-    proc = PymailProcess(root, extra_config=(
-        f'[web]\nlisten = ["tcp:{web_port}:interface=127.0.0.1"]\n'
-        'admins = ["alice@example.org"]\n'), users=USERS)
-    proc.start()
-    proc.ports["web"] = web_port
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", web_port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.stop()
-                raise
-            time.sleep(0.05)
+    proc = PymailProcess(root, users=USERS)
+    # HTTP and HTTPS ([web] listen_tls) side by side, with a self-signed certificate.
+    proc.pymail("tls", "selfsigned", HOSTNAME, "--cert", str(root / "cert.pem"),
+                "--key", str(root / "key.pem"))
+    proc.ports["web"], proc.ports["web_tls"] = free_port(), free_port()
+    with proc.config_path.open("a") as config:
+        config.write(
+            f'[web]\nlisten = ["tcp:{proc.ports["web"]}:interface=127.0.0.1"]\n'
+            f'listen_tls = ["tcp:{proc.ports["web_tls"]}:interface=127.0.0.1"]\n'
+            'admins = ["alice@example.org"]\n'
+            f'[tls]\ncertificate = "{root / "cert.pem"}"\nkey = "{root / "key.pem"}"\n')
+    proc.start()  # waits for every port in proc.ports, the web ones included
     try:
         yield proc
     finally:
@@ -97,6 +97,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The HTTPS test's self-signed certificate (curl checks it strictly, with its CA file).
+    options.set_capability("acceptInsecureCerts", True)
     driver = webdriver.Chrome(options=options, service=Service(tool("chromedriver")))
     driver.set_page_load_timeout(WAIT)
     try:
@@ -240,3 +242,141 @@ def test_screenshots_of_the_main_pages(server: PymailProcess, browser: Any,
         assert browser.find_element(By.TAG_NAME, "h1").text == heading
         save(browser, shots, name)
     assert csp_violations(browser) == []
+
+
+def imap_messages(server: PymailProcess, address: str, folder: str,
+                  subject: str | None = None) -> list[Any]:
+    """The messages of a folder (with ``subject``, if given), read over IMAP."""
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    try:
+        imap.login(address, USERS[address])
+        imap.select(folder)
+        criteria = ("SUBJECT", f'"{subject}"') if subject else ("ALL",)
+        _, found = imap.search(None, *criteria)
+        messages = []
+        for number in found[0].split():
+            _, data = imap.fetch(number, "(BODY.PEEK[])")
+            messages.append(message_from_bytes(data[0][1], policy=policy.default))
+        return messages
+    finally:
+        imap.logout()
+
+
+def test_draft_is_saved_resumed_and_sent(server: PymailProcess, browser: Any,
+                                         shots: Path) -> None:
+    """Alice saves a draft, opens it from Drafts, adds a line and sends it; Drafts is empty."""
+    sign_in(browser, server, "alice@example.org")
+    browser.get(url(server, "/compose"))
+    browser.find_element(By.NAME, "to").send_keys("bob@example.org")
+    browser.find_element(By.NAME, "subject").send_keys("Offsite agenda")
+    browser.find_element(By.NAME, "body").send_keys("1. Budget")
+    browser.find_element(By.CSS_SELECTOR, "form.compose button[value=draft]").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Draft saved in Drafts."))
+    [saved] = imap_messages(server, "alice@example.org", "Drafts")
+    assert saved["Subject"] == "Offsite agenda"
+    browser.get(url(server, "/mail/Drafts"))
+    browser.find_element(By.LINK_TEXT, "Offsite agenda").click()
+    WebDriverWait(browser, WAIT).until(
+        EC.element_to_be_clickable((By.LINK_TEXT, "Edit draft"))).click()
+    body = WebDriverWait(browser, WAIT).until(
+        EC.presence_of_element_located((By.NAME, "body")))
+    assert body.get_attribute("value") == "1. Budget"
+    body.send_keys(Keys.CONTROL, Keys.END)
+    body.send_keys("\n2. Travel")
+    save(browser, shots, "draft")
+    browser.find_element(By.CSS_SELECTOR, "form.compose button.primary").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Your message was sent"))
+    [got] = imap_messages(server, "bob@example.org", "INBOX", "Offsite agenda")
+    assert got.get_body(("plain",)).get_content() == "1. Budget\r\n2. Travel\r\n"
+    assert imap_messages(server, "alice@example.org", "Drafts") == []
+    assert csp_violations(browser) == []
+
+
+def test_folders_are_managed_and_searched(server: PymailProcess, browser: Any,
+                                          shots: Path) -> None:
+    """Alice creates, renames and deletes a folder on the web, and searches every folder."""
+    smtp_send(server, plain_mail("Kickoff notes", "See you there."))
+    sign_in(browser, server, "alice@example.org")
+    browser.find_element(By.LINK_TEXT, "Folders").click()
+    browser.find_element(By.NAME, "name").send_keys("Projects")
+    browser.find_element(By.CSS_SELECTOR, "button[value=create]").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Folder created."))
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-folder="Projects"]')
+    new = row.find_element(By.NAME, "new")
+    new.clear()
+    new.send_keys("Archive.2026")
+    row.find_element(By.CSS_SELECTOR, "button[value=rename]").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Folder renamed."))
+    save(browser, shots, "folders")
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    try:
+        imap.login("alice@example.org", USERS["alice@example.org"])
+        _, listed = imap.list()
+    finally:
+        imap.logout()
+    names = [line.decode().rsplit(" ", 1)[-1].strip('"') for line in listed]
+    assert "Archive.2026" in names and "Projects" not in names
+    # Search every folder: the result row names its folder.
+    Select(browser.find_element(By.CSS_SELECTOR, "form.search select[name=folder]")
+           ).select_by_visible_text("All folders")
+    Select(browser.find_element(By.CSS_SELECTOR, "form.search select[name=field]")
+           ).select_by_value("subject")
+    browser.find_element(By.CSS_SELECTOR, "form.search input[name=q]").send_keys(
+        "kickoff", Keys.ENTER)
+    cell = WebDriverWait(browser, WAIT).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "table.search-all td.folder")))
+    assert cell.text == "INBOX"
+    assert browser.find_element(By.CSS_SELECTOR, "table.search-all td.subject").text == \
+        "Kickoff notes"
+    save(browser, shots, "search")
+    # Delete asks first; dismissing keeps the folder, accepting deletes it.
+    browser.get(url(server, "/folders"))
+    delete = 'tr[data-folder="Archive.2026"] button[value=delete]'
+    browser.find_element(By.CSS_SELECTOR, delete).click()
+    browser.switch_to.alert.dismiss()
+    browser.find_element(By.CSS_SELECTOR, delete).click()
+    browser.switch_to.alert.accept()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "main"), "Folder deleted"))
+    assert browser.find_elements(By.CSS_SELECTOR, 'tr[data-folder="Archive.2026"]') == []
+    assert csp_violations(browser) == []
+
+
+def test_https_sign_in_with_a_secure_cookie(server: PymailProcess, browser: Any,
+                                            tmp_path: Path) -> None:
+    """Over [web] listen_tls, curl verifies the certificate and gets a Secure session cookie."""
+    port = server.ports["web_tls"]
+    base = f"https://{HOSTNAME}:{port}"
+    jar = str(tmp_path / "cookies")
+    curl = [tool("curl"), "-sS", "--max-time", "20",
+            "--resolve", f"{HOSTNAME}:{port}:127.0.0.1", "-c", jar, "-b", jar]
+    trusted = curl + ["--cacert", str(server.root / "cert.pem")]
+    untrusted = subprocess.run(curl + [base + "/signin"], capture_output=True, timeout=30)
+    assert untrusted.returncode == 60, untrusted  # not a public CA: refused without the CA file
+    page = subprocess.run(trusted + [base + "/signin"], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    head = subprocess.run(trusted + [
+        "-o", os.devnull, "-D", "-", "--data-urlencode", f"csrf={found.group(1)}",
+        "--data-urlencode", "username=alice@example.org",
+        "--data-urlencode", f"password={USERS['alice@example.org']}", base + "/signin"],
+        capture_output=True, text=True, check=True, timeout=30).stdout
+    assert head.startswith("HTTP/1.1 303"), head
+    cookie = next(line for line in head.splitlines()
+                  if line.lower().startswith("set-cookie: pymail_session="))
+    assert "; Secure" in cookie and "; HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+    # The same flow in Chromium over https: the browser keeps the cookie as Secure.
+    browser.delete_all_cookies()
+    browser.get(f"https://127.0.0.1:{port}/signin")
+    browser.find_element(By.NAME, "username").send_keys("alice@example.org")
+    browser.find_element(By.NAME, "password").send_keys(USERS["alice@example.org"])
+    browser.find_element(By.CSS_SELECTOR, "section.signin button").click()
+    WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "rows")))
+    assert browser.current_url.startswith(f"https://127.0.0.1:{port}/mail/INBOX")
+    session = next(c for c in browser.get_cookies() if c["name"] == "pymail_session")
+    assert session["secure"] and session["httpOnly"]
