@@ -249,6 +249,23 @@ class IMessageStream(Interface):
         """
 
 
+class ISizedRead(Interface):
+    """
+    Optional, for serving many whole messages fast (POP3 RETR): the message
+    read knowing its wire size (:attr:`MessageInfo.size`), so a file-backed
+    mailbox reads it with one system call and no buffered file object.
+    """
+
+    def read_sized(uid: int, size: int) -> bytes:
+        """
+        Byte for byte what :meth:`IMailbox.read` returns.
+
+        :param size: the message's wire size from :class:`MessageInfo`; a
+            hint for the read, not trusted (a file that grew is read whole).
+        :raises pymail.errors.NoSuchMessage: the message is gone.
+        """
+
+
 class ICachedMany(Interface):
     """
     Optional, for a folder's first FETCH of ENVELOPEs (or first SEARCH):

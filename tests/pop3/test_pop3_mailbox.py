@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from pymail.errors import NoSuchMessage
+from pymail.interfaces import ISizedRead
 
 from pymail.pop3.mailbox import (
     Maildrop,
@@ -13,7 +19,9 @@ from pymail.pop3.mailbox import (
     NoSuchMessageNumber,
     uidl_for_key,
 )
+from pymail.storage.maildir import MaildirStoreFactory
 from pymail.storage.memory import MemoryMailbox
+from pymail.testing import ThreadlessReactor
 
 _VALID_UIDL = re.compile(r"[\x21-\x7e]{1,70}")
 
@@ -78,6 +86,50 @@ class MaildropTests(SynchronousTestCase):
         self.drop.reset()
         self.assertEqual(self.drop.stat(), (3, sum(m.size for m in self.box.messages())))
         self.assertEqual(self.successResultOf(self.drop.commit()), [])
+
+
+class SizedReadTests(SynchronousTestCase):
+    """Maildir's ISizedRead, which RETR uses for messages up to a chunk."""
+
+    MESSAGES = [
+        b"From: a@example.org\r\nSubject: plain\r\n\r\nhello\r\n.dot line\r\n",
+        b"Subject: bare CR\r\n\r\na\rb\r\n",
+        b"Subject: no final line end\r\n\r\nlast",
+        b"",
+    ]
+
+    def setUp(self) -> None:
+        data = self.mktemp()
+        store = MaildirStoreFactory(ThreadlessReactor()).open_store("alice@example.org", data)
+        self.box: Any = self.successResultOf(store.get_mailbox("INBOX"))
+        for message in self.MESSAGES:
+            self.successResultOf(self.box.append(message))
+
+    def test_maildir_provides_sized_read(self) -> None:
+        """The Maildir mailbox declares and implements ISizedRead."""
+        self.assertTrue(verifyObject(ISizedRead, self.box))
+
+    def test_same_bytes_as_read(self) -> None:
+        """read_sized gives byte for byte what read gives, with the right size or a wrong one."""
+        for info in self.box.messages():
+            expected = self.box.read(info.uid)
+            for size in (info.size, 0, 1, info.size * 3):
+                self.assertEqual(self.box.read_sized(info.uid, size), expected, (info, size))
+
+    def test_maildrop_reads_wire_form(self) -> None:
+        """The maildrop reads Maildir messages in wire form, as they were appended."""
+        drop = Maildrop.snapshot(self.box)
+        self.assertEqual([drop.read(n) for n in range(1, len(drop) + 1)], self.MESSAGES)
+
+    def test_removed_file_is_no_such_message(self) -> None:
+        """A message whose file another program removed raises NoSuchMessage."""
+        info = self.box.messages()[0]
+        for sub in ("new", "cur"):
+            folder = os.path.join(self.box.path, sub)
+            for name in os.listdir(folder):
+                if name.startswith(info.key):
+                    os.unlink(os.path.join(folder, name))
+        self.assertRaises(NoSuchMessage, self.box.read_sized, info.uid, info.size)
 
 
 class LockTests(SynchronousTestCase):

@@ -24,7 +24,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from pymail.errors import PymailError
-from pymail.interfaces import IMailbox, MessageInfo
+from pymail.interfaces import IMailbox, ISizedRead, MessageInfo
 from pymail.storage.base import open_message
 
 #: RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21-0x7E.
@@ -121,7 +121,11 @@ class Maildrop:
         :raises pymail.errors.NoSuchMessage: another session (IMAP, another
             program) removed it since the snapshot.
         """
-        return self._mailbox.read(self.info(number).uid)
+        info = self.info(number)
+        sized = ISizedRead(self._mailbox, None)
+        if sized is not None:
+            return sized.read_sized(info.uid, info.size)  # type: ignore[no-any-return]
+        return self._mailbox.read(info.uid)
 
     def open(self, number: int) -> BinaryIO:
         """
