@@ -151,7 +151,7 @@ class ThreadedAppendTests(SynchronousTestCase):
     """Group commit with real threads: concurrent appends all land with unique UIDs."""
 
     def test_concurrent_appends(self) -> None:
-        """Twenty threads appending at once give twenty files and twenty distinct UIDs."""
+        """Twenty threads appending at once: twenty files, distinct UIDs, each in the view first."""
         from pymail.storage.maildir import MaildirMailbox
 
         calls: list[Any] = []
@@ -169,9 +169,15 @@ class ThreadedAppendTests(SynchronousTestCase):
         results: list[int] = []
         errors: list[BaseException] = []
 
+        not_yet_in_view: list[int] = []
+
         def work() -> None:
             try:
-                results.append(box._append(MSG, frozenset(), None))
+                uid = box._append(MSG, frozenset(), None)
+                results.append(uid)
+                # The view update is queued before the append returns.
+                if uid not in {i.uid for _, a in list(calls) for i in a[0]}:
+                    not_yet_in_view.append(uid)
             except BaseException as e:
                 errors.append(e)
 
@@ -182,6 +188,7 @@ class ThreadedAppendTests(SynchronousTestCase):
             t.join()
         assert not errors
         assert sorted(results) == list(range(1, 21))
+        assert not_yet_in_view == []
         for f, a in calls:
             f(*a)
         assert [i.uid for i in box.messages()] == list(range(1, 21))

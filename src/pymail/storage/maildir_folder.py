@@ -136,6 +136,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         self._disk = DiskState()
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
+        #: Signalled (under _pending_lock) when a group commit ends.
+        self._committed = threading.Condition(self._pending_lock)
+        #: Whether a thread is committing a group now (under _pending_lock).
+        self._committing = False
         #: Base names of appends renamed into new/ or cur/ but not yet
         #: committed (under _pending_lock): a scan leaves them to their append.
         self._in_flight: set[str] = set()
@@ -596,32 +600,36 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             raise
         when = datetime.fromtimestamp(stamp, UTC)
         entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
-        # Queue first, then wait for the folder lock: appends that queue while
-        # another thread commits are all committed by the next lock holder
-        # (one uidlist fsync and one directory fsync for the whole group).
+        # Group commit, leader and followers: an append that finds no commit
+        # running commits every queued append (its own included); appends
+        # that queue meanwhile sleep until a commit has taken them, and the
+        # first of them still waiting when it ends leads the next group.
         with self._pending_lock:
             self._pending.append(entry)
-        with self._lock:
-            if not entry.done:
-                try:
-                    self._commit_pending_locked()
-                except BaseException:
-                    if entry.error is None:
-                        raise
+            while not entry.done and self._committing:
+                self._committed.wait()
+            if entry.done:
+                batch = []
+            else:
+                batch, self._pending = self._pending, []
+                self._committing = True
+        if batch:
+            try:
+                with self._lock:
+                    self._commit_locked(batch)
+            except BaseException:
+                if entry.error is None:
+                    raise
+            finally:
+                with self._pending_lock:
+                    self._in_flight.difference_update(p.base for p in batch)
+                    for p in batch:
+                        p.done = True
+                    self._committing = False
+                    self._committed.notify_all()
         if entry.error is not None:
             raise StorageError(f"could not commit message to {self.name}: {entry.error}")
         return entry.uid
-
-    def _commit_pending_locked(self) -> None:
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            self._commit_locked(batch)
-        finally:
-            with self._pending_lock:
-                self._in_flight.difference_update(p.base for p in batch)
 
     def _commit_locked(self, batch: list[_Pending]) -> None:
         try:
@@ -645,12 +653,14 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 self._unflock(fd)
         except BaseException as e:
             for p in batch:
-                p.error, p.done = e, True
+                p.error = e
             raise
-        for p in batch:
-            p.done = True
-        infos = [attrs.evolve(p.info, uid=p.uid) for p in batch]
-        self._to_reactor(self._view.apply_added, infos)
+        # Queued for the reactor before any append of the group is answered
+        # (the caller marks them done after this), so the view holds a
+        # message when its append's Deferred fires.
+        self._to_reactor(self._view.apply_added, [
+            MessageInfo(p.uid, p.info.key, p.info.flags, p.info.internaldate, p.info.size)
+            for p in batch])
 
     def restore(
         self,
