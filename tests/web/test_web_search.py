@@ -66,3 +66,39 @@ class SearchAllTests(SynchronousTestCase):
         page = self.browser.get("/mail/Projects").text
         self.assertIn('<option value="Projects">Projects</option>'
                       '<option value="">All folders</option>', page)
+
+
+class MaildirIndexSearchTests(SynchronousTestCase):
+    def test_summaries_come_from_the_maildir_index(self) -> None:
+        """Over Maildir, a later process's subject search reads the index, not the messages."""
+        from twisted.internet.defer import Deferred, succeed
+
+        from pymail.storage.maildir import MaildirStoreFactory
+        from pymail.testing import ThreadlessReactor
+        from pymail.web.messages import SEARCH_BATCH, FolderOrder, SummaryCache, search
+
+        data = self.mktemp()
+        count = SEARCH_BATCH * 2 + 7  # several batches
+
+        def inbox() -> object:
+            store = MaildirStoreFactory(ThreadlessReactor()).open_store("alice@example.org",
+                                                                        data)
+            return self.successResultOf(store.get_mailbox("INBOX"))
+
+        def subjects(box: object) -> list[int]:
+            found = self.successResultOf(Deferred.fromCoroutine(search(
+                box, FolderOrder().newest_first(box), "subject", "number 1",  # type: ignore[arg-type]
+                SummaryCache(), lambda: succeed(None))))
+            return sorted(row.info.uid for row in found)
+
+        box = inbox()
+        for n in range(count):
+            self.successResultOf(box.append(message(f"number {n}", "x"), ()))  # type: ignore[attr-defined]
+        expected = [n + 1 for n in range(count) if str(n).startswith("1")]
+        self.assertEqual(subjects(box), expected)  # computes and keeps the summaries
+        again = inbox()  # as a restarted server would open it
+        opened: list[int] = []
+        read = again.read  # type: ignore[attr-defined]
+        again.read = lambda uid: opened.append(uid) or read(uid)  # type: ignore[attr-defined]
+        self.assertEqual(subjects(again), expected)
+        self.assertEqual(opened, [])

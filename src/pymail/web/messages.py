@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import attrs
 
 from pymail.errors import BadMailboxName, NoSuchMailbox, NoSuchMessage
-from pymail.interfaces import IMailbox, IMailStore, MessageInfo
+from pymail.interfaces import ICachedMany, IMailbox, IMailStore, MessageInfo
 
 #: Messages on one page of the message list.
 PAGE_SIZE = 50
@@ -125,6 +125,36 @@ class SummaryCache:
             if len(self._local) > self.size:
                 self._local.popitem(last=False)
         return found
+
+
+    def many(self, mailbox: IMailbox, uids: Sequence[int]) -> dict[int, Summary]:
+        """
+        Summaries of ``uids`` (messages gone meanwhile are left out).  A
+        folder with :class:`~pymail.interfaces.ICachedMany` answers with one
+        index query, and the summaries it lacked are computed and kept in one
+        index transaction, instead of one of each per message.
+        """
+        if not ICachedMany.providedBy(mailbox):
+            found: dict[int, Summary] = {}
+            for uid in uids:
+                try:
+                    found[uid] = self.summary(mailbox, uid)
+                except NoSuchMessage:
+                    continue
+            return found
+        batch: Any = mailbox
+        have = batch.cached_many(uids, SUMMARY_CACHE_NAME)
+        new = {}
+        for uid in uids:
+            if uid not in have:
+                try:
+                    new[uid] = summarise(mailbox.read(uid))
+                except NoSuchMessage:
+                    continue
+        if new:
+            batch.store_cached(SUMMARY_CACHE_NAME, new)
+            have.update(new)
+        return {uid: Summary.from_cache(have[uid]) for uid in uids if uid in have}
 
 
 @attrs.define
@@ -480,25 +510,30 @@ async def search(
         raise ValueError(f"search field must be one of {', '.join(SEARCH_FIELDS)}")
     needle = query.casefold()
     rows: list[Row] = []
-    for count, uid in enumerate(uids, 1):
-        if count % SEARCH_BATCH == 0:
+    for start in range(0, len(uids), SEARCH_BATCH):
+        if start:
             await pause()
-        try:
-            info = mailbox.info(uid)
-            summary = summaries.summary(mailbox, uid)
-            if field == "from":
-                hit = (needle in summary.sender.casefold()
-                       or needle in summary.sender_address.casefold())
-            elif field == "subject":
-                hit = needle in summary.subject.casefold()
-            else:
-                hit = needle in _searchable_text(mailbox.read(uid)).casefold()
-        except NoSuchMessage:
-            continue
-        if hit:
-            rows.append(Row(info, summary))
-            if len(rows) >= limit:
-                break
+        batch = uids[start:start + SEARCH_BATCH]
+        found = summaries.many(mailbox, batch)
+        for uid in batch:
+            summary = found.get(uid)
+            if summary is None:
+                continue
+            try:
+                info = mailbox.info(uid)
+                if field == "from":
+                    hit = (needle in summary.sender.casefold()
+                           or needle in summary.sender_address.casefold())
+                elif field == "subject":
+                    hit = needle in summary.subject.casefold()
+                else:
+                    hit = needle in _searchable_text(mailbox.read(uid)).casefold()
+            except NoSuchMessage:
+                continue
+            if hit:
+                rows.append(Row(info, summary))
+                if len(rows) >= limit:
+                    return rows
     return rows
 
 
