@@ -38,6 +38,13 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_ACCEPTED = (
+    "mail.accepted id={queue_id} client={client} from={sender} to={recipients} "
+    "size={size} reply={reply}"
+)
+_ACCEPTED_STORED = _ACCEPTED + " stored={stored}"
+
+
 def accepted(
     queue_id: str,
     client: str,
@@ -46,12 +53,19 @@ def accepted(
     size: int,
     reply: Reply,
     *,
+    stored: Iterable[tuple[str, str]] = (),
     log: Logger = _log,
 ) -> None:
-    """A message was received, stored and acknowledged with ``reply``."""
+    """
+    A message was received, stored and acknowledged with ``reply``.
+
+    :param stored: the local copies as ``(account, folder)`` pairs, logged
+        in the same line as ``stored="account/folder,..."`` (one log event
+        per message is much cheaper than one per copy).
+    """
+    copies = ",".join(f"{account}/{folder}" for account, folder in stored)
     log.info(
-        "mail.accepted id={queue_id} client={client} from={sender} to={recipients} "
-        "size={size} reply={reply}",
+        _ACCEPTED_STORED if copies else _ACCEPTED,
         mail_event="accepted",
         queue_id=queue_id,
         client=client,
@@ -59,6 +73,7 @@ def accepted(
         recipients=_paths(recipients),
         size=size,
         reply=_quote(str(reply)),
+        stored=_quote(copies),
     )
 
 

@@ -59,6 +59,19 @@ def test_maillog_accepted_line() -> None:
     assert event["queue_id"] == "QID1"
 
 
+def test_maillog_accepted_names_the_stored_copies() -> None:
+    """With local copies, the one accepted line ends with stored="account/folder,..."."""
+    log, events = capture()
+    maillog.accepted(
+        "QID2", "192.0.2.1", Address.parse("<a@b.example>"), [Address.parse("<team@x.example>")],
+        9, R.QUEUED.format(queue_id="QID2"),
+        stored=[("c@x.example", "INBOX"), ("d@x.example", "INBOX")], log=log,
+    )
+    [event] = events
+    assert formatEvent(event).endswith(
+        'reply="250 2.0.0 Ok: queued as QID2" stored="c@x.example/INBOX,d@x.example/INBOX"')
+
+
 def test_maillog_rejected_with_null_sender_and_quotes() -> None:
     """Rejections show the stage, <> for the null sender and escape quotes in the reply."""
     log, events = capture()

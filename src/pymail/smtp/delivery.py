@@ -208,6 +208,9 @@ class LocalDelivery:
         local, _, domain = address.rpartition("@")
         domain = domain.lower()
         base = f"{local.split('+', 1)[0].lower()}@{domain}"
+        if self._directory.has_user(base):
+            # The common case, answered without copying the alias table.
+            return [base]
         aliases = self._alias_table()
         found = self._expand(base, aliases, set(), 0)
         if found is None and f"@{domain}" in aliases:
@@ -289,10 +292,14 @@ class LocalDelivery:
             return succeed([])
         tags = self._tagged_recipients(envelope, set(local))
         writes: list[Deferred[Any]] = [
-            self._deliver_one(a, tags.get(a, b"") + message, internaldate) for a in local
+            self._deliver_one(a, tags[a] + message if a in tags else message, internaldate)
+            for a in local
         ]
         if remote:
             writes.append(maybeDeferred(self._queue, remote, message, envelope))
+        if len(writes) == 1:
+            # One copy (the usual case): its own result, without a DeferredList.
+            return writes[0].addCallback(lambda copy: [copy])
         done = DeferredList(writes, consumeErrors=True)
 
         def check(results: list[tuple[bool, Any]]) -> list[StoredCopy | QueuedCopy] | Failure:
@@ -336,14 +343,16 @@ class LocalDelivery:
     def _deliver_one(
         self, account: str, message: bytes, internaldate: datetime | None
     ) -> Deferred[StoredCopy]:
-        async def append() -> StoredCopy:
-            folder = self._folder_for(account)
+        # Plain callbacks rather than a coroutine: this runs once per
+        # message and copy, and the mailbox is usually already open.
+        folder = self._folder_for(account)
+        try:
             store = self._stores.open_store(account, self._data_dir)
-            mailbox = await store.get_mailbox(folder)
-            uid: int = await mailbox.append(message, (), internaldate)
-            return StoredCopy(account, folder, uid)
-
-        return Deferred.fromCoroutine(append())
+        except Exception:
+            return fail()
+        d = store.get_mailbox(folder)
+        d.addCallback(lambda mailbox: mailbox.append(message, (), internaldate))
+        return d.addCallback(lambda uid: StoredCopy(account, folder, uid))
 
     def inject(self, queue_id: str, recipient: str, message: bytes) -> Deferred[list[Any]]:
         """

@@ -12,9 +12,14 @@ code stay in one place.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from pymail.errors import PymailError
+
+#: Encoded replies kept (the constants, plus recent formatted ones).
+REPLY_CACHE_SIZE = 256
 
 
 @attrs.frozen
@@ -65,10 +70,17 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as it goes on the wire, every line ending in CRLF."""
-        return "".join(line + "\r\n" for line in self.lines()).encode("utf-8")
+        return _wire(self)
 
     def __str__(self) -> str:
         return " / ".join(self.lines())
+
+
+@functools.lru_cache(maxsize=REPLY_CACHE_SIZE)
+def _wire(reply: Reply) -> bytes:
+    # The same few replies (250 2.1.0, 250 2.1.5, 354...) go out for every
+    # message: encode each once.
+    return "".join(line + "\r\n" for line in reply.lines()).encode("utf-8")
 
 
 class ReplyError(PymailError):

@@ -22,6 +22,7 @@ import binascii
 import functools
 import itertools
 import os
+import random
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -104,7 +105,9 @@ class QueueIdGenerator:
     """
 
     _reactor: IReactorTime
-    _random: Callable[[int], bytes] = os.urandom
+    # random.randbytes: no system call per id (os.urandom made one); the
+    # generator is reseeded in forked children.
+    _random: Callable[[int], bytes] = random.randbytes
     _counter: itertools.count[int] = attrs.field(factory=itertools.count)
 
     def __call__(self) -> str:
@@ -184,9 +187,19 @@ class SMTPFactory(ServerFactory):
         self.tls = tls
         self.throttle = throttle
         self.cleartext_auth = cleartext_auth
+        self._date_second = -1
+        self._date_text = ""
         self.postmaster = (
             postmaster or getattr(delivery, "postmaster", None) or f"postmaster@{hostname}"
         )
+
+    def date_text(self, now: datetime) -> str:
+        """``now`` as an RFC 5322 date, formatted once per second."""
+        second = int(now.timestamp())
+        if second != self._date_second:
+            self._date_second = second
+            self._date_text = format_datetime(now.replace(microsecond=0))
+        return self._date_text
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPServer:
         return SMTPServer(self)
@@ -611,7 +624,7 @@ class SMTPServer(LineReceiver):
         if arg[:5].upper() != "FROM:":
             return self._reply(R.SYNTAX_ERROR.format(usage="MAIL FROM:<address> [parameters]"))
         try:
-            path, rest = split_path(arg[5:].lstrip(" "))
+            path, rest = _split_path(arg[5:].lstrip(" "))
             params = _parse_parameters(rest)
             smtputf8 = "SMTPUTF8" in params
             sender = Address.parse(path, allow_null=True, smtputf8=smtputf8)
@@ -671,7 +684,7 @@ class SMTPServer(LineReceiver):
             self._reply(R.SYNTAX_ERROR.format(usage="RCPT TO:<address>"))
             return None
         try:
-            path, rest = split_path(arg[3:].lstrip(" "))
+            path, rest = _split_path(arg[3:].lstrip(" "))
             params = _parse_parameters(rest)
             if path.lower() == "<postmaster>":
                 # RFC 5321 section 4.1.1.3: "Postmaster" without a domain
@@ -849,13 +862,10 @@ class SMTPServer(LineReceiver):
 
         def stored(copies: list[StoredCopy | QueuedCopy]) -> None:
             reply = R.QUEUED.format(queue_id=queue_id)
-            for copy in copies:
-                if isinstance(copy, StoredCopy):
-                    maillog.delivered(
-                        queue_id, transaction.sender, [copy.account], copy.folder, len(message)
-                    )
+            # One log line per message, naming its local copies.
             maillog.accepted(
-                queue_id, self._client, transaction.sender, recipients, len(message), reply
+                queue_id, self._client, transaction.sender, recipients, len(message), reply,
+                stored=[(c.account, c.folder) for c in copies if isinstance(c, StoredCopy)],
             )
             self._reply(reply)
 
@@ -906,7 +916,7 @@ class SMTPServer(LineReceiver):
             # Only for a single recipient: naming one of several would tell
             # each what the others (Bcc) were.
             received += f"\r\n\tfor {transaction.recipients[0].address.path}"
-        received += f"; {format_datetime(now)}\r\n"
+        received += f"; {self.factory.date_text(now)}\r\n"
         return f"Return-Path: {transaction.sender.path}\r\n{received}".encode()
 
     def _missing_headers(self, body: bytes, queue_id: str, now: datetime) -> bytes:
@@ -914,7 +924,7 @@ class SMTPServer(LineReceiver):
         present = _header_names(body)
         added = b""
         if b"date" not in present:
-            added += f"Date: {format_datetime(now)}\r\n".encode()
+            added += f"Date: {self.factory.date_text(now)}\r\n".encode()
         if b"message-id" not in present:
             added += f"Message-ID: <{queue_id}@{self.factory.hostname}>\r\n".encode()
         return added
@@ -1042,6 +1052,16 @@ class SMTPServer(LineReceiver):
     def _auth_failed(self) -> None:
         maillog.auth_failed(self._client, self._auth_mechanism)
         self._reply(R.AUTH_FAILED)
+
+
+def _split_path(text: str) -> tuple[str, str]:
+    """:func:`~pymail.address.split_path`, with a fast path for the usual ``<a@b> ...``."""
+    if text.startswith("<") and '"' not in text:
+        # No quoted local part: the path ends at the first ">".
+        end = text.find(">")
+        if end > 0:
+            return text[: end + 1], text[end + 1 :].strip(" ")
+    return split_path(text)
 
 
 def _b64(text: str) -> str:
