@@ -197,3 +197,22 @@ def test_maildir_folders_provide_icachedmany() -> None:
 
     verifyClass(ICachedMany, MaildirMailbox)
     assert MaildirMailbox.threadsafe_read
+
+
+def test_infos_in_view_follow_the_session_not_the_folder() -> None:
+    """A session's UIDs get their infos, None for expunged ones, nothing for unseen additions."""
+    from pymail.imap.selected import infos_in_view
+
+    server = Server()
+    uids = [server.deliver(SIMPLE) for _ in range(5)]
+    mailbox = server.mailbox()
+    assert list(infos_in_view(mailbox, uids)) == list(mailbox.messages())
+    Deferred.fromCoroutine(_expunge(mailbox, uids[1]))
+    server.deliver(SIMPLE)
+    infos = infos_in_view(mailbox, uids)
+    assert [i.uid if i else None for i in infos] == [uids[0], None, *uids[2:]]
+
+
+async def _expunge(mailbox: MemoryMailbox, uid: int) -> None:
+    await mailbox.set_flags([uid], ["\\Deleted"], "add")
+    await mailbox.expunge()

@@ -39,10 +39,17 @@ from pymail.imap.errors import bad, no, reply_for_storage_error
 from pymail.imap.derive import FILL_BATCH, FILL_MIN_MISSING, Derivation, can_fill, fill_in_batches
 from pymail.imap.fetch import FetchItem, Section, derivation, renderer
 from pymail.imap.parser import SequenceSet
-from pymail.imap.search import CHARSETS, Candidate, compile_key, uses_modseq
+from pymail.imap.search import (
+    CHARSETS,
+    SEARCH_FIELDS,
+    Candidate,
+    compile_key,
+    uses_cached_fields,
+    uses_modseq,
+)
 from pymail.imap.responses import string
 from pymail.imap.session import SelectedMailbox, uid_set_bytes
-from pymail.interfaces import IMailbox
+from pymail.interfaces import IMailbox, MessageInfo
 
 if TYPE_CHECKING:
     from pymail.imap.server import IMAPServerProtocol
@@ -183,6 +190,20 @@ async def handle_fetch(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     return None
 
 
+def _in_thread(conn: IMAPServerProtocol) -> Callable[..., Deferred[object]]:
+    """Runs ``f(*args)`` in the reactor's thread pool."""
+    reactor = conn.reactor
+
+    def in_thread(f: Callable[..., object], *args: object) -> Deferred[object]:
+        return deferToThreadPool(
+            reactor,  # type: ignore[arg-type]
+            reactor.getThreadPool(),  # type: ignore[attr-defined]
+            f, *args,
+        )
+
+    return in_thread
+
+
 async def _render_filled(
     conn: IMAPServerProtocol, view: SelectedMailbox, indexes: Sequence[int],
     derivations: Sequence[Derivation], render: Callable[[int, bytes | None], None],
@@ -201,16 +222,7 @@ async def _render_filled(
             render(index, None)
         conn.writer.flush()
 
-    reactor = conn.reactor
-
-    def in_thread(f: Callable[..., object], *args: object) -> Deferred[object]:
-        return deferToThreadPool(
-            reactor,  # type: ignore[arg-type]
-            reactor.getThreadPool(),  # type: ignore[attr-defined]
-            f, *args,
-        )
-
-    await fill_in_batches(in_thread, view.cache, view.mailbox,
+    await fill_in_batches(_in_thread(conn), view.cache, view.mailbox,
                           [[uids[i] for i in chunk] for chunk in chunks], derivations, ready)
 
 
@@ -458,6 +470,25 @@ async def handle_move(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     return None
 
 
+def infos_in_view(mailbox: IMailbox, uids: Sequence[int]) -> Sequence[MessageInfo | None]:
+    """
+    The MessageInfo of each of a session's ``uids`` (ascending), None for
+    those gone: one walk over the folder's list instead of a lookup each.
+    """
+    messages = mailbox.messages()
+    if len(messages) == len(uids) and (not uids or messages[-1].uid == uids[-1]):
+        # Same count and same highest UID: the same messages (UIDs only grow).
+        return messages
+    out: list[MessageInfo | None] = []
+    j = 0
+    n = len(messages)
+    for uid in uids:
+        while j < n and messages[j].uid < uid:
+            j += 1
+        out.append(messages[j] if j < n and messages[j].uid == uid else None)
+    return out
+
+
 async def handle_search(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     args = cmd.args
     assert isinstance(args, Search)
@@ -475,12 +506,24 @@ async def handle_search(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         need_condstore(conn, "SEARCH MODSEQ")
     predicate = compile_key(args.key, charset, resolve)
     mailbox = view.mailbox
+    uids = view.uids
+    cache = view.cache
+    table = None
+    if uses_cached_fields(args.key):
+        if can_fill(mailbox) and len(uids) >= FILL_MIN_MISSING:
+            # A folder's first SEARCH SUBJECT: headers read in the thread pool.
+            chunks = [uids[i : i + FILL_BATCH] for i in range(0, len(uids), FILL_BATCH)]
+            await fill_in_batches(_in_thread(conn), cache, mailbox, chunks, [SEARCH_FIELDS],
+                                  lambda n: None)
+        table = cache.table(mailbox, SEARCH_FIELDS.name)
     found: list[int] = []
     top_modseq = 0
-    for index, uid in enumerate(view.uids):
+    recent = view.recent
+    for index, (uid, info) in enumerate(zip(uids, infos_in_view(mailbox, uids), strict=True)):
+        if info is None:
+            continue  # expunged by another session; its EXPUNGE waits (RFC 3501 7.4.1)
         try:
-            info = mailbox.info(uid)
-            if predicate(Candidate(mailbox, info, index, uid in view.recent, view.cache)):
+            if predicate(Candidate(mailbox, info, index, uid in recent, cache, table)):
                 found.append(uid if uid_mode else index + 1)
                 if info.modseq > top_modseq:
                     top_modseq = info.modseq
