@@ -9,8 +9,9 @@ command and waits for its reply (POP3 without pipelining) that is one more
 only after every other ready connection has had its turn.
 
 :func:`send_now` sends straight on the socket when that cannot reorder
-anything: the transport is plain TCP (not TLS, where the bytes on the
-socket are records), connected, not closing, and has nothing queued.  What
+anything: the transport (under wrappers that only relay writes) is plain
+TCP (not TLS, where the bytes on the socket are records), connected, not
+closing, and has nothing queued.  What
 the socket does not take at once, and every error, is handed to the
 transport's ``write()``, so flow control (the push producer), partial sends
 and lost connections are handled where they always are: a failed direct
@@ -23,6 +24,29 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
+
+#: How many relaying wrappers are looked through.
+_MAX_WRAPPERS = 4
+
+
+def _through_relays(transport: Any) -> Any:
+    """
+    The transport under protocol wrappers that pass writes on unchanged
+    (the connection limits' :class:`~pymail.auth.limits.LimitedProtocol`);
+    a wrapper that does something with writes (TLS, a write timeout) is a
+    transport of its own and is returned as it is.
+    """
+    for _ in range(_MAX_WRAPPERS):
+        kind = type(transport)
+        if not (
+            isinstance(transport, ProtocolWrapper)
+            and kind.write is ProtocolWrapper.write
+            and kind.writeSequence is ProtocolWrapper.writeSequence
+        ):
+            break
+        transport = transport.transport
+    return transport
 
 
 def _idle_plain_tcp(transport: Any) -> Any:
@@ -35,6 +59,7 @@ def _idle_plain_tcp(transport: Any) -> Any:
     ``getattr`` defaults make this answer ``None`` and every write takes the
     ordinary path.
     """
+    transport = _through_relays(transport)
     if not isinstance(transport, tcp.Connection) or transport.TLS:
         return None
     if not transport.connected or transport.disconnecting:

@@ -1,0 +1,114 @@
+"""Tests for pymail.pop3.direct: replies sent on the socket at once when nothing is queued."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.pop3.direct import MAX_PIECES, send_now
+
+
+class WriteCountingWrapper(ProtocolWrapper):
+    """A wrapper that does something with writes (counts them), like TLS would."""
+
+    writes = 0
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        super().writeSequence(data)
+
+
+class SendNowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactor()
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.addCleanup(self.peer.close)
+        self.transport = tcp.Connection(ours, Protocol(), self.reactor)
+        self.transport.connected = 1
+        self.addCleanup(ours.close)
+
+    def received(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            data += self.peer.recv(size - len(data))
+        return data
+
+    def test_idle_tcp_sends_at_once(self) -> None:
+        """With nothing queued the pieces are on the socket before send_now returns."""
+        send_now(self.transport, [b"+OK 5 octets\r\n", b"hello\r\n", b".\r\n"])
+        self.assertEqual(self.received(24), b"+OK 5 octets\r\nhello\r\n.\r\n")
+        self.assertEqual(self.transport._tempDataLen, 0)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_queued_data_keeps_order(self) -> None:
+        """When the transport holds unsent data, new pieces queue behind it."""
+        self.transport.write(b"first\r\n")
+        send_now(self.transport, [b"second\r\n"])
+        self.assertEqual(self.transport._tempDataBuffer, [b"first\r\n", b"second\r\n"])
+        self.transport.doWrite()
+        self.assertEqual(self.received(15), b"first\r\nsecond\r\n")
+
+    def test_what_the_socket_refuses_is_queued(self) -> None:
+        """A reply bigger than the socket buffer: the rest is queued, in order, nothing lost."""
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        big = bytes(range(256)) * 16_384
+        send_now(self.transport, [b"+OK\r\n", big, b".\r\n"])
+        queued = self.transport._tempDataLen
+        self.assertGreater(queued, 0)
+        expected = b"+OK\r\n" + big + b".\r\n"
+        got = b""
+        while len(got) < len(expected):
+            self.transport.doWrite()
+            got += self.peer.recv(1 << 20)
+        self.assertEqual(got, expected)
+
+    def test_many_pieces_are_joined(self) -> None:
+        """More pieces than one sendmsg takes still arrive whole and in order."""
+        pieces = [b"%d\r\n" % i for i in range(MAX_PIECES * 20)]
+        send_now(self.transport, pieces)
+        expected = b"".join(pieces)
+        self.assertEqual(self.received(len(expected)), expected)
+
+    def test_closing_transport_is_not_bypassed(self) -> None:
+        """A transport that is closing gets the data through its own write."""
+        self.transport.disconnecting = True
+        send_now(self.transport, [b"bye\r\n"])
+        self.assertEqual(self.transport._tempDataBuffer, [b"bye\r\n"])
+
+    def test_tls_is_not_bypassed(self) -> None:
+        """Over TLS the bytes must go through the TLS layer, never the raw socket."""
+        self.transport.TLS = True
+        self.transport.protocol = StringTransport()  # where TLS-mode writes go
+        send_now(self.transport, [b"secret\r\n"])
+        self.peer.setblocking(False)
+        self.assertRaises(BlockingIOError, self.peer.recv, 100)
+
+    def test_relaying_wrapper_is_looked_through(self) -> None:
+        """A wrapper that only relays writes (connection limits) does not stop a direct send."""
+        wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+        wrapper.transport = self.transport
+        send_now(wrapper, [b"+OK\r\n"])
+        self.assertEqual(self.received(5), b"+OK\r\n")
+        self.assertEqual(self.transport._tempDataLen, 0)
+
+    def test_wrapper_that_handles_writes_is_respected(self) -> None:
+        """A wrapper with its own writeSequence gets the data, not the socket under it."""
+        wrapper = WriteCountingWrapper(WrappingFactory(None), Protocol())
+        wrapper.transport = self.transport
+        send_now(wrapper, [b"+OK\r\n"])
+        self.assertEqual(wrapper.writes, 1)
+        self.assertEqual(self.transport._tempDataBuffer, [b"+OK\r\n"])
+
+    def test_other_transports_get_write_sequence(self) -> None:
+        """A transport that is not TCP (tests, TLS) gets the pieces as they are."""
+        transport = StringTransport()
+        send_now(transport, [b"a", b"b"])
+        self.assertEqual(transport.value(), b"ab")
