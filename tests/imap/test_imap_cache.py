@@ -137,3 +137,30 @@ def test_sessions_in_the_same_state_share_one_uid_list() -> None:
     assert second.proto.selected.uids == [1, 2, 3, 4]  # not told yet
     assert b"* 2 EXPUNGE" in second.cmd("e NOOP")
     assert first.proto.selected.uids is second.proto.selected.uids
+
+
+def test_idling_sessions_share_one_uid_list_after_each_push() -> None:
+    """Sessions pushed an EXISTS or EXPUNGE while idling end up on the one shared UID list."""
+    server = Server()
+    for _ in range(5):
+        server.deliver(SIMPLE)
+    idlers = [server.connect().login() for _ in range(3)]
+    for n, idler in enumerate(idlers):
+        idler.select()
+        assert idler.cmd(f"i{n} IDLE") == b"+ idling\r\n"
+    server.deliver(SIMPLE)
+    views = [idler.proto.selected for idler in idlers]
+    # The first session to select the folder holds \Recent for every message.
+    assert idlers[0].read() == b"* 6 EXISTS\r\n* 6 RECENT\r\n"
+    assert all(idler.read() == b"* 6 EXISTS\r\n* 0 RECENT\r\n" for idler in idlers[1:])
+    assert views[0] is not None and views[0].uids == [1, 2, 3, 4, 5, 6]
+    assert all(v is not None and v.uids is views[0].uids for v in views)
+    other = server.connect().login()
+    other.select()
+    other.cmd("s STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+    other.cmd("e EXPUNGE")
+    for idler in idlers:
+        # The \Deleted flags were pushed first (untagged FETCH), then the expunges.
+        assert idler.read().endswith(b")\r\n* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n")
+    assert views[0].uids == [1, 3, 5, 6]
+    assert all(v is not None and v.uids is views[0].uids for v in views)

@@ -233,7 +233,7 @@ class SelectedMailbox:
         if allow_expunge and self._pending_expunged:
             gone = self._pending_expunged
             self._pending_expunged = set()
-            positions = [i for i, uid in enumerate(self.uids) if uid in gone]
+            positions = _positions(self.uids, gone)
             if self.qresync:
                 # RFC 7162 3.2.10: VANISHED replaces EXPUNGE once QRESYNC is on.
                 if positions:
@@ -244,7 +244,13 @@ class SelectedMailbox:
                 for pos in reversed(positions):
                     lines.append(b"* %d EXPUNGE\r\n" % (pos + 1))
             if positions:
-                self.uids = [uid for uid in self.uids if uid not in gone]
+                messages = self.mailbox.messages()
+                left = len(self.uids) - len(positions)
+                if left == len(messages) and (not left or messages[-1].uid == self._last_kept(
+                        positions)):
+                    self.uids = self.cache.shared_uids(self.mailbox)
+                else:
+                    self.uids = [uid for uid in self.uids if uid not in gone]
             self.recent.difference_update(gone)
             self._pending_flags.difference_update(gone)
         if self._pending_added:
@@ -264,7 +270,15 @@ class SelectedMailbox:
                     continue
                 new.append(uid)
             if new:
-                self.uids = self.uids + new
+                messages = self.mailbox.messages()
+                if (len(self.uids) + len(new) == len(messages)
+                        and messages[-1].uid == new[-1]):
+                    # Caught up with the folder: take the list every such
+                    # session shares instead of copying ours (a push to
+                    # 10,000 idlers on a big folder was 10,000 copies).
+                    self.uids = self.cache.shared_uids(self.mailbox)
+                else:
+                    self.uids = self.uids + new
                 lines.append(b"* %d EXISTS\r\n" % len(self.uids))
                 lines.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._pending_flags:
@@ -281,6 +295,14 @@ class SelectedMailbox:
                 lines.append(self.flag_update(seq, info, with_uid or self.qresync))
         self._share_uids()
         return lines
+
+    def _last_kept(self, positions: list[int]) -> int:
+        """The highest UID of the view once the messages at ``positions`` are gone."""
+        removed = set(positions)
+        for i in range(len(self.uids) - 1, -1, -1):
+            if i not in removed:
+                return self.uids[i]
+        return 0
 
     def _share_uids(self) -> None:
         # The same count and highest UID as the folder means the same UIDs
@@ -303,6 +325,16 @@ class SelectedMailbox:
         self._pending_added = []
         self._pending_flags = set()
         self._pending_expunged = set()
+
+
+def _positions(uids: list[int], wanted: set[int]) -> list[int]:
+    """The indexes of ``wanted`` UIDs in the ascending list ``uids`` (a binary search each)."""
+    out = []
+    for uid in sorted(wanted):
+        i = bisect.bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            out.append(i)
+    return out
 
 
 def uid_set_bytes(uids: Iterable[int]) -> bytes:
