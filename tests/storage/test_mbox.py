@@ -288,3 +288,64 @@ class MboxIndexTests(SynchronousTestCase):
         flags = [set(m.get_flags()) for m in md]
         md.close()
         assert flags[0] == {"O", "F"} and flags[2] == {"R", "O"} and len(flags) == 8
+
+    def append_outside(self, *messages: bytes) -> None:
+        """Messages appended to INBOX by another program, with Python's mailbox module."""
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        for message in messages:
+            md.add(message)
+        md.flush()
+        md.unlock()
+        md.close()
+
+    def test_outside_append_parses_only_the_new_tail(self) -> None:
+        """When another program only appended, the known messages are not parsed again."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG + b"n %d\r\n" % n)) for n in range(3)]
+        known = dict(box._disk.entries)
+        self.append_outside(b"From: x@example.org\nSubject: one\n\nFrom here\n",
+                            b"From: y@example.org\nSubject: two\nX-UID: 77\n\nbody\n")
+        self.successResultOf(box.refresh())
+        assert [box._disk.entries[u] is known[u] for u in uids] == [True, True, True]
+        assert [i.uid for i in box.messages()] == uids + [77, 78]
+        assert box.read(77).endswith(b"Subject: two\r\n\r\nbody\r\n")
+        assert box.read(78).endswith(b"Subject: one\r\n\r\nFrom here\r\n")
+        assert [box.read(u) for u in uids] == [MSG + b"n %d\r\n" % n for n in range(3)]
+        assert [i.uid for i in self.open_inbox().messages()] == uids + [77, 78]
+        md = mailbox.mbox(self.path, create=False)
+        written = [m["X-UID"] for m in md]
+        md.close()
+        assert written == ["1", "2", "3", "78", "77"]
+
+    def test_outside_append_reusing_an_old_uid_gets_a_new_one(self) -> None:
+        """An appended message whose X-UID was given before (and expunged) gets a new UID."""
+        box = self.open_inbox()
+        first, second = (self.successResultOf(box.append(MSG)) for _ in range(2))
+        self.successResultOf(box.set_flags([first], ["\\Deleted"], "add"))
+        self.successResultOf(box.expunge())
+        self.append_outside(b"From: x@example.org\nX-UID: %d\n\nold uid\n" % first)
+        self.successResultOf(box.refresh())
+        assert [i.uid for i in box.messages()] == [second, second + 1]
+        assert box.read(second + 1).endswith(b"\r\n\r\nold uid\r\n")
+
+    def test_change_in_the_middle_and_append_is_a_full_rescan(self) -> None:
+        """A file that grew but whose last known message moved is parsed whole: nothing missed."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(MSG + b"n %d\r\n" % n)) for n in range(3)]
+        md = mailbox.mbox(self.path, create=False)
+        md.lock()
+        md.remove(md.keys()[0])
+        message = md[md.keys()[0]]
+        message.set_flags("RF")
+        md[md.keys()[0]] = message
+        md.add(b"From: x@example.org\nSubject: new\n\nnew\n")
+        md.add(b"From: x@example.org\nSubject: newer\n\nnewer\n")
+        md.flush()
+        md.unlock()
+        md.close()
+        assert os.path.getsize(self.path) > box._disk.stamp[1]
+        self.successResultOf(box.refresh())
+        assert [i.uid for i in box.messages()] == uids[1:] + [4, 5]
+        assert box.info(uids[1]).flags == {"\\Seen", "\\Flagged"}
+        assert box.read(5).endswith(b"\r\n\r\nnewer\r\n")

@@ -274,6 +274,8 @@ class MboxMailbox(ViewBacked):
 
     def _rescan_locked(self) -> None:
         """Parse the file again and tell the reactor what changed since the last scan."""
+        if self._scan_tail_locked():
+            return
         before = {u: e.flags for u, e in self._disk.entries.items()}
         self._scan_locked()
         after = self._disk.entries
@@ -286,6 +288,79 @@ class MboxMailbox(ViewBacked):
             self._to_reactor(self._view.apply_flags, changed)
         if added:
             self._to_reactor(self._view.apply_added, added)
+
+    def _scan_tail_locked(self) -> bool:
+        """
+        When another program only appended to the file (procmail, a local
+        delivery agent), parse just the new messages and tell the reactor;
+        False (nothing done) when the file changed in any other way, and
+        the caller parses it all.
+
+        "Only appended" is checked as Dovecot does: the same inode, a larger
+        size, the last known message still at its offsets (its ``From `` line
+        and its ``X-UID``, followed by the blank line the old file ended with),
+        and a ``From `` line right at the old end.
+        """
+        d = self._disk
+        if not d.entries or not d.uidvalidity or self._read_state()[0] != d.uidvalidity:
+            return False
+        ino, old_size, _ = d.stamp
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if st.st_ino != ino or st.st_size <= old_size:
+            return False
+        last = max(d.entries.values(), key=lambda e: e.start)
+        if last.end != old_size - 1:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(last.start)
+            known = f.read(old_size - last.start)
+            tail = f.read()
+        if not (known.startswith(b"From ") and known.endswith(b"\n\n")
+                and tail.startswith(b"From ") and len(known) == old_size - last.start):
+            return False
+        if _parse_meta(known[last.body_start - last.start:last.end - last.start])[2] != last.uid:
+            return False
+        added: list[_Entry] = []
+        missing: list[_Entry] = []
+        seen = set(d.entries)
+        for start, body_start, end, from_line, quoted in _split_messages(tail):
+            stripped, flags, uid = _parse_meta(tail[body_start:end])
+            when = _from_date(from_line) or datetime.fromtimestamp(0, UTC)
+            entry = _Entry(0, old_size + start, old_size + body_start, old_size + end, flags,
+                           when, len(_wire(stripped, quoted)), quoted)
+            # An X-UID below UIDNEXT that is not a known message was given
+            # before (and expunged): IMAP never gives a UID twice.
+            if uid is None or uid in seen or uid < d.next_uid:
+                missing.append(entry)
+            else:
+                entry.uid = uid
+                seen.add(uid)
+                added.append(entry)
+        next_uid = max([d.next_uid] + [e.uid + 1 for e in added])
+        for entry in missing:
+            entry.uid = next_uid
+            next_uid += 1
+        added = sorted(added + missing, key=lambda e: e.uid)
+        d.next_uid = next_uid
+        for entry in added:
+            d.entries[entry.uid] = entry
+        log.info("mbox {path}: {n} message(s) appended by another program", path=self.path,
+                 n=len(added))
+        if missing or not tail.endswith(b"\n"):
+            # New messages need their X-UID headers (or the file its final
+            # newline): a rewrite, which copies the clean messages as they are.
+            with open(self.path, "rb") as f:
+                data = f.read()
+            self._rewrite_locked(data, set())
+        else:
+            d.stamp = self._stamp()
+            self._index_snapshot_locked(appended=added)
+            self._write_state()
+        self._to_reactor(self._view.apply_added, [self._info(e) for e in added])
+        return True
 
     def _info(self, entry: _Entry) -> MessageInfo:
         return MessageInfo(entry.uid, f"{self._disk.uidvalidity}.{entry.uid}", entry.flags,
