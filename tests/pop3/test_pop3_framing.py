@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymail.pop3.framing import message_top, multiline, multiline_lines
+from pymail.pop3.framing import message_top, multiline, multiline_lines, multiline_listing
 
 
 class MultilineTests(SynchronousTestCase):
@@ -38,6 +38,21 @@ class MultilineTests(SynchronousTestCase):
         self.assertEqual(
             b"".join(multiline_lines(b"+OK\r\n", [b"1 2", b".x"])), b"+OK\r\n1 2\r\n..x\r\n.\r\n"
         )
+
+    def test_listing_is_joined_and_terminated(self) -> None:
+        """A LIST/UIDL listing is the status, the joined lines and the terminator."""
+        pieces = multiline_listing(b"+OK\r\n", ["1 120\r\n", "2 4000\r\n"])
+        self.assertEqual(pieces, [b"+OK\r\n", b"1 120\r\n2 4000\r\n", b".\r\n"])
+
+    def test_empty_listing(self) -> None:
+        """A listing of no messages is the status and the terminator."""
+        self.assertEqual(b"".join(multiline_listing(b"+OK\r\n", [])), b"+OK\r\n.\r\n")
+
+    def test_stuffing_search_agrees_with_replace(self) -> None:
+        """Bodies with and without dot lines are stuffed exactly as replace() alone would."""
+        for body in [b"a\r\nb\r\n", b"a\r\n.b\r\n", b"x.y\r\n", b"a\n.", b"\n.\n."]:
+            expected = body.replace(b"\n.", b"\n..")
+            self.assertEqual(multiline(b"", body)[1], expected, body)
 
 
 class MessageTopTests(SynchronousTestCase):

@@ -58,6 +58,16 @@ def multiline_lines(status: bytes, lines: Iterable[bytes]) -> list[bytes]:
     return out
 
 
+def multiline_listing(status: bytes, lines: list[str]) -> list[bytes]:
+    """
+    A LIST or UIDL listing (RFC 1939 sections 5 and 7) as the pieces of one
+    write: ``lines`` are ``"<number> <value>\\r\\n"``, ASCII.  A listing line
+    starts with a message number, a digit, so none needs stuffing, and the
+    lines are joined once instead of each becoming a piece of its own.
+    """
+    return [status, "".join(lines).encode("ascii"), TERMINATOR]
+
+
 def message_top(message: bytes, lines: int) -> bytes:
     """
     The header of ``message``, the empty line after it and the first

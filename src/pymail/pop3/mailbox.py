@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import attrs
@@ -102,12 +103,20 @@ class Maildrop:
 
     def stat(self) -> tuple[int, int]:
         """The number and total wire-form size of the messages not deleted."""
-        live = [m.size for n, m in self.listing()]
-        return len(live), sum(live)
+        octets = sum(m.size for m in self._messages)
+        octets -= sum(self._messages[n - 1].size for n in self._deleted)
+        return len(self._messages) - len(self._deleted), octets
 
-    def listing(self) -> list[tuple[int, MessageInfo]]:
-        """The message numbers and messages not deleted, ascending."""
-        return [(n, m) for n, m in enumerate(self._messages, 1) if n not in self._deleted]
+    def listing(self) -> Iterator[tuple[int, MessageInfo]]:
+        """
+        The message numbers and messages not deleted, ascending, one at a
+        time: a list of 10,000 pairs kept alive would set off the garbage
+        collector's full passes, costing more than the listing itself.
+        """
+        deleted = self._deleted
+        for n, m in enumerate(self._messages, 1):
+            if n not in deleted:
+                yield n, m
 
     def uidl(self, number: int) -> str:
         """The unique-id of a message (see :func:`uidl_for_key`)."""

@@ -57,7 +57,14 @@ from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
 from pymail.pop3.direct import send_now
-from pymail.pop3.framing import Stuffer, TopCutter, message_top, multiline, multiline_lines
+from pymail.pop3.framing import (
+    Stuffer,
+    TopCutter,
+    message_top,
+    multiline,
+    multiline_lines,
+    multiline_listing,
+)
 from pymail.pop3.mailbox import (
     PROCESS_LOCKS,
     Maildrop,
@@ -408,7 +415,7 @@ class POP3Server(Protocol):
 
     def _send(self, *pieces: bytes) -> None:
         self._out.extend(pieces)
-        self._out_size += sum(len(p) for p in pieces)
+        self._out_size += sum(map(len, pieces))
 
     def _flush(self) -> None:
         if self._out and not self._closed:
@@ -736,7 +743,7 @@ class POP3Server(Protocol):
         count, octets = self._drop.stat()
         status = replies.line(replies.LIST_FOLLOWS, count=count, octets=octets)
         self._ok_pieces(
-            multiline_lines(status, [b"%d %d" % (n, m.size) for n, m in self._drop.listing()])
+            multiline_listing(status, [f"{n} {m.size}\r\n" for n, m in self._drop.listing()])
         )
 
     def do_uidl(self, args: bytes) -> None:
@@ -744,28 +751,30 @@ class POP3Server(Protocol):
         if numbers:
             self._ok(replies.UIDL_ONE, number=numbers[0], uidl=self._drop.uidl(numbers[0]))
             return
-        lines = [
-            b"%d %s" % (n, uidl_for_key(m.key).encode("ascii")) for n, m in self._drop.listing()
-        ]
-        self._ok_pieces(multiline_lines(replies.line(replies.UIDL_FOLLOWS), lines))
+        lines = [f"{n} {uidl_for_key(m.key)}\r\n" for n, m in self._drop.listing()]
+        self._ok_pieces(multiline_listing(replies.line(replies.UIDL_FOLLOWS), lines))
 
     def do_retr(self, args: bytes) -> Deferred[None] | None:
         (number,) = _numbers(args, 1, 1)
         size = self._drop.info(number).size
-        return self._send_message(number, replies.line(replies.RETR_FOLLOWS, size=size), None)
+        return self._send_message(
+            number, size, replies.line(replies.RETR_FOLLOWS, size=size), None
+        )
 
     def do_top(self, args: bytes) -> Deferred[None] | None:
         number, lines = _numbers(args, 2, 2)
-        self._drop.info(number)
-        return self._send_message(number, replies.line(replies.TOP_FOLLOWS), lines)
+        size = self._drop.info(number).size
+        return self._send_message(number, size, replies.line(replies.TOP_FOLLOWS), lines)
 
-    def _send_message(self, number: int, status: bytes, top: int | None) -> Deferred[None] | None:
+    def _send_message(
+        self, number: int, size: int, status: bytes, top: int | None
+    ) -> Deferred[None] | None:
         """
         A message (or with ``top``, its top) as a multi-line response.  One
         no bigger than a chunk is read whole and goes out with the other
         replies of the batch; a bigger one is streamed (:meth:`_start_stream`).
         """
-        if self._drop.info(number).size > self.CHUNK_SIZE:
+        if size > self.CHUNK_SIZE:
             cutter = TopCutter(top) if top is not None else None
             return self._start_stream(number, status, cutter)
         message = self._read(number)
