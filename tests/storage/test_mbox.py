@@ -349,3 +349,21 @@ class MboxIndexTests(SynchronousTestCase):
         assert [i.uid for i in box.messages()] == uids[1:] + [4, 5]
         assert box.info(uids[1]).flags == {"\\Seen", "\\Flagged"}
         assert box.read(5).endswith(b"\r\n\r\nnewer\r\n")
+
+    def test_fresh_open_after_an_outside_append_parses_only_the_tail(self) -> None:
+        """A fresh open after another program appended takes the known messages from the index."""
+        expected = self.filled()
+        # An in-place change to the first message is not looked at (the
+        # index's rows are kept) while the appended message is parsed.
+        data = Path(self.path).read_bytes()
+        with open(self.path, "r+b") as f:
+            f.seek(data.index(b"X-Status: F\n"))
+            f.write(b"X-Status: A\n")
+        self.append_outside(b"From: x@example.org\nSubject: new\n\nnew\n")
+        again = self.open_inbox()
+        got = self.snapshot(again)
+        assert [e[:5] for e in got[:-1]] == [e[:5] for e in expected]
+        assert got[-1][0] == expected[-1][0] + 1
+        assert got[-1][5].endswith(b"Subject: new\r\n\r\nnew\r\n")
+        assert again.uidnext() == got[-1][0] + 1
+        assert [i.uid for i in self.open_inbox().messages()] == [e[0] for e in got]

@@ -215,8 +215,18 @@ class MboxMailbox(ViewBacked):
             return None
         stamp = self._stamp()
         loaded = self._index.load(validity, stamp)
+        grown = False
         if loaded is None:
-            return None
+            # Another program may only have appended since the index was
+            # written: take the rows for the file as it was, then parse the
+            # new tail (below), when _scan_tail_locked finds it so.
+            recorded = self._index.recorded_stamp()
+            if recorded is None or recorded[0] != stamp[0] or recorded[1] >= stamp[1]:
+                return None
+            loaded = self._index.load(validity, recorded)
+            if loaded is None:
+                return None
+            stamp, grown = recorded, True
         entries: dict[int, _Entry] = {}
         infos = []
         flag_sets: dict[str, frozenset[str]] = {}
@@ -238,6 +248,14 @@ class MboxMailbox(ViewBacked):
         self._disk.stamp = stamp
         self._disk.entries = entries
         self._index_synced = True
+        if grown:
+            with _Locked(self.path, self.lock_timeout):
+                added = self._scan_tail_locked(tell=False)
+            if added is None:
+                self._disk = _Disk()
+                self._index_synced = False
+                return None
+            infos.extend(attrs.evolve(self._info(e), modseq=modseq) for e in added)
         if self._index.appended_count() > REPACK_APPENDED_ROWS:
             self._index_snapshot_locked()
         return infos
@@ -274,7 +292,7 @@ class MboxMailbox(ViewBacked):
 
     def _rescan_locked(self) -> None:
         """Parse the file again and tell the reactor what changed since the last scan."""
-        if self._scan_tail_locked():
+        if self._scan_tail_locked() is not None:
             return
         before = {u: e.flags for u, e in self._disk.entries.items()}
         self._scan_locked()
@@ -289,12 +307,12 @@ class MboxMailbox(ViewBacked):
         if added:
             self._to_reactor(self._view.apply_added, added)
 
-    def _scan_tail_locked(self) -> bool:
+    def _scan_tail_locked(self, tell: bool = True) -> list[_Entry] | None:
         """
         When another program only appended to the file (procmail, a local
-        delivery agent), parse just the new messages and tell the reactor;
-        False (nothing done) when the file changed in any other way, and
-        the caller parses it all.
+        delivery agent), parse just the new messages, tell the reactor
+        (when ``tell``) and return them; None (nothing done) when the file
+        changed in any other way, and the caller parses it all.
 
         "Only appended" is checked as Dovecot does: the same inode, a larger
         size, the last known message still at its offsets (its ``From `` line
@@ -303,26 +321,26 @@ class MboxMailbox(ViewBacked):
         """
         d = self._disk
         if not d.entries or not d.uidvalidity or self._read_state()[0] != d.uidvalidity:
-            return False
+            return None
         ino, old_size, _ = d.stamp
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return False
+            return None
         if st.st_ino != ino or st.st_size <= old_size:
-            return False
+            return None
         last = max(d.entries.values(), key=lambda e: e.start)
         if last.end != old_size - 1:
-            return False
+            return None
         with open(self.path, "rb") as f:
             f.seek(last.start)
             known = f.read(old_size - last.start)
             tail = f.read()
         if not (known.startswith(b"From ") and known.endswith(b"\n\n")
                 and tail.startswith(b"From ") and len(known) == old_size - last.start):
-            return False
+            return None
         if _parse_meta(known[last.body_start - last.start:last.end - last.start])[2] != last.uid:
-            return False
+            return None
         added: list[_Entry] = []
         missing: list[_Entry] = []
         seen = set(d.entries)
@@ -359,8 +377,9 @@ class MboxMailbox(ViewBacked):
             d.stamp = self._stamp()
             self._index_snapshot_locked(appended=added)
             self._write_state()
-        self._to_reactor(self._view.apply_added, [self._info(e) for e in added])
-        return True
+        if tell:
+            self._to_reactor(self._view.apply_added, [self._info(e) for e in added])
+        return added
 
     def _info(self, entry: _Entry) -> MessageInfo:
         return MessageInfo(entry.uid, f"{self._disk.uidvalidity}.{entry.uid}", entry.flags,

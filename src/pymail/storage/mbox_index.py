@@ -89,6 +89,17 @@ class MboxIndex(SqliteIndex):
             packed = zip(_PACKED.iter_unpack(snap[0][0]), snap[0][1].split("\n"), strict=True)
         return itertools.chain(packed, ((row[:7], row[7]) for row in extra))
 
+    def recorded_stamp(self) -> tuple[int, int, int] | None:
+        """The file's stamp the rows describe, or None when there is none."""
+        with self._lock:
+            if self._db is None:
+                return None
+            meta = dict(self._run("SELECT key, value FROM meta"))
+        stamp = tuple(meta.get(k) for k in _STAMP_KEYS)
+        if any(v is None for v in stamp):
+            return None
+        return stamp  # type: ignore[return-value]
+
     def _set_meta(self, values: dict[str, int]) -> None:
         assert self._db is not None
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
