@@ -10,8 +10,10 @@ session reading :meth:`messages` in a listener sees the change.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import attrs
@@ -35,6 +37,24 @@ from pymail.storage.fsutil import to_crlf
 _T = TypeVar("_T")
 
 log = Logger()
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """
+    The cyclic garbage collector paused for a bulk load (a folder's 100,000
+    messages become a few hundred thousand objects, none of them garbage):
+    otherwise its collections walk them again and again, about a fifth of
+    the load's time.  Reference counting still frees everything; the
+    collector's state is restored afterwards (it stays off if it was off).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def normalise_flags(flags: Iterable[str]) -> frozenset[str]:
@@ -181,15 +201,31 @@ class MailboxView:
             except Exception:
                 log.failure("mailbox listener {listener!r} failed", listener=listener)
 
-    def load(self, infos: Iterable[MessageInfo]) -> None:
-        """Replace the whole view (used when a folder is first opened)."""
-        self._infos = list(infos)
-        self._uids = [i.uid for i in self._infos]
-        if any(a >= b for a, b in zip(self._uids, self._uids[1:], strict=False)):
-            self._infos.sort(key=lambda i: i.uid)
-            self._uids = [i.uid for i in self._infos]
-        if self._infos:
-            self.highestmodseq = max(self.highestmodseq, max(i.modseq for i in self._infos))
+    def load(self, infos: Iterable[MessageInfo], uids: list[int] | None = None,
+             highestmodseq: int = 0) -> None:
+        """
+        Replace the whole view (used when a folder is first opened).
+
+        :param uids: the UIDs of ``infos`` in the same order, strictly
+            ascending, when the caller has them (then ``infos`` must be a
+            list, which the view takes as it is: no copy, no order check).
+        :param highestmodseq: the highest MODSEQ among ``infos`` when known
+            (else computed).
+        """
+        with paused_gc():
+            if uids is not None and isinstance(infos, list):
+                self._infos, self._uids = infos, uids
+            else:
+                self._infos = list(infos)
+                self._uids = [i.uid for i in self._infos]
+                if any(a >= b for a, b in zip(self._uids, self._uids[1:], strict=False)):
+                    self._infos.sort(key=lambda i: i.uid)
+                    self._uids = [i.uid for i in self._infos]
+                highestmodseq = 0
+            if self._infos:
+                if not highestmodseq:
+                    highestmodseq = max(i.modseq for i in self._infos)
+                self.highestmodseq = max(self.highestmodseq, highestmodseq)
 
     def apply_added(self, infos: Iterable[MessageInfo]) -> None:
         added = []

@@ -56,6 +56,7 @@ from pymail.storage.base import (
     apply_flag_mode,
     keywords_of,
     normalise_flags,
+    paused_gc,
 )
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
@@ -84,6 +85,10 @@ from pymail.storage.maildir_files import (
 log = Logger()
 
 _T = TypeVar("_T")
+
+#: What opening a folder gives the view: the messages, HIGHESTMODSEQ, and
+#: their UIDs when they are known to be ascending (a trusted load).
+_Loaded = tuple[list[MessageInfo], int, list[int] | None]
 
 
 @attrs.define
@@ -273,18 +278,20 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def open(self) -> Deferred[MaildirMailbox]:
         """Load the folder (create its directories if needed); fires with self."""
-        def loaded(result: tuple[list[MessageInfo], int]) -> MaildirMailbox:
-            infos, highest = result
-            self._view.load(infos)
+        def loaded(result: _Loaded) -> MaildirMailbox:
+            infos, highest, uids = result
+            # A trusted load comes by ascending UID with every MODSEQ at most
+            # the index's HIGHESTMODSEQ: the view takes it as it is.
+            self._view.load(infos, uids, highest if uids is not None else 0)
             self._view.highestmodseq = max(self._view.highestmodseq, highest)
             return self
 
         return self._in_thread(self._load).addCallback(loaded)
 
-    def _load(self) -> tuple[list[MessageInfo], int]:
+    def _load(self) -> _Loaded:
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
-        with self._lock:
+        with self._lock, paused_gc():
             self._index.open()
             trusted = self._load_trusted_locked()
             if trusted is not None:
@@ -296,9 +303,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 self._scan_locked()
             finally:
                 self._unflock(fd)
-            result = self._load_index_locked()
+            infos, highest = self._load_index_locked()
             self._index.set_sync(self._sync_record_locked())
-            return result
+            return infos, highest, None
 
     def _stamps(self) -> dict[str, int]:
         """What a sync record compares: directory mtimes, the uidlist's inode and size."""
@@ -324,7 +331,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         return {"new_mtime_ns": new, "cur_mtime_ns": cur, "uidlist_ino": d.uidlist_stamp[0],
                 "uidlist_size": d.uidlist_stamp[1], "scanned_ns": d.scanned_ns}
 
-    def _load_trusted_locked(self) -> tuple[list[MessageInfo], int] | None:
+    def _load_trusted_locked(self) -> _Loaded | None:
         """
         Open from the index alone when its sync record still matches the
         folder (nothing changed since a complete scan): one query, no
@@ -361,10 +368,12 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         d.uid_by_base = None
         files: dict[int, str] = {}
         infos = []
+        uids = []
         flag_sets: dict[str, frozenset[str]] = {}
         from_timestamp = datetime.fromtimestamp
         last_date, when = -1, datetime.fromtimestamp(0, UTC)
         info = MessageInfo
+        top = 0
         # The hot loop of SELECT in a fresh process: ~1 us per message.
         for uid, rel, date, size, modseq in rows:
             base, _, letters = rel[4:].partition(":2,")
@@ -375,8 +384,12 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             if date != last_date:  # messages delivered in one second share one object
                 last_date, when = date, from_timestamp(date, UTC)
             infos.append(info(uid, base, flags, when, size, modseq))
+            uids.append(uid)
+            if modseq > top:
+                top = modseq
         d.files = files
-        return infos, index.meta("highestmodseq") or 1
+        highest = index.meta("highestmodseq") or 1
+        return infos, highest, (uids if top <= highest else None)
 
     def _load_index_locked(self) -> tuple[list[MessageInfo], int]:
         """

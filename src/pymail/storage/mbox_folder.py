@@ -28,6 +28,7 @@ from pymail.storage.base import (
     ViewBacked,
     apply_flag_mode,
     normalise_flags,
+    paused_gc,
 )
 from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
 from pymail.storage.maildir_files import new_uidvalidity
@@ -180,21 +181,22 @@ class MboxMailbox(ViewBacked):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def open(self) -> Deferred[MboxMailbox]:
-        def loaded(infos: list[MessageInfo] | None) -> MboxMailbox:
-            if infos is not None:
-                self._view.load(infos)
+        def loaded(result: tuple[list[MessageInfo], list[int] | None] | None) -> MboxMailbox:
+            if result is not None:
+                infos, uids = result
+                self._view.load(infos, uids)
             return self
 
         return self._in_thread(self._open_now).addCallback(loaded)
 
-    def _open_now(self) -> list[MessageInfo] | None:
+    def _open_now(self) -> tuple[list[MessageInfo], list[int] | None] | None:
         """
         Load the folder: from the index when it describes the file as it is
         (returns the messages), else by parsing the file (the view is told).
         Every MODSEQ starts above the HIGHESTMODSEQ recorded before, so a
         CONDSTORE client may see a change twice after a restart, never miss one.
         """
-        with self._lock:
+        with self._lock, paused_gc():
             highest = 0
             if self._index.ensure_open():
                 highest = self._index.meta("highestmodseq") or 0
@@ -203,13 +205,20 @@ class MboxMailbox(ViewBacked):
                     self._index.raise_highestmodseq(highest + 1)
                     return trusted
             self._to_reactor(self._raise_highestmodseq, highest)
-        self._refresh_now()
+        with paused_gc():
+            self._refresh_now()
         return None
 
     def _raise_highestmodseq(self, value: int) -> None:
         self._view.highestmodseq = max(self._view.highestmodseq, value)
 
-    def _load_trusted_locked(self, modseq: int) -> list[MessageInfo] | None:
+    def _load_trusted_locked(
+        self, modseq: int
+    ) -> tuple[list[MessageInfo], list[int] | None] | None:
+        """
+        The messages from the index, and their UIDs when ascending (else
+        None), if the index describes the file; else None.
+        """
         validity, next_uid = self._read_state()
         if not validity:
             return None
@@ -229,10 +238,11 @@ class MboxMailbox(ViewBacked):
             stamp, grown = recorded, True
         entries: dict[int, _Entry] = {}
         infos = []
+        uids: list[int] | None = []
         flag_sets: dict[str, frozenset[str]] = {}
         last_date, when = -1, datetime.fromtimestamp(0, UTC)
         prefix = f"{validity}."
-        uid = 0
+        uid = last_uid = 0
         # The hot loop of SELECT in a fresh process.
         for (uid, start, body_start, end, date, size, quoted), text in loaded:
             flags = flag_sets.get(text)
@@ -243,6 +253,12 @@ class MboxMailbox(ViewBacked):
             entries[uid] = _Entry(uid, start, body_start, end, flags, when, size,
                                   quoted & 1 == 1, quoted & _CLEAN_BIT != 0)
             infos.append(MessageInfo(uid, prefix + str(uid), flags, when, size, modseq))
+            if uids is not None:
+                if uid > last_uid:
+                    uids.append(uid)
+                    last_uid = uid
+                else:
+                    uids = None
         self._disk.uidvalidity = validity
         self._disk.next_uid = max(next_uid, uid + 1)
         self._disk.stamp = stamp
@@ -256,9 +272,10 @@ class MboxMailbox(ViewBacked):
                 self._index_synced = False
                 return None
             infos.extend(attrs.evolve(self._info(e), modseq=modseq) for e in added)
+            uids = None
         if self._index.appended_count() > REPACK_APPENDED_ROWS:
             self._index_snapshot_locked()
-        return infos
+        return infos, uids
 
     # -- state file -------------------------------------------------------
 
