@@ -110,3 +110,34 @@ def test_text_line_limit() -> None:
     for i in range(0, len(long_line), 3000):
         reader.feed(long_line[i:i + 3000])
     assert reader.line_too_long
+
+
+_pieces = st.lists(
+    st.one_of(
+        st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"\r\n.", b"x"]),
+        st.integers(990, 1003).map(lambda n: b"a" * n),
+    ),
+    max_size=10,
+)
+
+
+@given(pieces=_pieces, cuts=st.lists(st.integers(0, 10_000)))
+def test_flags_match_a_whole_message_reference(pieces: list[bytes], cuts: list[int]) -> None:
+    """Bare CR/LF and over-long lines are flagged as a plain reference says, however it is cut."""
+    from hypothesis import assume
+
+    from pymail.smtp.data import MAX_TEXT_LINE
+
+    body = b"".join(pieces)
+    # What the reader examines: its leading CRLF, the body and the terminator's CRLF.
+    wire = b"\r\n" + body + b"\r\n"
+    # The body must not end the message early.
+    assume((b"\r\n" + body + b"\r\n.\r\n").find(b"\r\n.\r\n") == len(body) + 2)
+    crlf = wire.count(b"\r\n")
+    bare = wire.count(b"\r") != crlf or wire.count(b"\n") != crlf
+    reader = DataReader(10**6)
+    assert feed_all(reader, split(body + b"\r\n.\r\n", cuts)) == b""
+    assert reader.bare_line_ending is bare
+    if not bare:
+        too_long = max(len(line) for line in wire.split(b"\r\n")) > MAX_TEXT_LINE
+        assert reader.line_too_long is too_long

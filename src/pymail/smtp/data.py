@@ -86,25 +86,26 @@ class DataReader:
         """The message, dot-unstuffed, in wire form (empty if too big)."""
         return b"".join(self._parts)[2:]
 
-    def _check_lines(self, segment: bytes) -> None:
+    def _take(self, segment: bytes) -> None:
         # A segment is whole lines, each preceded by its CRLF, except that
         # its first piece continues the line the previous segment ended in.
-        if len(segment) + self._tail <= MAX_TEXT_LINE:
-            cut = segment.rfind(_CRLF)
-            self._tail = self._tail + len(segment) if cut < 0 else len(segment) - cut - 2
-            return
-        lengths = [len(piece) for piece in segment.split(_CRLF)]
-        lengths[0] += self._tail
-        if max(lengths) > MAX_TEXT_LINE:
-            self.line_too_long = True
-        self._tail = lengths[-1]
-
-    def _take(self, segment: bytes) -> None:
-        if not self.line_too_long:
-            self._check_lines(segment)
-        crlf = segment.count(_CRLF)
-        if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
+        # splitlines() and one-octet counts run at memory speed, where
+        # split(b"\r\n") and count(b"\r\n") search for two octets at a
+        # time and cost several times more on a 100 KiB message.
+        lines = segment.splitlines()
+        ends_in_break = segment[-1:] in (b"\r", b"\n")
+        # Line breaks of any kind: CRLF, bare CR and bare LF count one each.
+        breaks = len(lines) if ends_in_break else len(lines) - 1
+        if segment and not (segment.count(b"\r") == breaks == segment.count(b"\n")):
             self.bare_line_ending = True
+        if not self.line_too_long and lines:
+            # Without bare CR or LF (else the message is refused anyway) the
+            # pieces are exactly the CRLF-separated lines.
+            first = len(lines[0]) + self._tail
+            if first > MAX_TEXT_LINE or max(map(len, lines)) > MAX_TEXT_LINE:
+                self.line_too_long = True
+            self._tail = 0 if ends_in_break else len(lines[-1]) + (
+                self._tail if len(lines) == 1 else 0)
         segment = segment.replace(b"\r\n.", _CRLF)
         self._seen += len(segment)
         if self.too_big:
