@@ -67,6 +67,9 @@ def plain_mail(subject: str, body: str, sender: str = "carol@example.net") -> st
 #: The server's host name, and the name in its self-signed test certificate.
 HOSTNAME = "mx.test.example"
 
+#: [smtp] max_message_size of the test server: request bodies may be 1 MiB more.
+MAX_MESSAGE = 256 * 1024
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymailProcess]:
@@ -76,6 +79,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PymailProcess]:
     proc.pymail("tls", "selfsigned", HOSTNAME, "--cert", str(root / "cert.pem"),
                 "--key", str(root / "key.pem"))
     proc.ports["web"], proc.ports["web_tls"] = free_port(), free_port()
+    smtp = f'[smtp]\nlisten = ["tcp:{proc.ports["smtp"]}:interface=127.0.0.1"]\n'
+    text = proc.config_path.read_text()
+    assert smtp in text
+    proc.config_path.write_text(text.replace(smtp, smtp + f"max_message_size = {MAX_MESSAGE}\n"))
     with proc.config_path.open("a") as config:
         config.write(
             f'[web]\nlisten = ["tcp:{proc.ports["web"]}:interface=127.0.0.1"]\n'
@@ -375,3 +382,37 @@ def test_https_sign_in_with_a_secure_cookie(server: PymailProcess, browser: Any,
     assert browser.current_url.startswith(f"https://127.0.0.1:{port}/mail/INBOX")
     session = next(c for c in browser.get_cookies() if c["name"] == "pymail_session")
     assert session["secure"] and session["httpOnly"]
+
+
+def test_oversized_request_is_refused_before_its_body(server: PymailProcess,
+                                                      tmp_path: Path) -> None:
+    """A POST larger than the limit gets 413 from the server, and curl sends none of it."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (MAX_MESSAGE + 2 * 1024 * 1024))
+    answer = tmp_path / "answer.txt"
+    result = subprocess.run([
+        tool("curl"), "-sS", "--max-time", "20", "-o", str(answer),
+        "-w", "%{http_code} %{size_upload}", "-H", "Expect: 100-continue",
+        "-H", "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary", f"@{big}", url(server, "/signin")],
+        capture_output=True, text=True, timeout=30)
+    assert result.stdout == "413 0", result
+    assert f"at most {MAX_MESSAGE + 1024 * 1024} octets" in answer.read_text()
+
+
+def test_too_large_attachment_is_stopped_in_the_browser(server: PymailProcess, browser: Any,
+                                                        tmp_path: Path) -> None:
+    """An attachment over the message size limit is refused on the page, before uploading."""
+    sign_in(browser, server, "alice@example.org")
+    browser.get(url(server, "/compose"))
+    big = tmp_path / "video.bin"
+    big.write_bytes(b"\0" * MAX_MESSAGE)
+    browser.find_element(By.NAME, "to").send_keys("bob@example.org")
+    browser.find_element(By.NAME, "subject").send_keys("Too big")
+    browser.find_element(By.NAME, "attachment").send_keys(str(big))
+    browser.find_element(By.CSS_SELECTOR, "form.compose button.primary").click()
+    note = WebDriverWait(browser, WAIT).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "p.error.size")))
+    assert "too large to send" in note.text
+    assert browser.current_url == url(server, "/compose")
+    assert imap_messages(server, "bob@example.org", "INBOX", "Too big") == []

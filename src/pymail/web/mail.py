@@ -279,7 +279,8 @@ def add_routes(app: WebApp) -> None:
                 fields["body"] = f"\n\n{sender} wrote:\n{quoted}\n"
         body = views.compose_page(session.csrf, reply=reply, mode=mode if reply else "",
                                   forwarding=forwarding, draft=draft_ref, kept=kept,
-                                  saved=ctx.query.get("done") == "saved", **fields)
+                                  saved=ctx.query.get("done") == "saved",
+                                  max_bytes=app.max_message_size, **fields)
         return await app.page(ctx, "Compose", body)
 
     async def send(ctx: Context) -> Response:
@@ -301,7 +302,7 @@ def add_routes(app: WebApp) -> None:
             body = views.compose_page(
                 session.csrf, to=form.get("to"), cc=form.get("cc"), bcc=form.get("bcc"),
                 subject=form.get("subject"), body=form.get("body"), reply=reply, mode=mode,
-                error=error, draft=draft_ref, kept=kept)
+                error=error, draft=draft_ref, kept=kept, max_bytes=app.max_message_size)
             return await app.page(ctx, "Compose", body, status=400)
 
         try:

@@ -281,10 +281,13 @@ def message_view(folder: str, uid: int, flags: frozenset[str], parsed: ParsedMes
 def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subject: str = "",
                  body: str = "", reply: str = "", mode: str = "", error: str | None = None,
                  forwarding: str | None = None, draft: str = "",
-                 kept: Sequence[Attachment] = (), saved: bool = False) -> str:
+                 kept: Sequence[Attachment] = (), saved: bool = False,
+                 max_bytes: int | None = None) -> str:
     """
     The compose form; ``draft`` names the saved draft being edited
     (``folder/uid``) and ``kept`` its attachments, offered to keep.
+    ``max_bytes`` (the largest message) lets ``app.js`` stop an upload the
+    server would refuse before the browser sends it.
     """
     fwd = (f'<p class="meta">The original message &ldquo;{esc(forwarding)}&rdquo; is attached.'
            '</p>' if forwarding is not None else "")
@@ -298,7 +301,8 @@ def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subjec
     return (
         f'<h1>Compose</h1>{notice(error, "error")}'
         + notice("Draft saved in Drafts." if saved else None)
-        + '<form method="post" action="/compose" enctype="multipart/form-data" class="compose">'
+        + '<form method="post" action="/compose" enctype="multipart/form-data" class="compose"'
+        + (f' data-max-bytes="{max_bytes}"' if max_bytes else "") + '>'
         f'{csrf_field(csrf)}<input type="hidden" name="reply" value="{attr(reply)}">'
         f'<input type="hidden" name="mode" value="{attr(mode)}">'
         f'<input type="hidden" name="draft" value="{attr(draft)}">'

@@ -2,6 +2,37 @@
 // Loaded as a file (the Content-Security-Policy allows no inline script).
 "use strict";
 
+// The compose form carries the largest message the server takes: attachments
+// that would make it larger (base64 adds a third) are refused here, before
+// the browser uploads them only to get 413 or "too large" back.
+document.addEventListener("submit", (e) => {
+  const form = e.target;
+  const max = Number(form.dataset && form.dataset.maxBytes);
+  if (!max) {
+    return;
+  }
+  let total = 0;
+  for (const input of form.querySelectorAll("input[type=file]")) {
+    for (const file of input.files) {
+      total += file.size;
+    }
+  }
+  if (total * 4 / 3 <= max) {
+    return;
+  }
+  e.preventDefault();
+  let note = form.parentNode.querySelector("p.error.size");
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "error size";
+    note.setAttribute("role", "alert");
+    form.parentNode.insertBefore(note, form);
+  }
+  const mb = (n) => (n / 1048576).toFixed(1) + " MB";
+  note.textContent = "The attachments are too large to send: " + mb(total) +
+    " (" + mb(total * 4 / 3) + " once encoded); a message may be at most " + mb(max) + ".";
+});
+
 // Buttons with data-confirm ask before submitting (deleting a folder).
 document.addEventListener("click", (e) => {
   const button = e.target.closest && e.target.closest("button[data-confirm]");
