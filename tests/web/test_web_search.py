@@ -102,3 +102,17 @@ class MaildirIndexSearchTests(SynchronousTestCase):
         again.read = lambda uid: opened.append(uid) or read(uid)  # type: ignore[attr-defined]
         self.assertEqual(subjects(again), expected)
         self.assertEqual(opened, [])
+
+
+class SearchBoxTests(SynchronousTestCase):
+    def test_results_page_keeps_the_search_as_sent(self) -> None:
+        """On the results page the search box still holds the words, the field and the scope."""
+        browser = make_world().browser()
+        browser.sign_in("alice@example.org")
+        page = browser.get("/search?folder=&field=subject&q=%22quoted%22").text
+        self.assertIn('<option value="" selected>All folders</option>', page)
+        self.assertIn('<option value="subject" selected>subject</option>', page)
+        self.assertIn('value="&quot;quoted&quot;"><button>Search</button>', page)
+        page = browser.get("/search?folder=INBOX&field=text&q=x").text
+        self.assertIn('<option value="">All folders</option>', page)
+        self.assertIn('<option value="text" selected>text</option>', page)

@@ -201,13 +201,15 @@ class WebApp:
                           max_age=None if max_age is None else str(max_age).encode())
 
     async def page(self, ctx: Context, title: str, body: str, current: str | None = None,
-                   body_data: dict[str, str] | None = None, status: int = 200) -> Response:
+                   body_data: dict[str, str] | None = None, status: int = 200,
+                   search: views.SearchState | None = None) -> Response:
         """``body`` in the signed-in layout (folder list with unread counts)."""
         session = ctx.require_session()
         folders = await folder_list(session.account.store, self.counts)
         html = views.layout(title, body, address=session.address, csrf=session.csrf,
                             folders=folders, current=current,
-                            is_admin=session.address in self.admins, body_data=body_data)
+                            is_admin=session.address in self.admins, body_data=body_data,
+                            search=search)
         return Response.html(html, status)
 
     async def mailbox(self, ctx: Context, name: str) -> IMailbox:

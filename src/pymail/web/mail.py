@@ -235,7 +235,8 @@ def add_routes(app: WebApp) -> None:
                                          app.pause)
             folders = await folder_list(store, app.counts)
             body = views.search_results(None, field, query, found, folders, session.csrf)
-            return await app.page(ctx, "Search", body)
+            return await app.page(ctx, "Search", body,
+                                  search=views.SearchState(field, query, everywhere=True))
         mailbox = await app.mailbox(ctx, name)
         if query:
             rows = await search(mailbox, app.order.newest_first(mailbox), field, query,
@@ -243,7 +244,8 @@ def add_routes(app: WebApp) -> None:
             found = [FoundRow(mailbox.name, row) for row in rows]
         folders = await folder_list(store, app.counts)
         body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
-        return await app.page(ctx, "Search", body, mailbox.name)
+        return await app.page(ctx, "Search", body, mailbox.name,
+                              search=views.SearchState(field, query))
 
     async def compose_form(ctx: Context) -> Response:
         session = ctx.require_session()

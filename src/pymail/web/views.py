@@ -14,6 +14,8 @@ from datetime import datetime
 from html import escape
 from urllib.parse import quote
 
+import attrs
+
 from pymail.web.messages import (
     PAGE_SIZE,
     SEARCH_FIELDS,
@@ -44,14 +46,28 @@ def message_url(folder: str, uid: int, suffix: str = "") -> str:
     return f"/mail/{quote(folder, safe='')}/{uid}{suffix}"
 
 
+@attrs.frozen
+class SearchState:
+    """What the search box holds: the field, the words, and whether every folder."""
+
+    field: str = SEARCH_FIELDS[0]
+    query: str = ""
+    everywhere: bool = False
+
+
 def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{attr(token)}">'
 
 
 def layout(title: str, body: str, *, address: str | None = None, csrf: str = "",
            folders: Sequence[FolderEntry] = (), current: str | None = None,
-           is_admin: bool = False, body_data: dict[str, str] | None = None) -> str:
-    """The page around ``body`` (already HTML): top bar and folder list when signed in."""
+           is_admin: bool = False, body_data: dict[str, str] | None = None,
+           search: SearchState | None = None) -> str:
+    """
+    The page around ``body`` (already HTML): top bar and folder list when
+    signed in; ``search`` fills the search box as it was sent.
+    """
+    search = search or SearchState()
     data = "".join(f' data-{k}="{attr(v)}"' for k, v in (body_data or {}).items())
     top = ""
     side = ""
@@ -62,11 +78,12 @@ def layout(title: str, body: str, *, address: str | None = None, csrf: str = "",
             '<form class="search" action="/search" method="get">'
             '<select name="folder" aria-label="Search where">'
             f'<option value="{attr(current or "INBOX")}">{esc(current or "INBOX")}</option>'
-            '<option value="">All folders</option></select>'
-            '<select name="field" aria-label="Search in">'
-            + "".join(f'<option value="{f}">{f}</option>' for f in SEARCH_FIELDS)
+            f'<option value=""{" selected" if search.everywhere else ""}>All folders</option>'
+            '</select><select name="field" aria-label="Search in">'
+            + "".join(f'<option value="{f}"{" selected" if f == search.field else ""}>{f}'
+                      '</option>' for f in SEARCH_FIELDS)
             + '</select><input type="search" name="q" placeholder="Search mail" '
-            'aria-label="Search"><button>Search</button></form>'
+            f'aria-label="Search" value="{attr(search.query)}"><button>Search</button></form>'
             '<nav><a class="button primary" href="/compose">Compose</a>'
             '<a href="/folders">Folders</a>'
             f'<a href="/settings">Settings</a><a href="/account">Account</a>{admin}'
