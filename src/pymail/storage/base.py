@@ -232,7 +232,8 @@ class MailboxView:
         for info in infos:
             if info.uid in self:
                 continue
-            info = attrs.evolve(info, modseq=self.next_modseq())
+            info = MessageInfo(info.uid, info.key, info.flags, info.internaldate, info.size,
+                               self.next_modseq())
             if not self._uids or info.uid > self._uids[-1]:
                 self._infos.append(info)
                 self._uids.append(info.uid)
