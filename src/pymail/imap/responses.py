@@ -33,6 +33,8 @@ Sexp = Union[None, int, bytes, "list[Sexp]", "tuple[Sexp, ...]", Run]
 
 #: Flush the batched responses to the transport at about this size.
 CHUNK_SIZE = 64 * 1024
+#: Queued chunks this long or shorter on average are joined before writing.
+SMALL_CHUNK = 512
 
 
 def string(value: bytes) -> bytes:
@@ -139,11 +141,17 @@ class ResponseWriter:
         )
 
     def flush(self) -> None:
-        if self._chunks and not self._closed:
-            if len(self._chunks) == 1:
-                self._transport.write(self._chunks[0])
+        chunks = self._chunks
+        if chunks and not self._closed:
+            if len(chunks) == 1:
+                self._transport.write(chunks[0])
+            elif len(chunks) * SMALL_CHUNK >= self._size:
+                # Many short lines (FETCH FLAGS, STORE): one join here is
+                # cheaper than the transport's checks and bookkeeping per
+                # chunk; message bodies go through whole, uncopied.
+                self._transport.write(b"".join(chunks))
             else:
-                self._transport.writeSequence(self._chunks)
+                self._transport.writeSequence(chunks)
         self._chunks = []
         self._size = 0
 

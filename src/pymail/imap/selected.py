@@ -327,22 +327,23 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     _require_writable(view, "STORE")
     uid_mode = cmd.name == "UID STORE"
     indexes = view.resolve(args.sequence, uid_mode)
-    wanted = [view.uids[i] for i in indexes]
+    uids = view.uids
     modified: list[int] = []
     if args.unchangedsince is not None:
         # RFC 7162 3.1.3: leave alone what changed after the client's MODSEQ.
         need_condstore(conn, "UNCHANGEDSINCE")
         mailbox = view.mailbox
         keep = []
-        for uid in wanted:
+        for index in indexes:
             try:
-                if mailbox.info(uid).modseq > args.unchangedsince:
-                    modified.append(uid)
+                if mailbox.info(uids[index]).modseq > args.unchangedsince:
+                    modified.append(uids[index])
                     continue
             except NoSuchMessage:
                 pass
-            keep.append(uid)
-        wanted = keep
+            keep.append(index)
+        indexes = keep
+    wanted = [uids[i] for i in indexes]
     if not wanted:
         return _modified_reply(view, modified, uid_mode)
     try:
@@ -351,29 +352,8 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
         raise bad(f"STORE: {e}") from None
     view.forget_flag_updates(set(result))
     if not args.silent or view.condstore:
-        mailbox = view.mailbox
-        for uid in wanted:
-            flags = result.get(uid)
-            seq = view.seq_of(uid)
-            if flags is None or seq is None:
-                continue
-            if view.condstore:
-                try:
-                    info = mailbox.info(uid)
-                except NoSuchMessage:
-                    continue
-                if args.silent:
-                    # RFC 7162 3.1.3: .SILENT still reports the new MODSEQ.
-                    conn.writer.add(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (
-                        seq, b"UID %d " % uid if uid_mode else b"", info.modseq))
-                else:
-                    conn.writer.add(view.flag_update(seq, info, uid_mode))
-                continue
-            rendered = view.render_flags(flags, uid)
-            if uid_mode:
-                conn.writer.add(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, rendered))
-            else:
-                conn.writer.add(b"* %d FETCH (FLAGS %s)\r\n" % (seq, rendered))
+        conn.writer.add(b"".join(_store_responses(view, uids, indexes, result, args.silent,
+                                                  uid_mode)))
     if modified:
         return _modified_reply(view, modified, uid_mode)
     if len(result) < len(wanted):
@@ -382,6 +362,46 @@ async def handle_store(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
             "the others were updated", _EXPUNGED,
         )
     return None
+
+
+def _store_responses(
+    view: SelectedMailbox, uids: list[int], indexes: Sequence[int],
+    result: dict[int, frozenset[str]], silent: bool, uid_mode: bool,
+) -> Iterator[bytes]:
+    """
+    The untagged FETCH of each message STORE changed (RFC 3501 6.4.6), or
+    with CONDSTORE its MODSEQ (RFC 7162 3.1.3, also after .SILENT).
+    ``indexes`` are the places in ``uids``, the session's UID list the
+    sequence set was resolved in, of the messages STORE was asked to change.
+    """
+    mailbox = view.mailbox
+    # Nothing renumbers the view while flags are set, as a rule (changes by
+    # others wait for the dispatcher): then a message's sequence number is
+    # its place in the list, else it is looked up.
+    same = view.uids is uids
+    uid_part = b"UID %d " if uid_mode else b""
+    render = view.render_flags
+    for index in indexes:
+        uid = uids[index]
+        flags = result.get(uid)
+        seq = index + 1 if same else view.seq_of(uid)
+        if flags is None or seq is None:
+            continue
+        if view.condstore:
+            try:
+                info = mailbox.info(uid)
+            except NoSuchMessage:
+                continue
+            if silent:
+                yield b"* %d FETCH (%sMODSEQ (%d))\r\n" % (
+                    seq, uid_part % uid if uid_mode else b"", info.modseq)
+            else:
+                yield view.flag_update(seq, info, uid_mode)
+            continue
+        if uid_mode:
+            yield b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, render(flags, uid))
+        else:
+            yield b"* %d FETCH (FLAGS %s)\r\n" % (seq, render(flags, uid))
 
 
 def _modified_reply(view: SelectedMailbox, modified: list[int], uid_mode: bool) -> Reply | None:
