@@ -14,8 +14,10 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import signal
 import smtplib
 import subprocess
+import time
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -416,3 +418,37 @@ def test_too_large_attachment_is_stopped_in_the_browser(server: PymailProcess, b
     assert "too large to send" in note.text
     assert browser.current_url == url(server, "/compose")
     assert imap_messages(server, "bob@example.org", "INBOX", "Too big") == []
+
+
+def test_https_certificate_reloads_on_sighup(server: PymailProcess, tmp_path: Path) -> None:
+    """SIGHUP gives new HTTPS connections the renewed certificate, as for IMAPS and POP3S."""
+    port = server.ports["web_tls"]
+    cert, key = server.root / "cert.pem", server.root / "key.pem"
+    saved = cert.read_bytes(), key.read_bytes()
+
+    def reload() -> None:
+        before = server.log().count("TLS certificate reloaded")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while server.log().count("TLS certificate reloaded") == before:
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+
+    def fetch(host: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([
+            tool("curl"), "-sS", "--max-time", "20", "-o", os.devnull, "-w", "%{http_code}",
+            "--resolve", f"{host}:{port}:127.0.0.1", "--cacert", str(cert),
+            f"https://{host}:{port}/signin"], capture_output=True, text=True, timeout=30)
+
+    try:
+        server.pymail("tls", "selfsigned", "renewed.test.example", "--cert", str(cert),
+                      "--key", str(key), "--force")
+        reload()
+        assert fetch("renewed.test.example").stdout == "200"
+        assert fetch(HOSTNAME).returncode == 60  # the old name is no longer served
+    finally:
+        cert.write_bytes(saved[0])
+        key.write_bytes(saved[1])
+        reload()
+    assert fetch(HOSTNAME).stdout == "200"
