@@ -49,7 +49,7 @@ from pymail.imap.search import (
 )
 from pymail.imap.responses import string
 from pymail.imap.session import SelectedMailbox, uid_set_bytes
-from pymail.interfaces import IMailbox, MessageInfo
+from pymail.interfaces import IMailbox, ISizedRead, MessageInfo
 
 if TYPE_CHECKING:
     from pymail.imap.server import IMAPServerProtocol
@@ -235,12 +235,20 @@ FETCH_BATCH_BYTES = 4 * 1024 * 1024
 FETCH_READERS = 3
 
 
-def _read_batch(mailbox: IMailbox, uids: list[int]) -> list[bytes | None]:
+def _read_batch(mailbox: IMailbox, wanted: list[tuple[int, int]]) -> list[bytes | None]:
+    """
+    The messages ``(uid, wire size)`` in wire form, None for those gone;
+    with one system call each where the mailbox offers it (``ISizedRead``).
+    """
     out: list[bytes | None] = []
+    sized = ISizedRead(mailbox, None)
     read = mailbox.read
-    for uid in uids:
+    for uid, size in wanted:
         try:
-            out.append(read(uid))
+            if sized is not None and size >= 0:
+                out.append(sized.read_sized(uid, size))
+            else:
+                out.append(read(uid))
         except NoSuchMessage:
             out.append(None)
     return out
@@ -263,13 +271,16 @@ async def _fetch_with_messages(
     reactor = conn.reactor
     infos = mailbox.info
 
+    sizes: dict[int, int] = {}
+
     def batches() -> Iterator[list[int]]:
         batch: list[int] = []
         size = 0
         for index in indexes:
             batch.append(index)
             try:
-                size += infos(uids[index]).size
+                sizes[index] = infos(uids[index]).size
+                size += sizes[index]
             except NoSuchMessage:
                 pass
             if len(batch) >= FETCH_BATCH_MESSAGES or size >= FETCH_BATCH_BYTES:
@@ -279,7 +290,7 @@ async def _fetch_with_messages(
             yield batch
 
     def start(batch: list[int]) -> Deferred[list[bytes | None]]:
-        wanted = [uids[i] for i in batch]
+        wanted = [(uids[i], sizes.pop(i, -1)) for i in batch]
         if threaded:
             return deferToThreadPool(
                 reactor,  # type: ignore[arg-type]
