@@ -164,3 +164,28 @@ def test_idling_sessions_share_one_uid_list_after_each_push() -> None:
         assert idler.read().endswith(b")\r\n* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n")
     assert views[0].uids == [1, 3, 5, 6]
     assert all(v is not None and v.uids is views[0].uids for v in views)
+
+
+class LimitedTransport(StringTransport):
+    """A transport with a per-wakeup send limit, as Twisted's TCP transports have."""
+
+    SEND_LIMIT = 128 * 1024
+
+
+def test_streaming_a_download_raises_the_send_limit_of_that_connection() -> None:
+    """FETCH BODY[] lets the TCP transport send up to STREAM_SEND_LIMIT per wakeup."""
+    from pymail.imap.server import STREAM_SEND_LIMIT
+
+    server = Server()
+    server.deliver(SIMPLE)
+    client = Client(server)
+    transport = LimitedTransport()
+    client.transport = transport
+    client.proto.makeConnection(transport)
+    client.read()
+    client.login().select()
+    client.cmd("f FETCH 1 (FLAGS)")
+    assert transport.SEND_LIMIT == 128 * 1024  # short answers leave it alone
+    assert client.cmd("g FETCH 1:* (BODY.PEEK[])").endswith(b"g OK FETCH completed\r\n")
+    assert transport.SEND_LIMIT == STREAM_SEND_LIMIT > 128 * 1024
+    assert LimitedTransport.SEND_LIMIT == 128 * 1024  # the class, shared by all, is untouched

@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+#: The most a TCP transport sends per reactor wakeup while a long response
+#: streams (Twisted's default is 128 KiB).
+STREAM_SEND_LIMIT = 1024 * 1024
+
 
 @implementer(IPushProducer)
 class OutputThrottle:
@@ -223,6 +227,11 @@ class IMAPServerProtocol(LiteralReader):
             transport.registerProducer(throttle, True)  # type: ignore[attr-defined]
         except (RuntimeError, AttributeError):
             return None
+        if isinstance(getattr(type(transport), "SEND_LIMIT", None), int):
+            # A TCP transport sends at most SEND_LIMIT (128 KiB) per wakeup
+            # of the reactor; a download of many megabytes then costs a
+            # poll and a send per 128 KiB.  This connection's limit only.
+            transport.SEND_LIMIT = STREAM_SEND_LIMIT  # type: ignore[attr-defined]
         return throttle
 
     def stop_streaming(self, throttle: OutputThrottle | None) -> None:
