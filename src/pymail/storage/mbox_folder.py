@@ -11,7 +11,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from datetime import datetime, UTC
 from typing import Any, TypeVar
 
@@ -44,7 +44,14 @@ from pymail.storage.mbox_format import (
     _wire,
     _with_meta,
 )
-from pymail.storage.mbox_index import MboxIndex, Row
+from pymail.storage.mbox_entries import (
+    PACKED_FIELDS,
+    Entries,
+    Entry as _Entry,
+    last_entry,
+    rows_of,
+)
+from pymail.storage.mbox_index import MboxIndex
 
 log = Logger()
 
@@ -53,34 +60,6 @@ _T = TypeVar("_T")
 #: An open that finds more rows appended since the index's last snapshot
 #: packs them all into a new snapshot (one BLOB: faster to load than rows).
 REPACK_APPENDED_ROWS = 5000
-
-
-@attrs.define
-class _Entry:
-    """One message in the file: where it is and what its headers say."""
-
-    uid: int
-    start: int  # offset of the "From " line
-    body_start: int  # offset just after the "From " line
-    end: int  # offset just after the message (before the separating blank line)
-    flags: frozenset[str]
-    internaldate: datetime
-    size: int
-    quoted: bool = True  # "From " lines in the body are mboxrd-quoted
-    #: The file holds exactly what a rewrite would write for this message
-    #: (pymail wrote it, and its flags have not changed since): a rewrite
-    #: copies its bytes instead of parsing and rebuilding them.
-    clean: bool = False
-
-    def row(self) -> Row:
-        return (self.uid, self.start, self.body_start, self.end, " ".join(sorted(self.flags)),
-                int(self.internaldate.timestamp()), self.size,
-                int(self.quoted) | (_CLEAN_BIT if self.clean else 0))
-
-
-#: In an index row's ``quoted`` column: the message is clean (see _Entry.clean).
-_CLEAN_BIT = 2
-
 
 
 @attrs.define
@@ -100,7 +79,7 @@ class _Disk:
     uidvalidity: int = 0
     next_uid: int = 1
     stamp: tuple[int, int, int] = (0, 0, 0)
-    entries: dict[int, _Entry] = attrs.Factory(dict)
+    entries: MutableMapping[int, _Entry] = attrs.Factory(Entries)
 
 
 @implementer(IMailboxListener)
@@ -236,29 +215,31 @@ class MboxMailbox(ViewBacked):
             if loaded is None:
                 return None
             stamp, grown = recorded, True
-        entries: dict[int, _Entry] = {}
-        infos = []
-        uids: list[int] | None = []
+        ints, texts = loaded
+        uid_column = ints[0::PACKED_FIELDS]
+        if any(a >= b for a, b in zip(uid_column, uid_column[1:], strict=False)):
+            return None  # not by ascending UID: parse the file instead
         flag_sets: dict[str, frozenset[str]] = {}
+        flags = []
+        for text in texts:
+            shared = flag_sets.get(text)
+            if shared is None:
+                shared = flag_sets[text] = _shared_flags(text)
+            flags.append(shared)
+        infos = []
         last_date, when = -1, datetime.fromtimestamp(0, UTC)
         prefix = f"{validity}."
-        uid = last_uid = 0
-        # The hot loop of SELECT in a fresh process.
-        for (uid, start, body_start, end, date, size, quoted), text in loaded:
-            flags = flag_sets.get(text)
-            if flags is None:
-                flags = flag_sets[text] = _shared_flags(text)
+        info = MessageInfo
+        # The hot loop of SELECT in a fresh process: the positions in the
+        # file stay packed (Entries); only the view's objects are built.
+        for uid, shared, date, size in zip(uid_column, flags, ints[4::PACKED_FIELDS],
+                                           ints[5::PACKED_FIELDS], strict=True):
             if date != last_date:  # messages of one second share one object
                 last_date, when = date, datetime.fromtimestamp(date, UTC)
-            entries[uid] = _Entry(uid, start, body_start, end, flags, when, size,
-                                  quoted & 1 == 1, quoted & _CLEAN_BIT != 0)
-            infos.append(MessageInfo(uid, prefix + str(uid), flags, when, size, modseq))
-            if uids is not None:
-                if uid > last_uid:
-                    uids.append(uid)
-                    last_uid = uid
-                else:
-                    uids = None
+            infos.append(info(uid, prefix + str(uid), shared, when, size, modseq))
+        entries = Entries(ints, flags)
+        uids: list[int] | None = uid_column.tolist()
+        uid = uid_column[-1] if len(uid_column) else 0
         self._disk.uidvalidity = validity
         self._disk.next_uid = max(next_uid, uid + 1)
         self._disk.stamp = stamp
@@ -346,8 +327,8 @@ class MboxMailbox(ViewBacked):
             return None
         if st.st_ino != ino or st.st_size <= old_size:
             return None
-        last = max(d.entries.values(), key=lambda e: e.start)
-        if last.end != old_size - 1:
+        last = last_entry(d.entries)
+        if last is None or last.end != old_size - 1:
             return None
         with open(self.path, "rb") as f:
             f.seek(last.start)
@@ -461,8 +442,7 @@ class MboxMailbox(ViewBacked):
                 self._index.appended(self._disk.uidvalidity, [e.row() for e in appended],
                                      self._disk.stamp)
             else:
-                self._index.snapshot(self._disk.uidvalidity,
-                                     [e.row() for e in self._disk.entries.values()],
+                self._index.snapshot(self._disk.uidvalidity, rows_of(self._disk.entries),
                                      self._disk.stamp)
             self._index_synced = True
         except (OSError, sqlite3.Error) as e:

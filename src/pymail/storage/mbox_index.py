@@ -17,10 +17,11 @@ same way, with a log line.
 
 from __future__ import annotations
 
-import itertools
 import os
 import struct
-from collections.abc import Iterable, Iterator
+import sys
+from array import array
+from collections.abc import Iterable
 
 from pymail.storage.index import SqliteIndex
 
@@ -38,12 +39,10 @@ CREATE TABLE IF NOT EXISTS snapshot (
 
 #: A snapshot row's integers: uid, start, body_start, end, date, size, quoted.
 _PACKED = struct.Struct("<7q")
+_PACKED_FIELDS = 7
 
 #: One row: uid, start, body_start, end, flags (space-separated), date, size, quoted.
 Row = tuple[int, int, int, int, str, int, int, int]
-#: What :meth:`MboxIndex.load` yields per message: ((uid, start, body_start,
-#: end, date, size, quoted), flags).
-Loaded = tuple[tuple[int, ...], str]
 
 _STAMP_KEYS = ("file_ino", "file_size", "file_mtime_ns")
 
@@ -68,11 +67,14 @@ class MboxIndex(SqliteIndex):
         self.open()
         return True
 
-    def load(self, uidvalidity: int, stamp: tuple[int, int, int]) -> Iterator[Loaded] | None:
+    def load(self, uidvalidity: int,
+             stamp: tuple[int, int, int]) -> tuple[array[int], list[str]] | None:
         """
         Every message by ascending UID if the index describes this file;
-        else None.  The last complete snapshot is one packed BLOB (decoded
-        in C, not row by row), followed by the rows appended since.
+        else None: 7 integers per message (uid, start, body_start, end,
+        date, size, quoted) in one array, and each message's flags text.
+        The last complete snapshot is one packed BLOB (taken as it is, no
+        work per message), followed by the rows appended since.
         """
         with self._lock:
             if self._db is None:
@@ -84,10 +86,19 @@ class MboxIndex(SqliteIndex):
             snap = self._run("SELECT ints, flags FROM snapshot WHERE id = 1")
             extra = self._run("SELECT uid, start, body_start, end, date, size, quoted, flags "
                               "FROM msgs ORDER BY uid")
-        packed: Iterable[Loaded] = ()
+        ints: array[int] = array("q")
+        texts: list[str] = []
         if snap and snap[0][0]:
-            packed = zip(_PACKED.iter_unpack(snap[0][0]), snap[0][1].split("\n"), strict=True)
-        return itertools.chain(packed, ((row[:7], row[7]) for row in extra))
+            ints.frombytes(snap[0][0])
+            if sys.byteorder != "little":  # the BLOB is _PACKED: little-endian
+                ints.byteswap()
+            texts = snap[0][1].split("\n")
+        for row in extra:
+            ints.extend(row[:7])
+            texts.append(row[7])
+        if len(ints) != _PACKED_FIELDS * len(texts):
+            return None  # a damaged snapshot: the file is parsed instead
+        return ints, texts
 
     def recorded_stamp(self) -> tuple[int, int, int] | None:
         """The file's stamp the rows describe, or None when there is none."""
