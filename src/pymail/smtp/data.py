@@ -82,9 +82,17 @@ class DataReader:
             self._carry = data
         return None
 
-    def message(self) -> bytes:
-        """The message, dot-unstuffed, in wire form (empty if too big)."""
-        return b"".join(self._parts)[2:]
+    def message(self, prefix: bytes = b"") -> bytes:
+        """
+        ``prefix`` and the message, dot-unstuffed, in wire form (empty if
+        too big), made with one copy of the message.
+        """
+        if not self._parts:
+            return prefix
+        # The leading CRLF (see __init__) is skipped through a memoryview
+        # rather than sliced off with a second copy.
+        first = memoryview(self._parts[0])[2:]
+        return b"".join([prefix, first, *self._parts[1:]])
 
     def _take(self, segment: bytes) -> None:
         # A segment is whole lines, each preceded by its CRLF, except that
@@ -149,6 +157,6 @@ class ChunkCollector:
         crlf = data.count(_CRLF)
         return data.count(b"\r") != crlf or data.count(b"\n") != crlf
 
-    def message(self) -> bytes:
-        """The message as sent (empty if too big)."""
-        return b"".join(self._parts)
+    def message(self, prefix: bytes = b"") -> bytes:
+        """``prefix`` and the message as sent (empty if too big), in one copy."""
+        return b"".join([prefix, *self._parts])

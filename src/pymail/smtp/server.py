@@ -840,11 +840,12 @@ class SMTPServer(LineReceiver):
             self._reply(reply)
             return None
         now = datetime.fromtimestamp(self.factory.reactor.seconds(), UTC)
-        body = reader.message()
-        message = self._trace_headers(transaction, queue_id, now)
+        trace = self._trace_headers(transaction, queue_id, now)
         if self.factory.mode == SUBMISSION:
-            message += self._missing_headers(body, queue_id, now)
-        message += body
+            body = reader.message()
+            message = trace + self._missing_headers(body, queue_id, now) + body
+        else:
+            message = reader.message(trace)
         targets = [t for r in transaction.recipients for t in r.targets]
         envelope = Envelope(
             queue_id=queue_id,
@@ -1120,7 +1121,10 @@ def _dsn_recipient_parameters(
 def _header_names(message: bytes) -> set[bytes]:
     """The lower-cased field names of the header section of ``message``."""
     names = set()
-    for line in message.split(b"\r\n"):
+    end = message.find(b"\r\n\r\n")
+    # Only the header section is split into lines, not the whole body.
+    head = message if end < 0 else message[: end + 2]
+    for line in head.split(b"\r\n"):
         if not line:
             break
         if line[:1] in (b" ", b"\t"):
