@@ -648,11 +648,6 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         try:
             fd = self._flock()
             try:
-                # Durable in this order: every file of the group was fsynced
-                # before its rename; now the directories that hold the new
-                # names, then the uidlist that gives them UIDs.
-                for sub in sorted({p.relpath[:3] for p in batch}):
-                    fsync_dir(os.path.join(self.path, sub))
                 self._read_uidlist_locked()
                 entries = []
                 for p in batch:
@@ -661,7 +656,16 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                     p.uid = uid
                     self._disk.files[uid] = p.relpath
                     entries.append((uid, p.base))
-                self._append_uidlist_locked(entries)
+
+                def fsync_dirs() -> None:
+                    for sub in sorted({p.relpath[:3] for p in batch}):
+                        fsync_dir(os.path.join(self.path, sub))
+
+                # Every file of the group was fsynced before its rename; now
+                # the directories that hold the new names are fsynced, then
+                # the uidlist that gives them UIDs (written before the
+                # directory fsyncs: see _append_uidlist_locked).
+                self._append_uidlist_locked(entries, fsync_dirs)
             finally:
                 self._unflock(fd)
         except BaseException as e:
