@@ -6,8 +6,10 @@ Public entry point: :class:`pymail.imap.server.IMAPFactory`.  Modules:
 (command grammar), ``dispatch`` (command table and states), ``server``
 (the protocol), ``mailboxes`` and ``selected`` (handlers), ``session``
 (the selected-mailbox view), ``fetch``, ``search``, ``envelope``,
-``bodystructure``, ``message``, ``responses`` and ``cache`` (rendered
-ENVELOPE/BODYSTRUCTURE and SEARCH fields in memory, shared by all sessions).
+``bodystructure``, ``message``, ``responses``, ``cache`` (rendered
+ENVELOPE/BODYSTRUCTURE and SEARCH fields in memory, shared by all sessions)
+and ``derive`` (those values, and filling them a batch at a time in the
+thread pool on a folder's first access).
 
 CONDSTORE and QRESYNC are offered when the store factory has
 ``persistent_modseq = True``; FETCH reads message bodies in the thread pool
