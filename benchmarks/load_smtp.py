@@ -108,7 +108,7 @@ async def _connection(host: str, port: int, sender: str, rcpt: str, messages: li
         await writer.drain()
         try:
             await asyncio.wait_for(reader.read(), 2)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
     finally:
         writer.close()

@@ -350,9 +350,15 @@ class LocalDelivery:
             store = self._stores.open_store(account, self._data_dir)
         except Exception:
             return fail()
-        d = store.get_mailbox(folder)
-        d.addCallback(lambda mailbox: mailbox.append(message, (), internaldate))
-        return d.addCallback(lambda uid: StoredCopy(account, folder, uid))
+
+        def append(mailbox: Any) -> Deferred[int]:
+            appended: Deferred[int] = mailbox.append(message, (), internaldate)
+            return appended
+
+        def stored(uid: int) -> StoredCopy:
+            return StoredCopy(account, folder, uid)
+
+        return store.get_mailbox(folder).addCallback(append).addCallback(stored)
 
     def inject(self, queue_id: str, recipient: str, message: bytes) -> Deferred[list[Any]]:
         """

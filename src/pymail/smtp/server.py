@@ -21,7 +21,6 @@ import base64
 import binascii
 import functools
 import itertools
-import os
 import random
 import re
 from collections.abc import Callable
