@@ -126,6 +126,25 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(inner.get_content(), "Agenda attached.\r\n")
 
 
+class HostileOriginalTests(SynchronousTestCase):
+    def test_reply_to_a_message_with_encoded_line_breaks_in_its_header(self) -> None:
+        """Replying to a From/Subject whose encoded words hide CR LF fills one-line fields."""
+        world = make_world()
+        browser = world.browser()
+        browser.sign_in("alice@example.org")
+        hostile = (b"From: =?utf-8?q?Eve=0D=0ABcc=3A_x=40example=2Enet?= <eve@example.net>\r\n"
+                   b"Cc: =?utf-8?q?=0D=0A?= <carol@example.org>\r\n"
+                   b"To: alice@example.org\r\n"
+                   b"Subject: =?utf-8?q?Hi=0D=0ABcc=3A_x=40example=2Enet?=\r\n"
+                   b"Message-ID: <m1@example.net>\r\n\r\nBody.\r\n")
+        uid = world.deliver("alice@example.org", hostile)
+        page = browser.get(f"/compose?reply=INBOX%2F{uid}&mode=all")
+        self.assertEqual(page.status, 200, page.text[:300])
+        self.assertIn('name="to" value="eve@example.net"', page.text)
+        self.assertIn('name="cc" value="carol@example.org"', page.text)
+        self.assertIn('name="subject" value="Re: Hi Bcc: x@example.net"', page.text)
+
+
 class FakeQueue:
     """An outbound queue that keeps what it is given."""
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from html import unescape
+from urllib.parse import quote, unquote
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -126,3 +127,105 @@ class DraftTests(SynchronousTestCase):
         folder, _, uid = ref.partition("/")
         page = self.alice.get(f"/mail/{folder}/{uid}").text
         self.assertIn(f'href="/compose?draft=Drafts%2F{uid}">Edit draft</a>', page)
+
+
+class HostileDraftTests(SynchronousTestCase):
+    """Drafts whose headers pymail did not write (an IMAP client APPENDed them with \\Draft)."""
+
+    def setUp(self) -> None:
+        self.world = make_world(special_use=True)
+        self.alice = self.world.browser()
+        self.alice.sign_in("alice@example.org")
+        self.csrf = self.alice.csrf()
+        self.drafts = self.world.mailbox("alice@example.org", "Drafts")
+
+    def append_draft(self, headers: str, body: str = "Draft text.") -> str:
+        """APPEND a draft as an IMAP client would; its reference for /compose?draft=."""
+        data = (f"From: alice@example.org\r\n{headers}MIME-Version: 1.0\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+        uids: list[int] = []
+        self.drafts.append(data, ("\\Draft",)).addCallback(uids.append)
+        self.world.reactor.advance(0)
+        return f"Drafts/{uids[0]}"
+
+    def send(self, **fields: str) -> object:
+        form = {"csrf": self.csrf, "to": "", "cc": "", "bcc": "", "subject": "", "body": "",
+                "action": "send"}
+        form.update(fields)
+        return self.alice.post_multipart("/compose", form, [])
+
+    def test_encoded_line_breaks_in_a_stored_draft_do_not_inject_headers(self) -> None:
+        """CR/LF hidden in a stored draft's encoded Subject and To reach no header when sent."""
+        ref = self.append_draft(
+            "To: =?utf-8?q?Bob=0D=0ABcc=3A_evil=40example=2Enet?= <bob@example.org>\r\n"
+            "Subject: =?utf-8?q?Hi=0D=0ABcc=3A_evil=40example=2Enet?=\r\n")
+        page = self.alice.get(f"/compose?draft={quote(ref, safe='')}").text
+        subject = re.search(r'name="subject" value="([^"]*)"', page)
+        to = re.search(r'name="to" value="([^"]*)"', page)
+        assert subject and to, page[:500]
+        self.assertEqual((subject.group(1), to.group(1)),
+                         ("Hi Bcc: evil@example.net", "bob@example.org"))
+        reply = self.send(draft=ref, to=to.group(1), subject=unescape(subject.group(1)))
+        self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
+        bob = self.world.mailbox("bob@example.org")
+        got = parse_mail(bob.read(bob.messages()[0].uid))
+        self.assertEqual((got["Subject"], got["Bcc"]), ("Hi Bcc: evil@example.net", None))
+
+    def test_kept_attachment_index_must_be_an_ascii_number(self) -> None:
+        """A keep field of other Unicode digits is ignored, not a server error."""
+        reply = self.send(to="bob@example.org", subject="x", body="y", keep="\u00b2")
+        self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
+
+    def test_resumed_forward_names_the_message_it_attaches(self) -> None:
+        """A draft forwarding INBOX/1 under another subject shows the real original's subject."""
+        uid = self.world.deliver("alice@example.org", message("Your password reset code"))
+        ref = self.append_draft(f"To: bob@example.org\r\nSubject: Lunch menu\r\n"
+                                f"X-Pymail-Reply: forward INBOX/{uid}\r\n")
+        page = self.alice.get(f"/compose?draft={quote(ref, safe='')}").text
+        self.assertIn("&ldquo;Your password reset code&rdquo; (in INBOX) is attached", page)
+        self.assertNotIn("&ldquo;Lunch menu&rdquo;", page)
+
+    def test_resumed_draft_with_a_dangling_reply_link_drops_it(self) -> None:
+        """A draft whose X-Pymail-Reply names no message of the account resumes without it."""
+        for target in ("INBOX/999", "..%2Fbob%40example.org%2FINBOX/1", "Nope/1", "INBOX/x"):
+            ref = self.append_draft(f"To: bob@example.org\r\nSubject: S\r\n"
+                                    f"X-Pymail-Reply: reply {target}\r\n")
+            page = self.alice.get(f"/compose?draft={quote(ref, safe='')}")
+            self.assertEqual(page.status, 200, target)
+            self.assertIn('name="reply" value=""', page.text)
+            self.assertIn('name="mode" value=""', page.text)
+
+    def test_reply_whose_original_went_is_still_sent(self) -> None:
+        """Sending a reply after its original was deleted sends it, just without threading."""
+        uid = self.world.deliver("alice@example.org", message("Lunch?", sender="bob@example.org"))
+        inbox = self.world.mailbox("alice@example.org")
+        inbox.set_flags([uid], ["\\Deleted"], "add")
+        inbox.expunge([uid])
+        self.world.reactor.advance(0)
+        reply = self.send(to="bob@example.org", subject="Re: Lunch?", body="Yes.",
+                          reply=f"INBOX/{uid}", mode="reply")
+        self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
+        bob = self.world.mailbox("bob@example.org")
+        self.assertIsNone(parse_mail(bob.read(bob.messages()[0].uid))["In-Reply-To"])
+
+    def test_forward_whose_original_went_keeps_the_form(self) -> None:
+        """Forwarding a message deleted meanwhile is refused on the form, with its text kept."""
+        reply = self.send(to="bob@example.org", subject="Fwd: gone", body="See below.",
+                          reply="INBOX/42", mode="forward")
+        self.assertEqual(reply.status, 400)  # type: ignore[attr-defined]
+        self.assertIn("no longer there", reply.text)  # type: ignore[attr-defined]
+        self.assertIn("See below.</textarea>", reply.text)  # type: ignore[attr-defined]
+        self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])
+
+    def test_another_accounts_draft_cannot_be_resumed_sent_or_removed(self) -> None:
+        """Bob naming Alice's draft gets 404 on resume and send; her draft stays."""
+        ref = self.append_draft("To: carol@example.org\r\nSubject: Alice's secret plan\r\n")
+        bob = self.world.browser()
+        bob.sign_in("bob@example.org")
+        self.assertEqual(bob.get(f"/compose?draft={quote(ref, safe='')}").status, 404)
+        reply = bob.post_multipart("/compose", {
+            "csrf": bob.csrf(), "draft": ref, "to": "bob@example.org", "subject": "x",
+            "body": "y", "action": "send"}, [])
+        self.assertEqual(reply.status, 404)
+        self.assertEqual(len(self.drafts.messages()), 1)
+        self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])

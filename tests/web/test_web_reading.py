@@ -194,7 +194,8 @@ class IDORTests(SynchronousTestCase):
         reply = self.bob.post_multipart("/compose", {
             "csrf": self.bob.csrf(), "to": "bob@example.org", "subject": "x", "body": "y",
             "reply": "INBOX/1", "mode": "forward"})
-        self.assertEqual(reply.status, 404)
+        self.assertEqual(reply.status, 400)  # Bob has no INBOX/1: back to his form
+        self.assertIn("no longer there", reply.text)
         self.assertEqual(len(self.world.mailbox("bob@example.org").messages()), 0)
 
 

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import getaddresses
 
 import attrs
 
 from pymail.interfaces import IMailbox, IMailStore
 from pymail.web.compose import Draft, Upload, build_message, check_header_value
-from pymail.web.messages import Attachment, attachment, role_folder, take_apart
+from pymail.web.messages import (
+    Attachment,
+    attachment,
+    header_addresses,
+    header_text,
+    role_folder,
+    take_apart,
+)
 
 #: The header of a draft that says what it answers: ``MODE FOLDER/UID``
 #: (mode ``reply``, ``all`` or ``forward``; the folder URL-quoted).
@@ -66,15 +72,19 @@ class ResumedDraft:
 
 
 def _addresses(message: EmailMessage, name: str) -> str:
-    values = [str(v) for v in message.get_all(name, [])]
-    return ", ".join(a for _, a in getaddresses(values) if a)
+    return ", ".join(header_addresses(message, name))
 
 
 def resume(data: bytes) -> ResumedDraft:
-    """The compose form's fields from a saved draft."""
+    """
+    The compose form's fields from a saved draft.  Its header may have been
+    written by any IMAP client, so every field is read to one line (an
+    encoded CR or LF becomes a space) and the reply link is only a claim:
+    the caller checks it names a message of the account.
+    """
     parsed = take_apart(data)
     message = parsed.message
-    mode, _, reply = " ".join(str(message.get(REPLY_HEADER, "") or "").split()).partition(" ")
+    mode, _, reply = header_text(message, REPLY_HEADER).partition(" ")
     if mode not in REPLY_MODES or not reply:
         mode, reply = "", ""
     body = (parsed.text or "").replace("\r\n", "\n")
@@ -83,13 +93,13 @@ def resume(data: bytes) -> ResumedDraft:
     return ResumedDraft(
         to=_addresses(message, "To"), cc=_addresses(message, "Cc"),
         bcc=_addresses(message, "Bcc"),
-        subject=" ".join(str(message.get("Subject", "") or "").split()),
+        subject=header_text(message, "Subject"),
         body=body, reply=reply, mode=mode, attachments=tuple(parsed.attachments))
 
 
 def kept_attachments(data: bytes, keep: list[str]) -> tuple[Upload, ...]:
     """The draft's attachments whose part indexes are in ``keep`` (the form's checkboxes)."""
-    wanted = {int(k) for k in keep if k.isdigit()}
+    wanted = {int(k) for k in keep if k.isascii() and k.isdigit()}  # not "²"
     uploads = []
     for part in take_apart(data).attachments:
         if part.index in wanted:

@@ -30,6 +30,7 @@ from pymail.web.messages import (
     attachment,
     folder_list,
     page_of,
+    header_text,
     parse,
     reply_addresses,
     role_folder,
@@ -255,17 +256,28 @@ def add_routes(app: WebApp) -> None:
         forwarding = None
         draft_ref = ctx.query.get("draft")
         kept: tuple[Attachment, ...] = ()
+        original_folder = None
         if draft_ref:
             box, uid = await _locate_draft(app, ctx, draft_ref)
             resumed = resume(_read(box, uid))
             fields.update(to=resumed.to, cc=resumed.cc, bcc=resumed.bcc,
                           subject=resumed.subject, body=resumed.body)
             reply, mode, kept = resumed.reply, resumed.mode, resumed.attachments
-            if mode == "forward":
-                forwarding = resumed.subject
+            # The draft's reply link is only a claim (any IMAP client can
+            # write one): it must name a message of this account, and the
+            # form shows which one it really is.
+            linked = await _linked(app, ctx, reply) if reply else None
+            if linked is None:
+                reply = mode = ""
+            else:
+                original_folder = linked[0].name
+                answered = header_text(parse(_read(*linked)), "Subject")
+                if mode == "forward":
+                    forwarding = answered
         elif reply:
             original = await _original(app, ctx, reply)
-            subject = str(original.get("Subject", "") or "")
+            original_folder = (await _locate(app, ctx, reply))[0].name
+            subject = header_text(original, "Subject")
             if mode == "forward":
                 fields["subject"] = subject if subject.lower().startswith("fwd:") \
                     else f"Fwd: {subject}"
@@ -277,10 +289,11 @@ def add_routes(app: WebApp) -> None:
                     else f"Re: {subject}"
                 text = take_apart(original.as_bytes(policy=email.policy.SMTP)).text or ""
                 quoted = "\n".join("> " + line for line in text.splitlines())
-                sender = str(original.get("From", "") or "")
+                sender = header_text(original, "From")
                 fields["body"] = f"\n\n{sender} wrote:\n{quoted}\n"
         body = views.compose_page(session.csrf, reply=reply, mode=mode if reply else "",
                                   forwarding=forwarding, draft=draft_ref, kept=kept,
+                                  original_folder=original_folder,
                                   saved=ctx.query.get("done") == "saved",
                                   max_bytes=app.max_message_size, **fields)
         return await app.page(ctx, "Compose", body)
@@ -319,15 +332,23 @@ def add_routes(app: WebApp) -> None:
             return await save_draft(ctx, draft, reply, mode, old_draft, now, again)
         original_box: IMailbox | None = None
         original_uid = 0
-        if reply:
-            original = await _original(app, ctx, reply)
-            original_box, original_uid = await _locate(app, ctx, reply)
+        linked = await _linked(app, ctx, reply) if reply else None
+        if reply and linked is None:
+            if mode == "forward":
+                return await again("Not sent: the forwarded message is no longer there "
+                                   "(deleted or moved since); attach it again from its folder.")
+            # A reply whose original went is still a reply; it just cannot be threaded.
+            log.info("web: {account} sends a reply to {reply!r}, which is gone",
+                     account=session.address, reply=reply)
+        if linked is not None:
+            original_box, original_uid = linked
+            original = parse(_read(original_box, original_uid))
             if mode == "forward":
                 draft = _evolve(draft, forwarded=original.as_bytes(policy=email.policy.SMTP))
             else:
-                message_id = str(original.get("Message-ID", "") or "").strip()
-                if message_id and not any(c in message_id for c in "\r\n"):
-                    refs = " ".join(str(original.get("References", "") or "").split())
+                message_id = header_text(original, "Message-ID")
+                if message_id:
+                    refs = header_text(original, "References")
                     draft = _evolve(draft, in_reply_to=message_id,
                                     references=f"{refs} {message_id}".strip())
         message = build_message(draft, session.address, app.submitter.hostname, now)
@@ -448,6 +469,14 @@ async def _locate(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, 
 
     mailbox = await app.mailbox(ctx, unquote(name))
     return mailbox, app.uid(mailbox, uid_text)
+
+
+async def _linked(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, int] | None:
+    """What a reply link (``folder/uid``) names in the signed-in account, or ``None``."""
+    try:
+        return await _locate(app, ctx, reference)
+    except HTTPError:
+        return None
 
 
 async def _locate_draft(app: WebApp, ctx: Context, reference: str) -> tuple[IMailbox, int]:

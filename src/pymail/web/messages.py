@@ -447,11 +447,32 @@ def attachment(message: bytes, index: int) -> tuple[Attachment, bytes]:
     raise KeyError(index)
 
 
+def header_text(message: EmailMessage, name: str) -> str:
+    """
+    A header field's decoded text on one line (runs of white space, including
+    CR and LF an encoded word may hide, become one space), or ``""``.
+    """
+    value = _safe_str(lambda: message.get(name, ""), None)
+    if value is None:  # the email package could not parse it: the raw text
+        value = next((v for n, v in message.raw_items() if n.lower() == name.lower()), "")
+    return " ".join(str(value or "").split())
+
+
+def header_addresses(message: EmailMessage, name: str) -> list[str]:
+    """
+    The addr-specs in every ``name`` field, read from the raw header: the
+    email package refuses (ValueError) an address whose encoded display name
+    decodes to a line break, and a hostile message must not break a reply.
+    """
+    values = [" ".join(str(v).split()) for n, v in message.raw_items()
+              if n.lower() == name.lower()]
+    return [a for _, a in getaddresses(values) if a and not any(c in a for c in "\r\n\0")]
+
+
 def reply_addresses(message: EmailMessage, own: str, everyone: bool) -> tuple[str, str]:
     """(To, Cc) of a reply or, with ``everyone``, a reply-all."""
     def addrs(name: str) -> list[str]:
-        values = [str(v) for v in message.get_all(name, [])]
-        return [a for _, a in getaddresses(values) if a]
+        return header_addresses(message, name)
 
     to = addrs("Reply-To") or addrs("From")
     cc: list[str] = []

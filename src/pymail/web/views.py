@@ -299,15 +299,16 @@ def compose_page(csrf: str, *, to: str = "", cc: str = "", bcc: str = "", subjec
                  body: str = "", reply: str = "", mode: str = "", error: str | None = None,
                  forwarding: str | None = None, draft: str = "",
                  kept: Sequence[Attachment] = (), saved: bool = False,
-                 max_bytes: int | None = None) -> str:
+                 max_bytes: int | None = None, original_folder: str | None = None) -> str:
     """
     The compose form; ``draft`` names the saved draft being edited
     (``folder/uid``) and ``kept`` its attachments, offered to keep.
     ``max_bytes`` (the largest message) lets ``app.js`` stop an upload the
     server would refuse before the browser sends it.
     """
-    fwd = (f'<p class="meta">The original message &ldquo;{esc(forwarding)}&rdquo; is attached.'
-           '</p>' if forwarding is not None else "")
+    where = f" (in {esc(original_folder)})" if original_folder else ""
+    fwd = (f'<p class="meta">The original message &ldquo;{esc(forwarding)}&rdquo;{where} is '
+           'attached.</p>' if forwarding is not None else "")
     keep = "".join(
         f'<li><label class="check"><input type="checkbox" name="keep" value="{a.index}" '
         f'checked> {esc(a.filename)} <span class="meta">{esc(a.content_type)}, '
