@@ -116,3 +116,44 @@ class SearchBoxTests(SynchronousTestCase):
         page = browser.get("/search?folder=INBOX&field=text&q=x").text
         self.assertIn('<option value="">All folders</option>', page)
         self.assertIn('<option value="text" selected>text</option>', page)
+
+
+class SearchCostTests(SynchronousTestCase):
+    """One search request cannot pin the reactor or ask for unbounded work."""
+
+    def test_text_search_returns_to_the_reactor_every_few_megabytes(self) -> None:
+        """Large messages make a text search pause well before a batch of 100 is read."""
+        from twisted.internet.defer import Deferred, succeed
+
+        from pymail.web.messages import SEARCH_PAUSE_BYTES, FolderOrder, SummaryCache, search
+
+        world = make_world()
+        box = world.mailbox("alice@example.org")
+        big = "word " * (SEARCH_PAUSE_BYTES // 5 + 1)
+        for n in range(6):
+            box.append(message(f"big {n}", big), ())
+        world.reactor.advance(0)
+        pauses: list[None] = []
+
+        def pause() -> object:
+            pauses.append(None)
+            return succeed(None)
+
+        found = self.successResultOf(Deferred.fromCoroutine(search(
+            box, FolderOrder().newest_first(box), "text", "nothing like this", SummaryCache(),
+            pause)))
+        self.assertEqual(found, [])
+        self.assertGreaterEqual(len(pauses), 5)  # about one per message this size
+
+    def test_overlong_query_is_refused(self) -> None:
+        """A query past MAX_QUERY characters gets 400 saying the limit; a long one still works."""
+        from pymail.web.messages import MAX_QUERY
+
+        world = make_world()
+        browser = world.browser()
+        browser.sign_in("alice@example.org")
+        reply = browser.get("/search?folder=&field=text&q=" + "a" * (MAX_QUERY + 1))
+        self.assertEqual(reply.status, 400)
+        self.assertIn(f"at most {MAX_QUERY} characters", reply.text)
+        ok = browser.get("/search?folder=&field=text&q=" + ".*" * (MAX_QUERY // 2))
+        self.assertEqual(ok.status, 200)

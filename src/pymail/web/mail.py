@@ -23,6 +23,7 @@ from pymail.web.drafts import DRAFT_FLAGS, draft_message, drafts_folder, kept_at
 from pymail.web.events import EventStream
 from pymail.web.http import Context, HTTPError, Response, body_csp
 from pymail.web.messages import (
+    MAX_QUERY,
     SEARCH_FIELDS,
     Attachment,
     FoundRow,
@@ -227,6 +228,9 @@ def add_routes(app: WebApp) -> None:
         query = ctx.query.get("q").strip()
         if field not in SEARCH_FIELDS:
             raise HTTPError(400, f"Search in one of: {', '.join(SEARCH_FIELDS)}.")
+        if len(query) > MAX_QUERY:
+            raise HTTPError(400, f"The search text is too long ({len(query)} characters; "
+                            f"at most {MAX_QUERY} characters).")
         session = ctx.require_session()
         store = session.account.store
         found: list[FoundRow] = []

@@ -507,6 +507,13 @@ MAX_SEARCH_RESULTS = 200
 #: Messages examined between two returns to the reactor.
 SEARCH_BATCH = 100
 
+#: Message octets a text search reads between two returns to the reactor
+#: (a batch of 100 large messages would otherwise hold it for seconds).
+SEARCH_PAUSE_BYTES = 1024 * 1024
+
+#: Longest search text, in characters (a plain substring: no pattern syntax).
+MAX_QUERY = 200
+
 
 async def search(
     mailbox: IMailbox,
@@ -531,6 +538,7 @@ async def search(
         raise ValueError(f"search field must be one of {', '.join(SEARCH_FIELDS)}")
     needle = query.casefold()
     rows: list[Row] = []
+    read = 0  # octets read since the last pause
     for start in range(0, len(uids), SEARCH_BATCH):
         if start:
             await pause()
@@ -548,7 +556,12 @@ async def search(
                 elif field == "subject":
                     hit = needle in summary.subject.casefold()
                 else:
-                    hit = needle in _searchable_text(mailbox.read(uid)).casefold()
+                    if read >= SEARCH_PAUSE_BYTES:
+                        read = 0
+                        await pause()
+                    data = mailbox.read(uid)
+                    read += len(data)
+                    hit = needle in _searchable_text(data).casefold()
             except NoSuchMessage:
                 continue
             if hit:
