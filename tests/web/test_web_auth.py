@@ -191,3 +191,54 @@ class HeaderTests(SynchronousTestCase):
             html = browser.get(path).text
             self.assertEqual(html.count('method="post"'), html.count('name="csrf"'), path)
             csrf_of(html)
+
+
+class EveryPostRouteTests(SynchronousTestCase):
+    """Each state-changing route, present and future, needs the token and our Origin."""
+
+    def setUp(self) -> None:
+        self.world = make_world(admins=("alice@example.org",), special_use=True)
+        self.browser = self.world.browser()
+        self.browser.sign_in("alice@example.org")
+        self.csrf = self.browser.csrf()
+
+    def post_paths(self) -> list[str]:
+        paths = []
+        for route in self.world.app.router.routes:
+            if route.method == b"POST":
+                path = route.pattern.pattern.strip("^$").replace("([^/]+)", "INBOX")
+                self.assertNotIn("(", path, "a POST route this test cannot fill in")
+                paths.append(path)
+        return paths
+
+    def test_only_sign_in_is_a_public_post(self) -> None:
+        """Every POST route but the sign-in form needs a session (and so the CSRF token)."""
+        public = [r.pattern.pattern for r in self.world.app.router.routes
+                  if r.method == b"POST" and r.public]
+        self.assertEqual(public, ["^/signin$"])
+
+    def test_every_post_without_the_token_is_refused(self) -> None:
+        """A POST to any route with plausible fields but no token gets 403 and changes nothing."""
+        fields = {"action": "create", "name": "Forged", "new": "Forged2", "to": "bob@example.org",
+                  "subject": "x", "body": "y", "uid": "1", "password": "x",
+                  "new_password": "forged-password-1", "domain": "forged.example"}
+        for path in self.post_paths():
+            if path == "/signin":
+                continue
+            self.assertEqual(self.browser.post(path, fields).status, 403, path)
+        self.assertNotIn("Forged", self.world.stores.open_store(
+            "alice@example.org", "/nonexistent").list_mailboxes())
+        self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])
+        self.assertEqual(self.browser.get("/mail/INBOX").status, 200)  # still signed in
+
+    def test_every_post_from_another_origin_is_refused(self) -> None:
+        """A POST to any route (sign-in too) from another site's page gets 403, token or not."""
+        for path in self.post_paths():
+            for origin in ("http://evil.example", "null", "http://127.0.0.1:8080.evil.example",
+                           "https://127.0.0.1:8080"):
+                reply = self.browser.post(path, {"csrf": self.csrf, "action": "create",
+                                                 "name": "Forged"},
+                                          headers={"Origin": origin})
+                self.assertEqual(reply.status, 403, (path, origin))
+        self.assertNotIn("Forged", self.world.stores.open_store(
+            "alice@example.org", "/nonexistent").list_mailboxes())
