@@ -216,3 +216,20 @@ def test_infos_in_view_follow_the_session_not_the_folder() -> None:
 async def _expunge(mailbox: MemoryMailbox, uid: int) -> None:
     await mailbox.set_flags([uid], ["\\Deleted"], "add")
     await mailbox.expunge()
+
+
+def test_fill_computes_search_fields_alongside_only_where_it_reads() -> None:
+    """Headers read for ENVELOPE also fill the SEARCH fields; kept ENVELOPEs cause no reads."""
+    box, uids, messages = filled_mailbox(40)
+    for uid in uids[:20]:
+        box.kept[uid, derive.ENVELOPE.name] = b"(kept)"
+    cache = DerivedCache()
+    Deferred.fromCoroutine(derive.fill_in_batches(
+        in_thread, cache, box, [uids[:20], uids[20:]], [derive.ENVELOPE],  # type: ignore[arg-type]
+        lambda i: None, alongside=[SEARCH_FIELDS]))
+    fields = cache.table(box, SEARCH_FIELDS.name)  # type: ignore[arg-type]
+    assert sorted(fields) == uids[20:]
+    for uid, message in zip(uids[20:], messages[20:], strict=True):
+        assert fields[uid] == SEARCH_FIELDS.compute(message)
+        assert box.kept[uid, SEARCH_FIELDS.name] == fields[uid]
+    assert all((uid, SEARCH_FIELDS.name) not in box.kept for uid in uids[:20])

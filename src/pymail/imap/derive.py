@@ -113,12 +113,18 @@ def read_header(mailbox: IMailbox, uid: int) -> bytes:
 
 def compute_batch(
     mailbox: IMailbox, uids: Sequence[int], derivations: Sequence[Derivation],
+    alongside: Sequence[Derivation] = (),
 ) -> dict[str, dict[int, Any]]:
     """
     The values of ``derivations`` for ``uids`` (a thread-pool job): those
     the storage keeps, plus the missing ones computed, read with as little
     of each message as they need, and kept in one transaction per name.
     UIDs that are gone are left out.
+
+    :param alongside: header-only derivations also computed (and kept) for
+        every message whose header this job reads anyway, never a reason
+        to read one: a folder's first ENVELOPE FETCH also fills the fields
+        a later SEARCH SUBJECT needs, for a sixth more CPU.
     """
     batch = ICachedMany(mailbox)
     found: dict[str, dict[int, Any]] = {}
@@ -128,7 +134,8 @@ def compute_batch(
         for uid in uids:
             if uid not in have:
                 missing.setdefault(uid, []).append(derivation)
-    computed: dict[str, dict[int, Any]] = {d.name: {} for d in derivations}
+    extra = [d for d in alongside if d.header_only and d not in derivations]
+    computed: dict[str, dict[int, Any]] = {d.name: {} for d in [*derivations, *extra]}
     for uid, wanted in missing.items():
         try:
             if all(d.header_only for d in wanted):
@@ -137,12 +144,12 @@ def compute_batch(
                 message = mailbox.read(uid)
         except NoSuchMessage:
             continue
-        for derivation in wanted:
+        for derivation in [*wanted, *extra]:
             computed[derivation.name][uid] = derivation.compute(message)
     for name, values in computed.items():
         if values:
             batch.store_cached(name, values)
-            found[name].update(values)
+            found.setdefault(name, {}).update(values)
     return found
 
 
@@ -152,16 +159,18 @@ def can_fill(mailbox: IMailbox) -> bool:
 
 
 async def fill_in_batches(
-    in_thread: Callable[..., Deferred[Any]], cache: DerivedCache, mailbox: IMailbox, batches: Sequence[Sequence[int]],
-    derivations: Sequence[Derivation], ready: Callable[[int], None],
+    in_thread: Callable[..., Deferred[Any]], cache: DerivedCache, mailbox: IMailbox,
+    batches: Sequence[Sequence[int]], derivations: Sequence[Derivation],
+    ready: Callable[[int], None], alongside: Sequence[Derivation] = (),
 ) -> None:
     """
     Make sure ``cache`` holds ``derivations`` for each batch of UIDs, then
     call ``ready(i)`` for batch ``i``, in order.  A batch whose values are
     all in memory is ready at once; the others are filled by
     :func:`compute_batch` through ``in_thread(f, *args)`` (the reactor's
-    thread pool), :data:`FILL_READERS` at a time.  Values
-    of messages that are gone are left for the renderer to find gone.
+    thread pool), :data:`FILL_READERS` at a time, with ``alongside`` as
+    :func:`compute_batch` takes it.  Values of messages that are gone are
+    left for the renderer to find gone.
     """
     threaded = can_fill(mailbox)
     tables = [(d, cache.table(mailbox, d.name)) for d in derivations]
@@ -176,7 +185,7 @@ async def fill_in_batches(
         missing = sum(1 for d, table in tables for uid in uids if uid not in table)
         if missing < FILL_MIN_MISSING:
             return None
-        return in_thread(compute_batch, mailbox, uids, wanted)
+        return in_thread(compute_batch, mailbox, uids, wanted, alongside)
 
     try:
         while following < len(batches) or pending:

@@ -36,7 +36,14 @@ from pymail.imap.commands import (
 from pymail.imap.condstore import need_condstore, vanished_earlier
 from pymail.imap.dispatch import SELECTED, CommandSpec, Reply
 from pymail.imap.errors import bad, no, reply_for_storage_error
-from pymail.imap.derive import FILL_BATCH, FILL_MIN_MISSING, Derivation, can_fill, fill_in_batches
+from pymail.imap.derive import (
+    ENVELOPE,
+    FILL_BATCH,
+    FILL_MIN_MISSING,
+    Derivation,
+    can_fill,
+    fill_in_batches,
+)
 from pymail.imap.fetch import FetchItem, Section, derivation, renderer
 from pymail.imap.parser import SequenceSet
 from pymail.imap.search import (
@@ -222,8 +229,12 @@ async def _render_filled(
             render(index, None)
         conn.writer.flush()
 
+    # The headers read for ENVELOPE also give what SEARCH SUBJECT/FROM/...
+    # looks at: a client's first search then finds them computed.
+    alongside = [SEARCH_FIELDS] if ENVELOPE in derivations else []
     await fill_in_batches(_in_thread(conn), view.cache, view.mailbox,
-                          [[uids[i] for i in chunk] for chunk in chunks], derivations, ready)
+                          [[uids[i] for i in chunk] for chunk in chunks], derivations, ready,
+                          alongside)
 
 
 #: Messages read per batch when a FETCH needs message bytes, and the bytes
