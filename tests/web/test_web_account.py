@@ -109,6 +109,25 @@ class AdminTests(SynchronousTestCase):
         post("/admin/users", action="delete", address="dave@new.example")
         self.assertIsNone(self.directory.user("dave@new.example"))
 
+    def test_disabling_deleting_or_resetting_a_user_ends_their_web_sessions(self) -> None:
+        """Disable, delete and set password each sign the user's open browsers out at once."""
+        from pymail.directory.passwords import hash_password, scram_credential
+
+        self.directory.add_user("bob@example.org", hash_password("bob-secret-22"),
+                                scram_credential("bob-secret-22"))
+        for action in ("disable", "password", "delete"):
+            bob = self.world.browser()
+            bob.sign_in("bob@example.org")  # (the test portal still lets him in)
+            self.assertEqual(bob.get("/mail/INBOX").status, 200)
+            reply = self.admin.post("/admin/users", {
+                "csrf": self.csrf, "action": action, "address": "Bob@example.org ",
+                "password": "a-new-password-1"})
+            self.assertEqual(reply.status, 303, (action, reply.text[:300]))
+            self.assertEqual(bob.get("/mail/INBOX").status, 303, action)  # to /signin
+            self.assertEqual(self.admin.get("/mail/INBOX").status, 200)
+            if action == "disable":
+                self.directory.set_disabled("bob@example.org", False)
+
     def test_directory_errors_are_shown(self) -> None:
         """A refused operation shows the directory's reason with 400."""
         reply = self.admin.post("/admin/users", {"csrf": self.csrf, "action": "add",

@@ -33,6 +33,9 @@ _T = TypeVar("_T")
 #: Where Thunderbird looks for its autoconfig file on the mail domain's web server.
 AUTOCONFIG_PATH = "/.well-known/autoconfig/mail/config-v1.1.xml"
 
+#: Admin user actions after which the account's web sessions end.
+SIGNS_OUT = ("disable", "password", "delete")
+
 ADMIN_NOTICES = {
     "domain-added": "Domain added.", "domain-deleted": "Domain deleted.",
     "user-added": "Account added.", "user-deleted": "Account deleted (its mail stays on disk).",
@@ -189,7 +192,13 @@ def add_routes(app: WebApp) -> None:
         if action not in works:
             raise HTTPError(400, "Unknown action.")
         work, done = works[action]
-        return await admin_change(ctx, work, done)
+        response = await admin_change(ctx, work, done)
+        if response.status == 303 and action in SIGNS_OUT:
+            # A disabled, deleted or re-passworded account keeps no open browser.
+            ended = app.sessions.end_others(address.lower(), ctx.require_session().id)
+            log.info("web admin: {ended} web sessions of {address} ended", ended=ended,
+                     address=address)
+        return response
 
     async def admin_aliases(ctx: Context) -> Response:
         alias = ctx.form.get("alias").strip()
