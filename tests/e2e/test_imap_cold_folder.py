@@ -60,7 +60,7 @@ def subject_has(message: bytes, word: str) -> bool:
 
 
 def test_first_envelope_fetch_and_subject_search_of_a_filled_folder(tmp_path: Path) -> None:
-    """A folder filled by another program gets exact ENVELOPEs and SEARCH hits, also after a restart."""
+    """A folder another program filled gets exact ENVELOPEs and SEARCH hits, after restarts too."""
     server = PymailProcess(tmp_path, users=dict([ALICE]))
     root = Path(MaildirStoreFactory.account_root(ALICE[0], str(server.data_dir)))
     for sub in ("cur", "new", "tmp"):
