@@ -72,6 +72,35 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(self.box._view._listeners, [])
 
 
+class StreamLimitTests(SynchronousTestCase):
+    def test_one_account_cannot_hold_unbounded_streams(self) -> None:
+        """Past MAX_STREAMS open streams an account (any session) gets 429; a closed one frees a slot."""
+        from pymail.web.events import MAX_STREAMS
+
+        world = make_world()
+        box = world.mailbox("alice@example.org")
+        browsers = [world.browser() for _ in range(2)]
+        for b in browsers:
+            b.sign_in("alice@example.org")
+        transports = []
+        for n in range(MAX_STREAMS):
+            _, transport = browsers[n % 2].open("GET", "/events/INBOX")
+            transports.append(transport)
+        self.assertEqual(len(box._view._listeners), MAX_STREAMS)
+        refused = browsers[0].get("/events/INBOX")
+        self.assertEqual(refused.status, 429)
+        self.assertIn("live", refused.text)
+        self.assertEqual(len(box._view._listeners), MAX_STREAMS)
+        bob = world.browser()
+        bob.sign_in("bob@example.org")
+        self.assertIn(b"text/event-stream", bob.open("GET", "/events/INBOX")[1].value())
+        stream = box._view._listeners[0]
+        stream._request.channel.connectionLost(Failure(ConnectionDone("tab closed")))
+        self.assertIn(b"text/event-stream",
+                      browsers[1].open("GET", "/events/INBOX")[1].value())
+        self.assertEqual(len(box._view._listeners), MAX_STREAMS)
+
+
 class EventStreamTests(SynchronousTestCase):
     def test_stream_is_a_listener(self) -> None:
         """EventStream provides IMailboxListener."""

@@ -24,6 +24,12 @@ KEEPALIVE_SECONDS = 20.0
 #: How long the browser waits before reconnecting a dropped stream (ms).
 RETRY_MS = 3000
 
+#: Most streams one account may hold open at once (all its sessions
+#: together): one per open folder tab, with room to spare.  Each holds a
+#: connection and a mailbox listener, so without a bound one signed-in user
+#: could hold thousands.
+MAX_STREAMS = 20
+
 
 def event(name: str, data: object) -> bytes:
     """One server-sent event (the data is JSON on one line)."""

@@ -20,7 +20,7 @@ from pymail.smtp.replies import ReplyError
 from pymail.web import views
 from pymail.web.compose import ComposeError, Draft, build_message, check_form
 from pymail.web.drafts import DRAFT_FLAGS, draft_message, drafts_folder, kept_attachments, resume
-from pymail.web.events import EventStream
+from pymail.web.events import MAX_STREAMS, EventStream
 from pymail.web.http import Context, HTTPError, Response, body_csp
 from pymail.web.messages import (
     MAX_QUERY,
@@ -393,10 +393,26 @@ def add_routes(app: WebApp) -> None:
         ref = quote(box.name, safe="") + f"/{uid}"
         return Response.redirect(f"/compose?draft={quote(ref, safe='')}&done=saved")
 
+    open_streams: dict[str, int] = {}  # account -> live event streams
+
+    def stream_closed(address: str) -> None:
+        left = open_streams.get(address, 1) - 1
+        if left > 0:
+            open_streams[address] = left
+        else:
+            open_streams.pop(address, None)
+
     async def events(ctx: Context) -> None:
         (name,) = ctx.params
         mailbox = await app.mailbox(ctx, name)
         session = ctx.require_session()
+        address = session.address
+        if open_streams.get(address, 0) >= MAX_STREAMS:
+            # 429, not a stream: EventSource does not retry a failed connection.
+            raise HTTPError(429, f"Too many live folder views are open for this account "
+                                 f"(at most {MAX_STREAMS}); close some tabs and reload.")
+        open_streams[address] = open_streams.get(address, 0) + 1
+        ctx.request.notifyFinish().addBoth(lambda _: stream_closed(address))
         stream = EventStream(ctx.request, mailbox, app.clock,
                              lambda: app.sessions.get(session.id, touch=False) is not None)
         stream.start()
