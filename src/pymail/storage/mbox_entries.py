@@ -132,7 +132,9 @@ class Entries(MutableMapping[int, Entry]):
         return len(self._uids) - len(self._dropped) + len(self._live)
 
     def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self._packed, self._flags, self._uids = array("q"), [], array("q")
+        self._dropped.clear()
+        self._live.clear()
 
     def last(self) -> Entry | None:
         """The message that starts last in the file, or None."""
@@ -140,8 +142,11 @@ class Entries(MutableMapping[int, Entry]):
         packed, dropped = self._packed, self._dropped
         starts = packed[1::PACKED_FIELDS]
         if len(starts) and (best is None or max(starts) > best.start):
-            # Packed rows are in UID order, not file order: find the largest
-            # start that is still valid.
+            # Packed rows are in UID order, not file order: the largest start
+            # that is still valid (usually simply the largest).
+            top = starts.index(max(starts))
+            if packed[top * PACKED_FIELDS] not in dropped:
+                return self[packed[top * PACKED_FIELDS]]
             order = sorted(range(len(starts)), key=starts.__getitem__, reverse=True)
             for pos in order:
                 if best is not None and starts[pos] <= best.start:
