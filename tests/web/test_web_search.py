@@ -157,3 +157,57 @@ class SearchCostTests(SynchronousTestCase):
         self.assertIn(f"at most {MAX_QUERY} characters", reply.text)
         ok = browser.get("/search?folder=&field=text&q=" + ".*" * (MAX_QUERY // 2))
         self.assertEqual(ok.status, 200)
+
+
+class SearchLifetimeTests(SynchronousTestCase):
+    """A long search stops when its browser leaves, and one account runs one at a time."""
+
+    def setUp(self) -> None:
+        from pymail.web.messages import SEARCH_BATCH
+
+        self.world = make_world()
+        self.browser = self.world.browser()
+        self.browser.sign_in("alice@example.org")
+        self.box = self.world.mailbox("alice@example.org")
+        self.total = SEARCH_BATCH * 3
+        for n in range(self.total):
+            self.box.append(message(f"m {n}", "plain text"), ())
+        self.world.reactor.advance(0)
+        self.opened: list[int] = []
+        read = self.box.read
+        self.box.read = lambda uid: self.opened.append(uid) or read(uid)  # type: ignore[method-assign]
+
+    def start_search(self) -> tuple[object, object]:
+        """Send a text search and leave it at its first pause; the channel and transport."""
+        channel, transport = self.browser.connect()
+        cookie = "; ".join(f"{k}={v}" for k, v in self.browser.cookies.items())
+        channel.dataReceived(b"GET /search?folder=&field=text&q=absent HTTP/1.1\r\n"
+                             b"Host: 127.0.0.1:8080\r\nCookie: " + cookie.encode() + b"\r\n\r\n")
+        return channel, transport
+
+    def test_search_stops_when_the_browser_goes(self) -> None:
+        """Once the connection is lost the search reads no further message."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        from pymail.web.messages import SEARCH_BATCH
+
+        channel, _ = self.start_search()
+        self.assertEqual(len(set(self.opened)), SEARCH_BATCH)  # up to its first pause
+        channel.connectionLost(Failure(ConnectionDone("tab closed")))  # type: ignore[attr-defined]
+        self.world.reactor.advance(0)
+        self.assertEqual(len(set(self.opened)), SEARCH_BATCH)  # it read no more
+        self.assertEqual(self.browser.get("/search?folder=&field=subject&q=m").status, 200)
+
+    def test_one_search_at_a_time_per_account(self) -> None:
+        """A second search while one is running gets 429; after it ends, searching works."""
+        other = self.world.browser()
+        other.sign_in("alice@example.org")
+        _, transport = self.start_search()
+        self.assertEqual(transport.value(), b"")  # type: ignore[attr-defined]
+        busy = other.get("/search?folder=INBOX&field=subject&q=m")  # (runs the first on)
+        self.assertEqual(busy.status, 429)
+        self.assertIn("still running", busy.text)
+        self.assertIn(b"200 OK", transport.value())  # type: ignore[attr-defined]
+        self.assertEqual(len(set(self.opened)), self.total)
+        self.assertEqual(other.get("/search?folder=INBOX&field=subject&q=m").status, 200)

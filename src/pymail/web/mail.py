@@ -222,7 +222,9 @@ def add_routes(app: WebApp) -> None:
             return Response.redirect(views.message_url(mailbox.name, uids[0]))
         return Response.redirect(views.folder_url(mailbox.name) + f"?done={done}")
 
-    async def find(ctx: Context) -> Response:
+    searching: dict[str, object] = {}  # account -> the search it is running
+
+    async def find(ctx: Context) -> Response | None:
         name = ctx.query.get("folder", "INBOX")
         field = ctx.query.get("field", "subject")
         query = ctx.query.get("q").strip()
@@ -233,21 +235,51 @@ def add_routes(app: WebApp) -> None:
                             f"at most {MAX_QUERY} characters).")
         session = ctx.require_session()
         store = session.account.store
+        mailbox = await app.mailbox(ctx, name) if name else None
         found: list[FoundRow] = []
-        if not name:  # every folder
-            if query:
-                found = await search_all(store, app.order, field, query, app.summaries,
-                                         app.pause)
-            folders = await folder_list(store, app.counts)
+        if query:
+            # One search per account at a time (a text search of every folder
+            # reads every message), and none goes on for a browser that left.
+            if session.address in searching:
+                raise HTTPError(429, "A search of this account is still running; wait for "
+                                "its results, then search again.")
+            mine = searching[session.address] = object()
+            gone: list[object] = []
+
+            def left(reason: object) -> None:
+                # A search abandoned (a double click on Search, a closed tab)
+                # frees the account's slot at once; it stops at its next pause.
+                gone.append(reason)
+                if searching.get(session.address) is mine:
+                    del searching[session.address]
+
+            ctx.request.notifyFinish().addErrback(left)
+
+            async def pause() -> None:
+                await app.pause()
+                if gone:
+                    raise _SearchAbandoned()
+
+            try:
+                if mailbox is None:
+                    found = await search_all(store, app.order, field, query, app.summaries,
+                                             pause)
+                else:
+                    rows = await search(mailbox, app.order.newest_first(mailbox), field,
+                                        query, app.summaries, pause)
+                    found = [FoundRow(mailbox.name, row) for row in rows]
+            except _SearchAbandoned:
+                log.info("web: search by {account} stopped: the browser left",
+                         account=session.address)
+                return None  # nobody to answer
+            finally:
+                if searching.get(session.address) is mine:
+                    del searching[session.address]
+        folders = await folder_list(store, app.counts)
+        if mailbox is None:  # every folder
             body = views.search_results(None, field, query, found, folders, session.csrf)
             return await app.page(ctx, "Search", body,
                                   search=views.SearchState(field, query, everywhere=True))
-        mailbox = await app.mailbox(ctx, name)
-        if query:
-            rows = await search(mailbox, app.order.newest_first(mailbox), field, query,
-                                app.summaries, app.pause)
-            found = [FoundRow(mailbox.name, row) for row in rows]
-        folders = await folder_list(store, app.counts)
         body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
         return await app.page(ctx, "Search", body, mailbox.name,
                               search=views.SearchState(field, query))
@@ -433,6 +465,10 @@ def add_routes(app: WebApp) -> None:
     r.add("GET", "/compose", compose_form)
     r.add("POST", "/compose", send)
     r.add("GET", f"/events/{FOLDER}", events)
+
+
+class _SearchAbandoned(Exception):
+    """The browser that asked for a search has gone; stop reading messages."""
 
 
 def views_notice(ctx: Context) -> str | None:
