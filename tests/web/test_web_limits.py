@@ -72,3 +72,56 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertIn("too large", reply.text)
         self.assertEqual(world.mailbox("bob@example.org").messages(), [])
         self.assertIsNotNone(csrf_of(reply.text))
+
+
+class FormCostTests(SynchronousTestCase):
+    """No form makes the server parse for long: small sign-in bodies, bounded field counts."""
+
+    def setUp(self) -> None:
+        self.world = make_world()
+        self.browser = self.world.browser()
+
+    def test_sign_in_form_body_is_small(self) -> None:
+        """Anyone may post to /signin, so a body past PUBLIC_MAX_BODY is refused unparsed."""
+        from pymail.web.app import PUBLIC_MAX_BODY
+
+        self.browser.get("/signin")
+        reply = self.browser.post("/signin", {"csrf": "x", "username": "alice@example.org",
+                                              "password": "p" * PUBLIC_MAX_BODY})
+        self.assertEqual(reply.status, 413)
+        self.assertIn(f"at most {PUBLIC_MAX_BODY} octets", reply.text)
+        self.assertEqual(self.browser.sign_in("alice@example.org").status, 303)
+
+    def test_multipart_form_with_too_many_parts_is_refused(self) -> None:
+        """A multipart body of more than MAX_FORM_FIELDS parts gets 413 before it is parsed."""
+        from pymail.web.http import MAX_FORM_FIELDS
+
+        self.browser.sign_in("alice@example.org")
+        fields = {"csrf": self.browser.csrf(), "to": "bob@example.org", "subject": "x",
+                  "body": "y"}
+        fields.update({f"f{n}": "z" for n in range(MAX_FORM_FIELDS)})
+        reply = self.browser.post_multipart("/compose", fields)
+        self.assertEqual(reply.status, 413)
+        self.assertIn(f"at most {MAX_FORM_FIELDS} fields", reply.text)
+        self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])
+
+    def test_urlencoded_form_with_too_many_fields_is_refused(self) -> None:
+        """An urlencoded body of more than MAX_FORM_FIELDS fields gets 413."""
+        from pymail.web.http import MAX_FORM_FIELDS
+
+        self.browser.sign_in("alice@example.org")
+        reply = self.browser.post("/mail/INBOX/actions", {
+            "csrf": self.browser.csrf(), "action": "read",
+            "uid": [str(n) for n in range(MAX_FORM_FIELDS)]})
+        self.assertEqual(reply.status, 413)
+
+    def test_malformed_content_length_is_a_bad_request(self) -> None:
+        """Negative, non-numeric, repeated or chunked-plus-length bodies get 400 and a close."""
+        for extra in ("Content-Length: -5\r\n", "Content-Length: 12abc\r\n",
+                      "Content-Length: 3\r\nContent-Length: 9999\r\n",
+                      "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"):
+            channel, transport = self.browser.connect()
+            channel.dataReceived(b"POST /signin HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                                 + extra.encode() + b"\r\nabc")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), extra)
+            self.assertTrue(transport.disconnecting, extra)

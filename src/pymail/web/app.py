@@ -56,6 +56,10 @@ STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/c
 #: Largest request body accepted (compose with attachments), by default.
 DEFAULT_MAX_BODY = 35 * 1024 * 1024
 
+#: Largest body parsed for a route that needs no session (the sign-in form):
+#: anyone may post there, so nobody unauthenticated gets a large body parsed.
+PUBLIC_MAX_BODY = 16 * 1024
+
 
 @attrs.frozen
 class ClientSettings:
@@ -147,7 +151,7 @@ class WebApp:
         if request.method == b"POST":
             if not same_origin(request):
                 raise HTTPError(403, "This request came from another site and was refused.")
-            form = parse_body(request, self.max_body)
+            form = parse_body(request, PUBLIC_MAX_BODY if route.public else self.max_body)
             if not route.public:
                 assert session is not None
                 from pymail.web.sessions import tokens_match

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.policy
 import re
 from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
 from email.parser import BytesParser
 from urllib.parse import parse_qs, unquote
 
@@ -30,6 +31,14 @@ PAGE_CSP = (
     "connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+
+
+#: Most fields (multipart parts included) a form may have.  The largest real
+#: form is a message list page's actions (50 UID checkboxes) or a compose
+#: form with its attachments; the email package's multipart parser spends
+#: about 0.2 ms per part, so an unbounded count let one 35 MB body of tiny
+#: parts hold the reactor for minutes.
+MAX_FORM_FIELDS = 1000
 
 
 def body_csp(remote_images: bool) -> str:
@@ -101,7 +110,8 @@ def parse_body(request: IRequest, limit: int) -> Form:
     The form in a POST body: ``application/x-www-form-urlencoded`` or
     ``multipart/form-data`` (with each file's name and type).
 
-    :raises HTTPError: 413 over ``limit`` octets; 400 for another type.
+    :raises HTTPError: 413 over ``limit`` octets or :data:`MAX_FORM_FIELDS`
+        fields (counted before parsing); 415 for another type.
     """
     content = request.content
     if content is None:
@@ -113,10 +123,20 @@ def parse_body(request: IRequest, limit: int) -> Form:
     data = content.read()
     ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
     kind = ctype.split(";", 1)[0].strip().lower()
+    too_many = HTTPError(413, f"The form has too many fields (at most {MAX_FORM_FIELDS} "
+                              "fields).")
     if kind in ("", "application/x-www-form-urlencoded"):
+        if data.count(b"&") >= MAX_FORM_FIELDS:
+            raise too_many
         return Form(parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True))
     if kind != "multipart/form-data":
         raise HTTPError(415, "Forms must be sent as urlencoded or multipart/form-data.")
+    boundary = _boundary(ctype)
+    if boundary is None:
+        raise HTTPError(400, "The multipart form has no boundary.")
+    # Each part starts with CRLF "--" boundary (RFC 2046 section 5.1.1).
+    if data.count(b"\n--" + boundary) > MAX_FORM_FIELDS:
+        raise too_many
     head = f"Content-Type: {ctype}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
     parsed = BytesParser(policy=email.policy.HTTP).parsebytes(head + data)
     form = Form()
@@ -138,6 +158,19 @@ def parse_body(request: IRequest, limit: int) -> Form:
         charset = part.get_content_charset() or "utf-8"
         form.fields.setdefault(name, []).append(payload.decode(charset, "replace"))
     return form
+
+
+def _boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart Content-Type, or ``None``."""
+    header = EmailMessage()
+    try:
+        header["Content-Type"] = content_type
+        value = header.get_param("boundary")
+    except Exception:  # a malformed header: no usable boundary
+        return None
+    if not isinstance(value, str) or not value:
+        return None
+    return value.encode("latin-1", "replace")
 
 
 @attrs.define
@@ -312,6 +345,6 @@ class WebSite(Site):
         self.max_body = max_body
 
 
-__all__ = ["PAGE_CSP", "BoundedRequest", "Context", "Form", "HTTPError", "Response", "Route",
+__all__ = ["MAX_FORM_FIELDS", "PAGE_CSP", "BoundedRequest", "Context", "Form", "HTTPError", "Response", "Route",
            "Router", "WebSite", "body_csp", "parse_body", "parse_query", "same_origin",
            "security_headers", "too_large_response"]
