@@ -147,7 +147,7 @@ class StreamingTests(SynchronousTestCase):
 
     def test_commands_pipelined_after_a_streamed_retr_are_answered_in_order(self) -> None:
         """Commands sent together with a long RETR are answered after its last chunk, in order."""
-        message = big_message(POP3Server.CHUNK_SIZE * 5)
+        message = big_message(POP3Server.WHOLE_MAX + POP3Server.CHUNK_SIZE * 5)
         self.successResultOf(self.inbox.append(message))
         small = b"Subject: small\r\n\r\n.hi\r\n"
         self.successResultOf(self.inbox.append(small))
@@ -159,12 +159,28 @@ class StreamingTests(SynchronousTestCase):
         ) + b"+OK\r\n+OK 2 %d\r\n" % (len(message) + len(small))
         self.drain(server, transport, expected)
 
+    def test_retr_up_to_whole_max_is_read_whole(self) -> None:
+        """A RETR of a message over a chunk but within WHOLE_MAX is byte-exact, in one write."""
+        message = big_message(POP3Server.CHUNK_SIZE * 3)
+        self.successResultOf(self.inbox.append(message))
+        server, transport = self.login()
+        transport.writes = 0
+        server.dataReceived(b"RETR 1\r\nNOOP\r\n")
+        assert server._stream is None
+        status = b"+OK %d octets\r\n" % len(message)
+        assert transport.value() == b"".join(multiline(status, message))
+        assert transport.writes == 1, transport.writes
+        # The full transport paused the server; the NOOP is answered once it drains.
+        transport.clear()
+        server.resumeProducing()
+        assert transport.value() == b"+OK\r\n"
+
     def test_connection_lost_mid_stream_deletes_nothing(self) -> None:
         """
         A client that goes away in the middle of a RETR, with DELE and QUIT
         pipelined, gets nothing deleted, and the maildrop is free again.
         """
-        message = big_message(POP3Server.CHUNK_SIZE * 5)
+        message = big_message(POP3Server.WHOLE_MAX + POP3Server.CHUNK_SIZE * 5)
         first = self.successResultOf(self.inbox.append(message))
         second = self.successResultOf(self.inbox.append(b"Subject: s\r\n\r\nx\r\n"))
         server, transport = self.login()
