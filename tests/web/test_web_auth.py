@@ -242,3 +242,15 @@ class EveryPostRouteTests(SynchronousTestCase):
                 self.assertEqual(reply.status, 403, (path, origin))
         self.assertNotIn("Forged", self.world.stores.open_store(
             "alice@example.org", "/nonexistent").list_mailboxes())
+
+
+class RedirectTests(SynchronousTestCase):
+    def test_redirects_stay_on_this_site(self) -> None:
+        """A Location that a browser would read as another host becomes "/"."""
+        from pymail.web.http import Response
+
+        for location in ("//evil.example/", "/\\evil.example/", "/\\/evil.example",
+                         "https://evil.example/", "evil.example", "/\t/evil.example"):
+            self.assertEqual(Response.redirect(location).headers["Location"], "/", location)
+        self.assertEqual(Response.redirect("/mail/INBOX?done=read").headers["Location"],
+                         "/mail/INBOX?done=read")

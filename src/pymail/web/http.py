@@ -72,7 +72,9 @@ class Response:
     @classmethod
     def redirect(cls, location: str) -> Response:
         """303 See Other: after a POST, the browser GETs ``location``."""
-        if not location.startswith("/") or location.startswith("//"):
+        # Browsers read "//host", "/\\host" and "/<tab>/host" as another host.
+        if (not location.startswith("/") or location[1:2] in ("/", "\\")
+                or any(c in location for c in "\t\r\n\\")):
             location = "/"
         return cls(b"", 303, headers={"Location": location})
 
