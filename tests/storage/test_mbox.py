@@ -367,3 +367,26 @@ class MboxIndexTests(SynchronousTestCase):
         assert got[-1][5].endswith(b"Subject: new\r\n\r\nnew\r\n")
         assert again.uidnext() == got[-1][0] + 1
         assert [i.uid for i in self.open_inbox().messages()] == [e[0] for e in got]
+
+    def test_rewrites_after_an_open_from_the_index_keep_every_message_once(self) -> None:
+        """Flag changes and an expunge after a fresh open from the index write each message once."""
+        expected = self.filled()
+        uids = [e[0] for e in expected]
+
+        def written() -> list[int]:
+            md = mailbox.mbox(self.path, create=False)
+            found = [int(m["X-UID"]) for m in md]
+            md.close()
+            return found
+
+        again = self.open_inbox()
+        self.successResultOf(again.set_flags(uids[3:4], ["\\Draft"], "add"))
+        assert written() == uids
+        again = self.open_inbox()
+        self.successResultOf(again.set_flags(uids[0:1], ["\\Deleted"], "add"))
+        self.successResultOf(again.expunge())
+        assert written() == uids[1:]
+        live = self.snapshot(again)
+        assert [e[0] for e in live] == uids[1:]
+        assert [e[5] for e in live] == [e[5] for e in expected[1:]]
+        assert self.snapshot(self.open_inbox()) == live

@@ -35,6 +35,14 @@ class EntriesTests(SynchronousTestCase):
         assert 3 not in table and table.get(3) is None
         assert len(table) == 3 and sorted(table) == [2, 5, 9]
 
+    def test_values_give_each_message_once(self) -> None:
+        """Iterating values() (which unpacks each message) gives every message exactly once."""
+        table = packed_table()
+        table[5]
+        assert sorted(e.uid for e in table.values()) == [2, 5, 9]
+        assert sorted(e.uid for e in table.values()) == [2, 5, 9]
+        assert sorted(u for u, _ in packed_table().items()) == [2, 5, 9]
+
     def test_changes_replace_and_delete(self) -> None:
         """In-place changes stick; set, delete and pop keep the count and the keys right."""
         table = packed_table()
@@ -69,3 +77,12 @@ class EntriesTests(SynchronousTestCase):
         fresh[5].flags = frozenset({"\\Flagged", "\\Seen"})
         assert sorted(rows_of(fresh)) == expected
         assert sorted(rows_of(dict(table))) == expected
+
+    def test_all_unpacked_frees_the_packed_rows(self) -> None:
+        """Once every packed message became an object, the table holds just the objects."""
+        table = packed_table()
+        entries = [table[u] for u in (2, 5, 9)]
+        assert table._uids == array("q") and table._dropped == set()
+        assert [table[u] for u in (2, 5, 9)] == entries and len(table) == 3
+        del table[5]
+        assert sorted(table) == [2, 9]

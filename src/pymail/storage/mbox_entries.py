@@ -103,12 +103,12 @@ class Entries(MutableMapping[int, Entry]):
             raise KeyError(uid)
         # From now on an object the folder may change in place.
         entry = self._live[uid] = self._unpack(pos)
-        self._dropped.add(uid)
+        self._drop(uid)
         return entry
 
     def __setitem__(self, uid: int, entry: Entry) -> None:
         if uid not in self._live and self._position(uid) >= 0:
-            self._dropped.add(uid)
+            self._drop(uid)
         self._live[uid] = entry
 
     def __delitem__(self, uid: int) -> None:
@@ -116,17 +116,26 @@ class Entries(MutableMapping[int, Entry]):
             return
         if self._position(uid) < 0:
             raise KeyError(uid)
+        self._drop(uid)
+
+    def _drop(self, uid: int) -> None:
+        """A packed row is no longer valid; when none is left, free the arrays."""
         self._dropped.add(uid)
+        if len(self._dropped) == len(self._uids):
+            self._packed, self._flags, self._uids = array("q"), [], array("q")
+            self._dropped = set()
 
     def __contains__(self, uid: object) -> bool:
         return uid in self._live or (isinstance(uid, int) and self._position(uid) >= 0)
 
     def __iter__(self) -> Iterator[int]:
+        # Both taken before the first key is given: iterating values()
+        # unpacks each message into _live, which must not yield it again.
         dropped = self._dropped
-        for uid in self._uids:
-            if uid not in dropped:
-                yield uid
-        yield from list(self._live)
+        packed = [uid for uid in self._uids if uid not in dropped]
+        live = list(self._live)
+        yield from packed
+        yield from live
 
     def __len__(self) -> int:
         return len(self._uids) - len(self._dropped) + len(self._live)
