@@ -7,7 +7,14 @@ from datetime import datetime, UTC
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymail.storage.mbox_entries import CLEAN_BIT, Entries, Entry, last_entry, rows_of
+from pymail.storage.mbox_entries import (
+    CLEAN_BIT,
+    Entries,
+    Entry,
+    last_entry,
+    peek_entry,
+    rows_of,
+)
 
 SEEN = frozenset({"\\Seen"})
 NONE: frozenset[str] = frozenset()
@@ -86,3 +93,13 @@ class EntriesTests(SynchronousTestCase):
         assert [table[u] for u in (2, 5, 9)] == entries and len(table) == 3
         del table[5]
         assert sorted(table) == [2, 9]
+
+    def test_peek_leaves_the_row_packed(self) -> None:
+        """A read-only peek gives the entry without making it the table's object."""
+        table = packed_table()
+        peeked = peek_entry(table, 9)
+        assert peeked == table.peek(9) and peeked is not None and peeked.start == 301
+        assert table._dropped == set() and 9 not in table._live
+        live = table[9]
+        assert peek_entry(table, 9) is live and peek_entry(table, 3) is None
+        assert peek_entry({9: live}, 9) is live

@@ -106,6 +106,18 @@ class Entries(MutableMapping[int, Entry]):
         self._drop(uid)
         return entry
 
+    def peek(self, uid: int) -> Entry | None:
+        """
+        The message's entry for reading only (a read of its bytes): a packed
+        one is unpacked into a temporary object and stays packed.
+        """
+        entry = self._live.get(uid)
+        if entry is None:
+            pos = self._position(uid)
+            if pos >= 0:
+                entry = self._unpack(pos)
+        return entry
+
     def __setitem__(self, uid: int, entry: Entry) -> None:
         if uid not in self._live and self._position(uid) >= 0:
             self._drop(uid)
@@ -175,6 +187,13 @@ class Entries(MutableMapping[int, Entry]):
                 out.append((uid, start, body_start, end, flags_text(flags[pos]), date, size,
                             quoted))
         return out
+
+
+def peek_entry(entries: MutableMapping[int, Entry], uid: int) -> Entry | None:
+    """The entry of ``uid`` for reading only (see :meth:`Entries.peek`), or None."""
+    if isinstance(entries, Entries):
+        return entries.peek(uid)
+    return entries.get(uid)
 
 
 def last_entry(entries: MutableMapping[int, Entry]) -> Entry | None:

@@ -49,6 +49,7 @@ from pymail.storage.mbox_entries import (
     Entries,
     Entry as _Entry,
     last_entry,
+    peek_entry,
     rows_of,
 )
 from pymail.storage.mbox_index import MboxIndex
@@ -130,7 +131,7 @@ class MboxMailbox(ViewBacked):
         if uid not in self._view:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         for _ in range(2):
-            entry = self._disk.entries.get(uid)
+            entry = peek_entry(self._disk.entries, uid)
             if entry is None:
                 break
             stamp = self._stamp()
