@@ -33,7 +33,8 @@ from twisted.internet.defer import Deferred
 from pymail.errors import NoSuchMessage
 from pymail.imap import bodystructure as bs
 from pymail.imap.cache import DerivedCache
-from pymail.imap.envelope import envelope, envelope_wire
+from pymail.imap.envelope import envelope, envelope_of_fields, envelope_wire
+from pymail.imap.message import header_fields, split_message
 from pymail.imap.responses import sexp
 from pymail.interfaces import ICachedMany, IMailbox
 from pymail.storage.base import open_message
@@ -62,15 +63,23 @@ class Derivation:
     :ivar header_only: ``compute`` looks only at the header block, so
         given just the header block (with its empty line) it returns what
         it returns for the whole message.
+    :ivar of_fields: for a header-only derivation, the same value from the
+        parsed header fields (:func:`pymail.imap.message.header_fields`),
+        so values computed together parse the header once.
     """
 
     name: str
     compute: Callable[[bytes], Any]
     header_only: bool
+    of_fields: Callable[[list[tuple[bytes, bytes]]], Any] | None = None
 
 
 def _envelope(message: bytes) -> bytes:
     return envelope_wire(envelope(message))
+
+
+def _envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
+    return envelope_wire(envelope_of_fields(fields))
 
 
 def _bodystructure(message: bytes) -> bytes:
@@ -81,7 +90,7 @@ def _body(message: bytes) -> bytes:
     return sexp(bs.bodystructure(message, False))
 
 
-ENVELOPE = Derivation("imap.envelope.1", _envelope, True)
+ENVELOPE = Derivation("imap.envelope.1", _envelope, True, _envelope_of_fields)
 BODYSTRUCTURE = Derivation("imap.bodystructure.1", _bodystructure, False)
 BODY = Derivation("imap.body.1", _body, False)
 
@@ -144,8 +153,14 @@ def compute_batch(
                 message = mailbox.read(uid)
         except NoSuchMessage:
             continue
+        fields = None
         for derivation in [*wanted, *extra]:
-            computed[derivation.name][uid] = derivation.compute(message)
+            if derivation.of_fields is not None:
+                if fields is None:
+                    fields = header_fields(split_message(message)[0])
+                computed[derivation.name][uid] = derivation.of_fields(fields)
+            else:
+                computed[derivation.name][uid] = derivation.compute(message)
     for name, values in computed.items():
         if values:
             batch.store_cached(name, values)

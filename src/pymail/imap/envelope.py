@@ -34,8 +34,11 @@ _MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 def envelope(message: bytes) -> Envelope:
     """The ENVELOPE structure of ``message`` (wire form)."""
-    header, _ = split_message(message)
-    fields = header_fields(header)
+    return envelope_of_fields(header_fields(split_message(message)[0]))
+
+
+def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> Envelope:
+    """The ENVELOPE structure of a message whose header fields are ``fields``."""
 
     def value(name: bytes) -> bytes | None:
         v = first_value(fields, name)

@@ -65,8 +65,13 @@ def searched_fields(message: bytes) -> tuple[tuple[str, ...], ...]:
     For each of :data:`CACHED_FIELDS`, the decoded (RFC 2047) and
     case-folded values of every such field of ``message``, in order.
     """
+    return searched_fields_of(header_fields(split_message(message)[0]))
+
+
+def searched_fields_of(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, ...], ...]:
+    """:func:`searched_fields` of a message whose header fields are ``fields``."""
     found: list[list[str]] = [[] for _ in CACHED_FIELDS]
-    for name, raw in header_fields(split_message(message)[0]):
+    for name, raw in fields:
         i = _CACHED_INDEX.get(name)
         if i is not None:
             found[i].append(decoded_value(field_value(raw)).casefold())
@@ -74,7 +79,7 @@ def searched_fields(message: bytes) -> tuple[tuple[str, ...], ...]:
 
 
 #: :func:`searched_fields` as a derived value (it looks only at the header).
-SEARCH_FIELDS = Derivation(SEARCH_FIELDS_NAME, searched_fields, True)
+SEARCH_FIELDS = Derivation(SEARCH_FIELDS_NAME, searched_fields, True, searched_fields_of)
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 
 
