@@ -11,7 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from web_support import make_world, message, parse_mail
 
 
-class DraftTests(SynchronousTestCase):
+class DraftWorld(SynchronousTestCase):
+    """Alice signed in, with special-use folders; compose-form helpers."""
+
     def setUp(self) -> None:
         self.world = make_world(special_use=True)
         self.alice = self.world.browser()
@@ -25,6 +27,8 @@ class DraftTests(SynchronousTestCase):
         form.update(fields)
         return self.alice.post_multipart("/compose", form, files or [])
 
+
+class DraftTests(DraftWorld):
     def save(self, **fields: str) -> str:
         """Save a draft; the draft reference the compose page is redirected to."""
         reply = self.post(action="draft", **fields)
@@ -129,15 +133,8 @@ class DraftTests(SynchronousTestCase):
         self.assertIn(f'href="/compose?draft=Drafts%2F{uid}">Edit draft</a>', page)
 
 
-class HostileDraftTests(SynchronousTestCase):
+class HostileDraftTests(DraftWorld):
     """Drafts whose headers pymail did not write (an IMAP client APPENDed them with \\Draft)."""
-
-    def setUp(self) -> None:
-        self.world = make_world(special_use=True)
-        self.alice = self.world.browser()
-        self.alice.sign_in("alice@example.org")
-        self.csrf = self.alice.csrf()
-        self.drafts = self.world.mailbox("alice@example.org", "Drafts")
 
     def append_draft(self, headers: str, body: str = "Draft text.") -> str:
         """APPEND a draft as an IMAP client would; its reference for /compose?draft=."""
@@ -147,12 +144,6 @@ class HostileDraftTests(SynchronousTestCase):
         self.drafts.append(data, ("\\Draft",)).addCallback(uids.append)
         self.world.reactor.advance(0)
         return f"Drafts/{uids[0]}"
-
-    def send(self, **fields: str) -> object:
-        form = {"csrf": self.csrf, "to": "", "cc": "", "bcc": "", "subject": "", "body": "",
-                "action": "send"}
-        form.update(fields)
-        return self.alice.post_multipart("/compose", form, [])
 
     def test_encoded_line_breaks_in_a_stored_draft_do_not_inject_headers(self) -> None:
         """CR/LF hidden in a stored draft's encoded Subject and To reach no header when sent."""
@@ -165,7 +156,7 @@ class HostileDraftTests(SynchronousTestCase):
         assert subject and to, page[:500]
         self.assertEqual((subject.group(1), to.group(1)),
                          ("Hi Bcc: evil@example.net", "bob@example.org"))
-        reply = self.send(draft=ref, to=to.group(1), subject=unescape(subject.group(1)))
+        reply = self.post(draft=ref, to=to.group(1), subject=unescape(subject.group(1)))
         self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
         bob = self.world.mailbox("bob@example.org")
         got = parse_mail(bob.read(bob.messages()[0].uid))
@@ -173,7 +164,7 @@ class HostileDraftTests(SynchronousTestCase):
 
     def test_kept_attachment_index_must_be_an_ascii_number(self) -> None:
         """A keep field of other Unicode digits is ignored, not a server error."""
-        reply = self.send(to="bob@example.org", subject="x", body="y", keep="\u00b2")
+        reply = self.post(to="bob@example.org", subject="x", body="y", keep="\u00b2")
         self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
 
     def test_resumed_forward_names_the_message_it_attaches(self) -> None:
@@ -202,7 +193,7 @@ class HostileDraftTests(SynchronousTestCase):
         inbox.set_flags([uid], ["\\Deleted"], "add")
         inbox.expunge([uid])
         self.world.reactor.advance(0)
-        reply = self.send(to="bob@example.org", subject="Re: Lunch?", body="Yes.",
+        reply = self.post(to="bob@example.org", subject="Re: Lunch?", body="Yes.",
                           reply=f"INBOX/{uid}", mode="reply")
         self.assertEqual(reply.status, 200, reply.text[:500])  # type: ignore[attr-defined]
         bob = self.world.mailbox("bob@example.org")
@@ -210,7 +201,7 @@ class HostileDraftTests(SynchronousTestCase):
 
     def test_forward_whose_original_went_keeps_the_form(self) -> None:
         """Forwarding a message deleted meanwhile is refused on the form, with its text kept."""
-        reply = self.send(to="bob@example.org", subject="Fwd: gone", body="See below.",
+        reply = self.post(to="bob@example.org", subject="Fwd: gone", body="See below.",
                           reply="INBOX/42", mode="forward")
         self.assertEqual(reply.status, 400)  # type: ignore[attr-defined]
         self.assertIn("no longer there", reply.text)  # type: ignore[attr-defined]
