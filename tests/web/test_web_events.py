@@ -74,7 +74,7 @@ class EventTests(SynchronousTestCase):
 
 class StreamLimitTests(SynchronousTestCase):
     def test_one_account_cannot_hold_unbounded_streams(self) -> None:
-        """Past MAX_STREAMS open streams an account (any session) gets 429; a closed one frees a slot."""
+        """Past MAX_STREAMS streams an account (any session) gets 429; closing one frees a slot."""
         from pymail.web.events import MAX_STREAMS
 
         world = make_world()

@@ -419,6 +419,6 @@ class WebSite(Site):
         self.max_body = max_body
 
 
-__all__ = ["MAX_FORM_FIELDS", "PAGE_CSP", "BoundedRequest", "Context", "Form", "HTTPError", "Response", "Route",
-           "Router", "WebSite", "body_csp", "parse_body", "parse_query", "same_origin",
-           "security_headers", "too_large_response"]
+__all__ = ["MAX_FORM_FIELDS", "PAGE_CSP", "BoundedRequest", "Context", "Form", "HTTPError",
+           "Response", "Route", "Router", "WebSite", "body_csp", "parse_body", "parse_query",
+           "same_origin", "security_headers", "too_large_response"]
