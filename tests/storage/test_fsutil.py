@@ -1,0 +1,43 @@
+"""Byte-exact behaviour of the line-ending conversions in pymail.storage.fsutil."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pymail.storage.fsutil import to_crlf, to_lf, wire_size
+
+# Messages made of the octets that matter (CR, LF) and a few others, so bare
+# CRs, bare LFs, CRLFs and CR CR LF runs all turn up often.
+_MESSAGES = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b"\x00"])).map(b"".join)
+
+
+def _reference_to_crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _reference_to_lf(message: bytes) -> bytes:
+    return message.replace(b"\r\n", b"\n")
+
+
+@given(_MESSAGES)
+def test_to_crlf_matches_the_reference(data: bytes) -> None:
+    """to_crlf gives exactly what the plain two-replace reference gives, for any octets."""
+    assert to_crlf(data) == _reference_to_crlf(data)
+
+
+@given(_MESSAGES)
+def test_to_lf_matches_the_reference(message: bytes) -> None:
+    """to_lf turns every CRLF into LF and leaves bare CRs and LFs as they are."""
+    assert to_lf(message) == _reference_to_lf(message)
+
+
+@given(_MESSAGES)
+def test_wire_size_is_the_length_of_to_crlf(data: bytes) -> None:
+    """wire_size predicts the length of to_crlf's output without building it."""
+    assert wire_size(data) == len(to_crlf(data))
+
+
+def test_to_crlf_keeps_a_bare_cr() -> None:
+    """A CR not followed by LF is stored and served as it is."""
+    assert to_crlf(b"a\rb\nc\r\n") == b"a\rb\r\nc\r\n"
