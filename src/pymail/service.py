@@ -276,7 +276,7 @@ def make_service(config: Config, reactor: Any) -> PymailService:
     backends = storage_backends()
     check_storage_backend(config, list(backends))
 
-    directory = FileDirectory(config.data_dir)
+    directory = FileDirectory(config.data_dir, reactor)
     try:
         directory.ensure_domains(config.domains)
     except Exception as e:  # a bad name in `domains`

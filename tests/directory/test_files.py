@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
 from pymail.directory.files import FileDirectory
 from pymail.directory.passwords import hash_password, verify_password
@@ -130,3 +131,34 @@ def test_catch_all_alias(directory: FileDirectory) -> None:
     assert "@example.org" not in directory.aliases()
     with pytest.raises(BadAddress):
         directory.add_alias("@not a domain", ["alice@example.org"])
+
+
+class _RunningClock(Clock):
+    """A Clock that says it is running, as the real reactor does once started."""
+
+    running = True
+
+
+def test_outside_edit_is_seen_by_the_first_lookup_of_the_next_turn(tmp_path: Path) -> None:
+    """With a running reactor the files are checked once a turn; an outside edit shows next turn."""
+    clock = _RunningClock()
+    server = FileDirectory(str(tmp_path), clock)
+    (tmp_path / "domains").write_text("example.org\n")
+    assert not server.has_user("alice@example.org")
+    (tmp_path / "passwd").write_text("alice@example.org:h::::::\n")
+    # Same turn: the snapshot checked by the first lookup is used.
+    assert not server.has_user("alice@example.org")
+    clock.advance(0)
+    assert server.has_user("alice@example.org")
+    (tmp_path / "passwd").write_text("alice@example.org:h::::::nologin\n")
+    clock.advance(0)
+    assert not server.has_user("alice@example.org")
+
+
+def test_own_write_is_seen_in_the_same_turn(tmp_path: Path) -> None:
+    """A change made through the same FileDirectory is seen at once, without waiting a turn."""
+    server = FileDirectory(str(tmp_path), _RunningClock())
+    server.add_domain("example.org")
+    assert not server.has_user("alice@example.org")
+    server.add_user("alice@example.org", "h")
+    assert server.has_user("alice@example.org")

@@ -19,7 +19,10 @@ files are changed only by rewriting them atomically and durably (temporary
 file, fsync, rename, directory fsync) under an ``fcntl`` lock on
 ``.accounts.lock``, so ``pymail`` commands can run while the server does.
 The server re-reads a file when its inode, size or mtime changes: account
-changes take effect without a restart.
+changes take effect without a restart.  Given a running reactor, the server
+checks that at most once per reactor turn (an SMTP transaction looks the
+same recipient up three times in one turn); a change is seen by the first
+lookup of the next turn.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 from zope.interface import implementer
@@ -169,28 +174,51 @@ def _parse(data_dir: str) -> _Snapshot:
 class FileDirectory:
     """
     The account database of one data directory.  Reads are cached and
-    re-validated with ``stat`` on every call; writes lock, re-read, change
-    and rewrite.
+    re-validated with ``stat``: on every call, or, given a ``reactor``, on
+    the first call of each reactor turn (while the reactor runs, in its
+    thread, the one that made this object); writes lock, re-read, change and rewrite.
+
+    :param reactor: an ``IReactorTime`` provider; None (the ``pymail``
+        command) re-validates on every call.
     """
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, reactor: Any = None) -> None:
         self.data_dir = data_dir
         self._stamp: tuple[object, ...] | None = None
         self._snap = _Snapshot()
+        self._reactor = reactor
+        #: The reactor's thread: the one that builds the server's directory.
+        self._reactor_thread = threading.get_ident()
+        self._paths = tuple(os.path.join(data_dir, name) for name in (DOMAINS, PASSWD, ALIASES))
+        #: True from the first lookup of a reactor turn until the turn ends.
+        self._checked_this_turn = False
 
     # -- reading -----------------------------------------------------------
 
     def _current_stamp(self) -> tuple[object, ...]:
         stamp: list[tuple[int, int, int] | None] = []
-        for name in (DOMAINS, PASSWD, ALIASES):
+        for path in self._paths:
             try:
-                st = os.stat(os.path.join(self.data_dir, name))
+                st = os.stat(path)
                 stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
             except FileNotFoundError:
                 stamp.append(None)
         return tuple(stamp)
 
+    def _end_turn(self) -> None:
+        self._checked_this_turn = False
+
     def _current(self) -> _Snapshot:
+        if self._checked_this_turn and self._stamp is not None:
+            return self._snap
+        reactor = self._reactor
+        if (not self._checked_this_turn and reactor is not None
+                and getattr(reactor, "running", False)
+                and threading.get_ident() == self._reactor_thread):
+            # callLater(0) runs in the next reactor iteration: the stamp is
+            # checked again by the first lookup after this turn.
+            self._checked_this_turn = True
+            reactor.callLater(0, self._end_turn)
         stamp = self._current_stamp()
         if stamp != self._stamp:
             self._snap = _parse(self.data_dir)
