@@ -162,6 +162,20 @@ class PymailService(MultiService):
         super().__init__()
         self.components = components
 
+    #: The log observer ``twistd pymail`` chose (see :mod:`pymail.logobserver`);
+    #: it becomes the application's ``ILogObserver`` when twistd adds this
+    #: service to its application, unless one is set there already.
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        result = super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.log_observer)
+        return result
+
     def listeners(self) -> list[EndpointListener]:
         return [s for s in self if isinstance(s, EndpointListener)]
 

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from pymail.config import embedded_default, load
 from pymail.errors import ConfigError, ListenError
+from pymail.logobserver import observer_for_twistd
 from pymail.service import PymailService, make_service, tune_allocator
 
 
@@ -46,4 +47,7 @@ def makeService(options: Options) -> PymailService:
             raise ConfigError(f"{config.source}: {e}") from None
     except ConfigError as e:
         raise SystemExit(f"pymail: {e}") from None
+    # twistd's own text observer flushes per line; ours writes the same
+    # lines once per reactor turn (the options' parent is twistd's).
+    service.log_observer = observer_for_twistd(getattr(options, "parent", None), reactor)
     return service
