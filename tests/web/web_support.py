@@ -208,8 +208,9 @@ class WebWorld:
 
 def make_world(admins: tuple[str, ...] = (), directory: Any = None,
                max_body: int | None = None, max_message_size: int | None = None,
-               special_use: bool = False) -> WebWorld:
-    reactor = ThreadlessReactor()
+               special_use: bool = False,
+               reactor: ThreadlessReactor | None = None) -> WebWorld:
+    reactor = reactor if reactor is not None else ThreadlessReactor()
     stores = MemoryStoreFactory(special_use_folders=special_use)
     portal, memory_directory, _ = memory_portal(PASSWORDS, stores)
     delivery = LocalDelivery(memory_directory, stores, "/nonexistent")

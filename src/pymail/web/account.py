@@ -8,10 +8,9 @@ Thunderbird autoconfig file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from pymail.directory.passwords import hash_password, scram_credential
@@ -50,8 +49,7 @@ def add_routes(app: WebApp) -> None:
 
     async def in_thread(work: Callable[[], _T]) -> _T:
         # Hashing (argon2id) and the directory's fsynced rewrites stay off the reactor.
-        reactor: Any = app.clock
-        result: _T = await deferToThreadPool(reactor, reactor.getThreadPool(), work)
+        result: _T = await app.in_thread(work)
         return result
 
     async def account_page(ctx: Context, error: str | None = None, done: str | None = None,

@@ -13,7 +13,8 @@ no URL can name another account's mail.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
@@ -22,6 +23,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Request as IRequest
 from twisted.web.resource import Resource
@@ -49,6 +51,8 @@ from pymail.web.messages import FolderOrder, SummaryCache, UnseenCounts, folder_
 from pymail.web.sessions import SESSION_COOKIE, SessionStore, WebSession
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 #: The static files and their types.
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -243,6 +247,15 @@ class WebApp:
 
     def pause(self) -> Deferred[None]:
         return deferLater(self.clock, 0, lambda: None)
+
+    def in_thread(self, work: Callable[[], _T]) -> Deferred[_T]:
+        """
+        Run ``work`` in the reactor's thread pool: CPU-heavy work (parsing a
+        big message, hashing a password) and blocking I/O stay off the
+        reactor, so every other connection is served meanwhile.
+        """
+        reactor: Any = self.clock
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
 
 class WebResource(Resource):

@@ -28,6 +28,7 @@ from pymail.web.messages import (
     Attachment,
     FoundRow,
     Page,
+    ParsedMessage,
     attachment,
     folder_list,
     page_of,
@@ -39,7 +40,7 @@ from pymail.web.messages import (
     search_all,
     take_apart,
 )
-from pymail.web.sanitize import sanitise_html
+from pymail.web.sanitize import SanitisedHTML, sanitise_html
 from pymail.web.sessions import SESSION_COOKIE, SIGNIN_COOKIE, new_token, tokens_match
 
 if TYPE_CHECKING:
@@ -130,12 +131,17 @@ def add_routes(app: WebApp) -> None:
         mailbox = await app.mailbox(ctx, name)
         uid = app.uid(mailbox, uid_text)
         data = _read(mailbox, uid)
-        parsed = take_apart(data)
-        blocked = 0
         show_images = ctx.query.get("images") == "1"
-        if parsed.html is not None:
-            blocked = sanitise_html(parsed.html, allow_remote_images=False,
-                                    inline_images=parsed.inline_images).blocked_images
+
+        def apart() -> tuple[ParsedMessage, int]:
+            found = take_apart(data)
+            if found.html is None:
+                return found, 0
+            return found, sanitise_html(found.html, allow_remote_images=False,
+                                        inline_images=found.inline_images).blocked_images
+
+        # A message can be tens of megabytes: take it apart off the reactor.
+        parsed, blocked = await app.in_thread(apart)
         flags = mailbox.info(uid).flags
         if "\\Seen" not in flags:
             new = await mailbox.set_flags([uid], ["\\Seen"], "add")
@@ -152,10 +158,15 @@ def add_routes(app: WebApp) -> None:
         name, uid_text = ctx.params
         mailbox = await app.mailbox(ctx, name)
         uid = app.uid(mailbox, uid_text)
-        parsed = take_apart(_read(mailbox, uid))
+        data = _read(mailbox, uid)
         remote = ctx.query.get("images") == "1"
-        clean = sanitise_html(parsed.html or "", allow_remote_images=remote,
-                              inline_images=parsed.inline_images)
+
+        def cleaned() -> SanitisedHTML:
+            parsed = take_apart(data)
+            return sanitise_html(parsed.html or "", allow_remote_images=remote,
+                                 inline_images=parsed.inline_images)
+
+        clean = await app.in_thread(cleaned)
         page = ('<!doctype html><html><head><meta charset="utf-8">'
                 '<base target="_blank"></head><body>' + clean.html + '</body></html>')
         return Response(page.encode("utf-8"), headers={
@@ -174,8 +185,10 @@ def add_routes(app: WebApp) -> None:
         name, uid_text, index_text = ctx.params[:3]
         mailbox = await app.mailbox(ctx, name)
         uid = app.uid(mailbox, uid_text)
+        whole = _read(mailbox, uid)
         try:
-            found, data = attachment(_read(mailbox, uid), int(index_text))
+            index = int(index_text)
+            found, data = await app.in_thread(lambda: attachment(whole, index))
         except (KeyError, ValueError):
             raise HTTPError(404, "There is no such attachment.") from None
         disposition = "attachment; filename*=UTF-8''" + quote(found.filename, safe="")

@@ -330,7 +330,15 @@ class ParsedMessage:
     attachments: list[Attachment]
     inline_images: dict[str, tuple[str, bytes]]
     message: EmailMessage
+    #: The shown text part's index (its download link), if there is one.
+    text_index: int | None = None
+    #: The text was cut at :data:`TEXT_SHOWN_LIMIT` characters.
+    text_truncated: bool = False
 
+
+#: Characters of a text part shown on the message page; the rest is one
+#: download away (a page of megabytes would stall the browser and the server).
+TEXT_SHOWN_LIMIT = 256 * 1024
 
 #: Header fields shown above a message, in this order.
 SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
@@ -405,6 +413,8 @@ def take_apart(message: bytes) -> ParsedMessage:
         if value is not None:
             headers.append((name, " ".join(str(value).split())))
     text: str | None = None
+    text_index: int | None = None
+    truncated = False
     html: str | None = None
     attachments = []
     images: dict[str, tuple[str, bytes]] = {}
@@ -417,6 +427,9 @@ def take_apart(message: bytes) -> ParsedMessage:
         if disposition != "attachment" and ctype == "text/plain" and text is None \
                 and not part.get_filename():
             text = _text_of(part)
+            text_index = index
+            if len(text) > TEXT_SHOWN_LIMIT:
+                text, truncated = text[:TEXT_SHOWN_LIMIT], True
             continue
         if disposition != "attachment" and ctype == "text/html" and html is None \
                 and not part.get_filename():
@@ -428,7 +441,7 @@ def take_apart(message: bytes) -> ParsedMessage:
                 continue
         data = _decoded(part)
         attachments.append(Attachment(index, part_filename(part, index), ctype, len(data)))
-    return ParsedMessage(headers, text, html, attachments, images, parsed)
+    return ParsedMessage(headers, text, html, attachments, images, parsed, text_index, truncated)
 
 
 def attachment(message: bytes, index: int) -> tuple[Attachment, bytes]:

@@ -285,6 +285,10 @@ def message_view(folder: str, uid: int, flags: frozenset[str], parsed: ParsedMes
         other = (f'<p class="meta"><a href="{attr(message_url(folder, uid))}">HTML version</a></p>'
                  if parsed.html is not None else "")
         body = f'{other}<pre class="text-body">{esc(parsed.text)}</pre>'
+        if parsed.text_truncated and parsed.text_index is not None:
+            whole = attr(message_url(folder, uid, f"/part/{parsed.text_index}"))
+            body += (f'<p class="notice">This text is long: it is shortened here. '
+                     f'<a href="{whole}">Download the whole text</a></p>')
     else:
         body = '<p class="meta">This message has no text to show.</p>'
     return (
