@@ -5,13 +5,18 @@ pool, and the text shown of it is bounded while its download stays whole.
 
 from __future__ import annotations
 
+import email.policy
+from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.testing import ThreadlessReactor
-from pymail.web.messages import TEXT_SHOWN_LIMIT
+from pymail.web.messages import TEXT_SHOWN_LIMIT, attachment, parse, take_apart
 from web_support import make_world, message, parse_response
+
+CORPUS = Path("/work/shared/corpus/cpython-email")
 
 #: Megabytes of empty lines, the reviewer's case scaled down for a unit test.
 EMPTY_LINES = 1024 * 1024
@@ -130,3 +135,30 @@ class BoundedTextTests(SynchronousTestCase):
         page = self.alice.get(f"/mail/INBOX/{uid}")
         self.assertIn("All of it.", page.text)
         self.assertNotIn("shortened", page.text)
+
+
+class QuickParseTests(SynchronousTestCase):
+    def test_quick_parse_matches_the_full_parser_on_the_corpus(self) -> None:
+        """Every corpus message parses to the same headers, structure and decoded parts."""
+        files = sorted(CORPUS.glob("*.txt"))
+        self.assertGreater(len(files), 40)
+        quick = 0
+        for path in files:
+            wire = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            full = BytesParser(policy=email.policy.default).parsebytes(wire)
+            ours = parse(wire)
+            quick += not ours.is_multipart() and ours.get_content_maintype() != "message"
+            self.assertEqual(ours.items(), full.items(), path.name)
+            self.assertEqual(ours.as_bytes(), full.as_bytes(), path.name)
+            theirs = [(p.get_content_type(), p.get_payload(decode=True)) for p in full.walk()]
+            mine = [(p.get_content_type(), p.get_payload(decode=True)) for p in ours.walk()]
+            self.assertEqual(mine, theirs, path.name)
+        self.assertGreater(quick, 10)  # the quick path was taken, not only the fallback
+
+    def test_huge_single_part_text_is_taken_apart_quickly(self) -> None:
+        """Megabytes of empty lines in a single part come back whole from take_apart."""
+        body = b"\r\n" * EMPTY_LINES
+        parsed = take_apart(BIG_HEAD + body)
+        self.assertTrue(parsed.text_truncated)
+        self.assertEqual(parsed.text, "\n" * TEXT_SHOWN_LIMIT)
+        self.assertEqual(attachment(BIG_HEAD + body, 0)[1], body)

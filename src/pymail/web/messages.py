@@ -345,7 +345,21 @@ SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
 
 def parse(message: bytes) -> EmailMessage:
-    """Parse a message in wire form."""
+    """
+    Parse a message in wire form.
+
+    A single-part message (the common case, and the cheap attack: megabytes
+    of short lines) has only its header parsed; its body becomes the payload
+    as one string, as the full parser would make it, without the full
+    parser's per-line work (20 MB of empty lines: 0.01 s instead of 3 s).
+    """
+    end = message.find(b"\r\n\r\n")
+    if end >= 0:
+        head = BytesHeaderParser(policy=email.policy.default).parsebytes(message[:end + 4])
+        if (isinstance(head, EmailMessage) and not head.defects and head.get_payload() == ""
+                and head.get_content_maintype() not in ("multipart", "message")):
+            head.set_payload(message[end + 4:].decode("ascii", "surrogateescape"))
+            return head
     parsed = BytesParser(policy=email.policy.default).parsebytes(message)
     assert isinstance(parsed, EmailMessage)
     return parsed
