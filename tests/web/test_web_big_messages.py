@@ -13,6 +13,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.testing import ThreadlessReactor
+from pymail.web.app import MAX_PARSES
 from pymail.web.messages import TEXT_SHOWN_LIMIT, attachment, parse, take_apart
 from web_support import make_world, message, parse_response
 
@@ -91,6 +92,18 @@ class OffTheReactorTests(SynchronousTestCase):
         reply = parse_response(transport.value())
         self.assertEqual(reply.status, 200)
         self.assertIn("Huge", reply.text)
+
+    def test_at_most_max_parses_messages_are_taken_apart_at_once(self) -> None:
+        """Views beyond MAX_PARSES wait their turn instead of filling the shared pool."""
+        self.reactor.holding = True
+        transports = [self.request(f"/mail/INBOX/{self.big}") for _ in range(MAX_PARSES + 2)]
+        self.assertEqual(len(self.reactor.held_pool.held), MAX_PARSES)
+        while self.reactor.held_pool.held:
+            self.reactor.held_pool.run_all()
+            self.reactor.advance(0)
+        self.reactor.holding = False
+        self.assertEqual([parse_response(t.value()).status for t in transports],
+                         [200] * (MAX_PARSES + 2))
 
     def test_downloads_and_html_part_also_wait_on_the_pool(self) -> None:
         """The part download and the HTML frame take the message apart in the pool too."""

@@ -20,7 +20,7 @@ import attrs
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -58,6 +58,10 @@ _T = TypeVar("_T")
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
 #: Largest request body accepted (compose with attachments), by default.
+#: Messages taken apart in the thread pool at once: the reactor's pool also
+#: checks IMAP, POP3 and SMTP passwords, so webmail views never fill it.
+MAX_PARSES = 2
+
 DEFAULT_MAX_BODY = 35 * 1024 * 1024
 
 #: Largest body parsed for a route that needs no session (the sign-in form):
@@ -98,6 +102,7 @@ class WebApp:
     order: FolderOrder = attrs.Factory(FolderOrder)
     counts: UnseenCounts = attrs.Factory(UnseenCounts)
     router: Router = attrs.Factory(Router)
+    parses: DeferredSemaphore = attrs.Factory(lambda: DeferredSemaphore(MAX_PARSES))
 
     def __attrs_post_init__(self) -> None:
         from pymail.web import account, folders, mail
@@ -256,6 +261,10 @@ class WebApp:
         """
         reactor: Any = self.clock
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+    def parse_in_thread(self, work: Callable[[], _T]) -> Deferred[_T]:
+        """:meth:`in_thread` for taking a message apart: at most :data:`MAX_PARSES` at once."""
+        return self.parses.run(self.in_thread, work)
 
 
 class WebResource(Resource):

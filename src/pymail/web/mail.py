@@ -141,7 +141,7 @@ def add_routes(app: WebApp) -> None:
                                         inline_images=found.inline_images).blocked_images
 
         # A message can be tens of megabytes: take it apart off the reactor.
-        parsed, blocked = await app.in_thread(apart)
+        parsed, blocked = await app.parse_in_thread(apart)
         flags = mailbox.info(uid).flags
         if "\\Seen" not in flags:
             new = await mailbox.set_flags([uid], ["\\Seen"], "add")
@@ -166,7 +166,7 @@ def add_routes(app: WebApp) -> None:
             return sanitise_html(parsed.html or "", allow_remote_images=remote,
                                  inline_images=parsed.inline_images)
 
-        clean = await app.in_thread(cleaned)
+        clean = await app.parse_in_thread(cleaned)
         page = ('<!doctype html><html><head><meta charset="utf-8">'
                 '<base target="_blank"></head><body>' + clean.html + '</body></html>')
         return Response(page.encode("utf-8"), headers={
@@ -188,7 +188,7 @@ def add_routes(app: WebApp) -> None:
         whole = _read(mailbox, uid)
         try:
             index = int(index_text)
-            found, data = await app.in_thread(lambda: attachment(whole, index))
+            found, data = await app.parse_in_thread(lambda: attachment(whole, index))
         except (KeyError, ValueError):
             raise HTTPError(404, "There is no such attachment.") from None
         disposition = "attachment; filename*=UTF-8''" + quote(found.filename, safe="")
