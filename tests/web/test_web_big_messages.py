@@ -105,9 +105,11 @@ class OffTheReactorTests(SynchronousTestCase):
         self.assertEqual([parse_response(t.value()).status for t in transports],
                          [200] * (MAX_PARSES + 2))
 
-    def test_downloads_and_html_part_also_wait_on_the_pool(self) -> None:
-        """The part download and the HTML frame take the message apart in the pool too."""
-        for path in (f"/mail/INBOX/{self.big}/part/0", f"/mail/INBOX/{self.big}/html"):
+    def test_downloads_frame_and_replies_also_wait_on_the_pool(self) -> None:
+        """Part downloads, the HTML frame and a reply's form parse the message in the pool too."""
+        for path in (f"/mail/INBOX/{self.big}/part/0", f"/mail/INBOX/{self.big}/html",
+                     f"/compose?reply=INBOX/{self.big}",
+                     f"/compose?reply=INBOX/{self.big}&mode=forward"):
             self.reactor.holding = True
             transport = self.request(path)
             self.assertEqual(transport.value(), b"", path)

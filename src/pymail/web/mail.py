@@ -7,6 +7,7 @@ search, compose and the live-update stream.
 from __future__ import annotations
 
 import email.policy
+from email.message import EmailMessage
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -320,7 +321,7 @@ def add_routes(app: WebApp) -> None:
                 reply = mode = ""
             else:
                 original_folder = linked[0].name
-                answered = header_text(parse(_read(*linked)), "Subject")
+                answered = header_text(await _parsed(app, *linked), "Subject")
                 if mode == "forward":
                     forwarding = answered
         elif reply:
@@ -391,7 +392,7 @@ def add_routes(app: WebApp) -> None:
                      account=session.address, reply=reply)
         if linked is not None:
             original_box, original_uid = linked
-            original = parse(_read(original_box, original_uid))
+            original = await _parsed(app, original_box, original_uid)
             if mode == "forward":
                 draft = _evolve(draft, forwarded=original.as_bytes(policy=email.policy.SMTP))
             else:
@@ -561,7 +562,13 @@ async def _locate_draft(app: WebApp, ctx: Context, reference: str) -> tuple[IMai
 
 async def _original(app: WebApp, ctx: Context, reference: str):  # type: ignore[no-untyped-def]
     mailbox, uid = await _locate(app, ctx, reference)
-    return parse(_read(mailbox, uid))
+    return await _parsed(app, mailbox, uid)
+
+
+async def _parsed(app: WebApp, mailbox: IMailbox, uid: int) -> EmailMessage:
+    """The message, parsed in the pool (see :meth:`WebApp.parse_in_thread`)."""
+    data = _read(mailbox, uid)
+    return await app.parse_in_thread(lambda: parse(data))
 
 
 def _evolve(draft: Draft, **changes: object) -> Draft:
