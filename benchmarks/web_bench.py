@@ -67,6 +67,16 @@ def fill_maildir(root: Path, count: int) -> None:
     progress("")
 
 
+def wait_for_port(port: int) -> None:
+    """Wait until the server accepts connections on loopback ``port``."""
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 class Client:
     """One browser-like HTTP/1.1 keep-alive connection with cookies."""
 
@@ -142,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_maildir(proc.data_dir / "mail" / "localhost" / "bench", args.count)
         proc.start()
         try:
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_for_port(port)
             client = Client(port)
             client.sign_in()
             progress("first request (the server scans the folder)...")

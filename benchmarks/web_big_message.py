@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -25,7 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from web_bench import PASSWORD, USER, Client, PymailProcess, fill_maildir, free_port  # noqa: E402
+from web_bench import (  # noqa: E402
+    PASSWORD,
+    USER,
+    Client,
+    PymailProcess,
+    fill_maildir,
+    free_port,
+    wait_for_port,
+)
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert proc.proc is not None
             pid = proc.proc.pid
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_for_port(port)
             viewer, other = Client(port), Client(port)
             viewer.sign_in()
             other.sign_in()
