@@ -14,7 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.testing import ThreadlessReactor
 from pymail.web.app import MAX_PARSES
-from pymail.web.messages import TEXT_SHOWN_LIMIT, attachment, parse, take_apart
+from pymail.web.messages import (
+    HTML_SHOWN_LIMIT,
+    TEXT_SHOWN_LIMIT,
+    attachment,
+    parse,
+    take_apart,
+)
 from web_support import make_world, message, parse_response
 
 CORPUS = Path("/work/shared/corpus/cpython-email")
@@ -177,3 +183,29 @@ class QuickParseTests(SynchronousTestCase):
         self.assertTrue(parsed.text_truncated)
         self.assertEqual(parsed.text, "\n" * TEXT_SHOWN_LIMIT)
         self.assertEqual(attachment(BIG_HEAD + body, 0)[1], body)
+
+
+class BoundedHTMLTests(SynchronousTestCase):
+    def test_huge_html_is_offered_for_download_not_rendered(self) -> None:
+        """HTML over the limit is an attachment that downloads whole; the text is shown."""
+        world = make_world()
+        alice = world.browser()
+        alice.sign_in("alice@example.org")
+        html = b"<p>big</p>\r\n" * (HTML_SHOWN_LIMIT // 10)
+        raw = (b"From: Friend <friend@example.net>\r\nTo: alice@example.org\r\n"
+               b"Subject: Big HTML\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+               b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe short text.\r\n"
+               b"--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
+               + b"\r\n--b--\r\n")
+        uid = world.deliver("alice@example.org", raw)
+        page = alice.get(f"/mail/INBOX/{uid}")
+        self.assertEqual(page.status, 200)
+        self.assertIn("The short text.", page.text)
+        self.assertIn("too long to show", page.text)
+        self.assertNotIn("<iframe", page.text)
+        link = f"/mail/INBOX/{uid}/part/2"
+        self.assertIn(link, page.text)
+        whole = alice.get(link)
+        self.assertEqual(whole.status, 200)
+        self.assertEqual(whole.body, html)

@@ -291,6 +291,9 @@ def message_view(folder: str, uid: int, flags: frozenset[str], parsed: ParsedMes
                      f'<a href="{whole}">Download the whole text</a></p>')
     else:
         body = '<p class="meta">This message has no text to show.</p>'
+    if parsed.html_too_long:
+        body = ('<p class="notice">The HTML version of this message is too long to show '
+                'here: download it from the attachments.</p>' + body)
     return (
         f'<article class="message"><h1>{esc(subject)}</h1>{toolbar}'
         f'<table class="headers">{head}</table>{body}'
