@@ -236,9 +236,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 data = b"".join(pieces)
         finally:
             os.close(fd)
-        # Mail with no CR at all (nearly all: files hold LF) is converted in
-        # one pass; to_crlf's own search for CRLF would be a second scan.
-        return data.replace(b"\n", b"\r\n") if b"\r" not in data else to_crlf(data)
+        return to_crlf(data)
 
     def open_message(self, uid: int) -> BinaryIO:
         """The message file, converted to wire form chunk by chunk (see :meth:`read`)."""
