@@ -17,7 +17,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 # The project is checked out beside shared/ (in CI too).
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "cpython-email"
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 
 SERVICES = ("smtp", "submission", "imap", "pop3")
 

@@ -17,7 +17,7 @@ from pymail.interfaces import IMailbox
 from pymail.storage.memory import MemoryMailbox, MemoryMailStore, MemoryStoreFactory
 from pymail.testing import memory_portal
 
-CORPUS = Path("/work/shared/corpus/cpython-email")
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 USER = "alice@example.org"
 PASSWORD = "pw"
 

@@ -26,7 +26,7 @@ from pymail.pop3.server import POP3Factory, POP3Server, State
 from pymail.storage.memory import MemoryMailbox, MemoryMailStore, MemoryStoreFactory
 from pymail.testing import memory_portal
 
-CORPUS = Path("/work/shared/corpus/cpython-email")
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 ALICE = "alice@example.org"
 PASSWORD = "s3cret-Pa55"
 DOTS = (

@@ -22,7 +22,7 @@ from pymail.smtp.delivery import LocalDelivery, QueuedCopy, StoredCopy
 from pymail.smtp.server import SMTPFactory, SMTPServer
 from pymail.testing import memory_portal
 
-CORPUS = Path("/work/shared/corpus/cpython-email")
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 
 USERS = {"alice@example.com": "alice-secret", "bob@example.com": "bob-secret"}
 

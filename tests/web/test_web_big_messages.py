@@ -23,7 +23,7 @@ from pymail.web.messages import (
 )
 from web_support import make_world, message, parse_response
 
-CORPUS = Path("/work/shared/corpus/cpython-email")
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 
 #: Megabytes of empty lines, the reviewer's case scaled down for a unit test.
 EMPTY_LINES = 1024 * 1024

@@ -131,6 +131,20 @@ class LimitedProtocol(ProtocolWrapper):
         if self._counted:
             super().dataReceived(data)
 
+    def direct_reads(self) -> bool:
+        """
+        Step out of the data path of a counted connection: from now on the
+        transport's ``dataReceived`` calls reach the wrapped protocol's
+        (bound at this call) without this wrapper's two frames.  Everything
+        else, the accounting in :meth:`connectionLost` included, stays.
+        For a wrapped protocol whose ``dataReceived`` is fixed (POP3 asks,
+        on its busiest path); returns whether it was done.
+        """
+        if not self._counted:
+            return False
+        self.dataReceived = self.wrappedProtocol.dataReceived  # type: ignore[method-assign]
+        return True
+
     def _preauth_expired(self) -> None:
         self._timer = None
         session = _innermost(self.wrappedProtocol)
