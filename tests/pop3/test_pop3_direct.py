@@ -6,12 +6,20 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymail.auth.limits import ConnectionLimits, LimitedFactory, LimitedProtocol
 from pymail.pop3.direct import MAX_PIECES, send_now
+from pymail.pop3.mailbox import MaildropLocks
+from pymail.pop3.server import POP3Factory, POP3Server
+from pymail.testing import memory_portal
 
 
 class WriteCountingWrapper(ProtocolWrapper):
@@ -113,3 +121,52 @@ class SendNowTests(SynchronousTestCase):
         transport = StringTransport()
         send_now(transport, [b"a", b"b"])
         self.assertEqual(transport.value(), b"ab")
+
+
+class DirectReadsTests(SynchronousTestCase):
+    """POP3 under the connection limits, with the limits wrapper out of the data path."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.limits = ConnectionLimits(self.clock, max_per_ip=1)
+        portal, _, _ = memory_portal({"alice@example.org": "pw"})
+        self.factory = LimitedFactory(
+            self.limits, POP3Factory(portal, self.clock, "h", locks=MaildropLocks()),
+            label="[pop3]", refusal=b"-ERR busy\r\n",
+        )
+
+    def connect(self) -> tuple[LimitedProtocol, StringTransport]:
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        wrapper = self.factory.buildProtocol(address)
+        assert isinstance(wrapper, LimitedProtocol)
+        transport = StringTransport(peerAddress=address)
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_pop3_reads_bypass_the_limits_wrapper(self) -> None:
+        """Once counted, the wrapper's dataReceived is the POP3 server's own, and commands work."""
+        wrapper, transport = self.connect()
+        server = wrapper.wrappedProtocol
+        self.assertIsInstance(server, POP3Server)
+        self.assertEqual(wrapper.dataReceived, server.dataReceived)
+        transport.clear()
+        wrapper.dataReceived(b"CAPA\r\n")
+        self.assertTrue(transport.value().startswith(b"+OK capability list follows\r\n"))
+
+    def test_accounting_stays_on_connection_lost(self) -> None:
+        """Closing a connection with direct reads still gives its slot back."""
+        wrapper, _ = self.connect()
+        self.assertEqual(self.limits.open_from("127.0.0.1"), 1)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.limits.open_from("127.0.0.1"), 0)
+        self.connect()
+        self.assertEqual(self.limits.open_from("127.0.0.1"), 1)
+
+    def test_refused_connection_keeps_the_wrapper(self) -> None:
+        """A connection over the limit is not counted, so it gets no direct reads."""
+        self.connect()
+        refused, transport = self.connect()
+        self.assertTrue(transport.value().startswith(b"-ERR busy"))
+        self.assertFalse(refused.direct_reads())
+        refused.dataReceived(b"CAPA\r\n")  # dropped by the wrapper, nothing answered
+        self.assertEqual(transport.value(), b"-ERR busy\r\n")

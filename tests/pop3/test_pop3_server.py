@@ -300,6 +300,20 @@ class AuthorizationTests(POP3TestCase):
         )
         self.assertEqual(s.transport.writes, 1)
 
+    def test_single_lines_wait_for_login(self) -> None:
+        """Lines arriving one read at a time during a pending login wait, then run in order."""
+        checker = PendingChecker()
+        self.factory.portal = Portal(self.realm, [checker])
+        s = self.session()
+        s.cmd(f"USER {ALICE}")
+        self.assertEqual(s.cmd(f"PASS {PASSWORD}"), b"")
+        self.assertEqual(s.cmd("STAT"), b"")
+        self.assertEqual(s.cmd("noop"), b"")
+        checker.pending[0].callback(ALICE.encode())
+        self.assertEqual(
+            s.take().split(b"\r\n")[1:3], [b"+OK 4 %d" % sum(map(len, self.messages)), b"+OK"]
+        )
+
     def test_connection_lost_during_login(self) -> None:
         """A login that completes after the client left takes no lock and logs out."""
         checker = PendingChecker()
@@ -697,6 +711,22 @@ class TimeoutTests(POP3TestCase):
             self.clock.advance(500)
             s.cmd("NOOP")
         self.assertFalse(s.transport.disconnecting)
+
+    def test_timeout_counts_from_last_command(self) -> None:
+        """The autologout time is counted from the last command, not from the first timer."""
+        s = self.logged_in()
+        self.clock.advance(500)
+        s.cmd("NOOP")
+        self.clock.advance(599)
+        self.assertFalse(s.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_lower_case_commands(self) -> None:
+        """Keywords are case-insensitive (RFC 1939 section 3): "retr 1" is RETR."""
+        s = self.logged_in()
+        self.assertEqual(s.cmd("retr 1"), s.cmd("RETR 1"))
+        self.assertEqual(s.cmd("Stat"), s.cmd("STAT"))
 
     def test_timeout_before_login(self) -> None:
         """The timer also runs in the AUTHORIZATION state."""

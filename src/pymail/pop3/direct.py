@@ -30,7 +30,7 @@ from twisted.protocols.policies import ProtocolWrapper
 _MAX_WRAPPERS = 4
 
 
-def _through_relays(transport: Any) -> Any:
+def through_relays(transport: Any) -> Any:
     """
     The transport under protocol wrappers that pass writes on unchanged
     (the connection limits' :class:`~pymail.auth.limits.LimitedProtocol`);
@@ -51,7 +51,8 @@ def _through_relays(transport: Any) -> Any:
 
 def _idle_plain_tcp(transport: Any) -> Any:
     """
-    The socket of ``transport`` if it is a connected plain-TCP transport with
+    The socket of ``transport`` (already looked through relays, see
+    :func:`through_relays`) if it is a connected plain-TCP transport with
     nothing queued, else ``None``.
 
     This reads Twisted's private send-buffer fields (``dataBuffer``,
@@ -59,7 +60,6 @@ def _idle_plain_tcp(transport: Any) -> Any:
     ``getattr`` defaults make this answer ``None`` and every write takes the
     ordinary path.
     """
-    transport = _through_relays(transport)
     if not isinstance(transport, tcp.Connection) or transport.TLS:
         return None
     if not transport.connected or transport.disconnecting:
@@ -76,15 +76,19 @@ def _idle_plain_tcp(transport: Any) -> Any:
 MAX_PIECES = 64
 
 
-def send_now(transport: Any, pieces: list[bytes]) -> None:
+def send_now(transport: Any, pieces: list[bytes], under: Any = None) -> None:
     """
     Write ``pieces`` to ``transport`` in order, sending as much as the socket
     takes at once when nothing else is queued (see the module docstring):
     one ``sendmsg`` of the pieces, so a reply's status line, message and
     terminator are not copied into one buffer first.  The rest goes through
     ``transport.writeSequence``.
+
+    :param under: ``through_relays(transport)``, when the caller keeps it
+        (it does not change while a connection lasts; STLS sets the TCP
+        transport's ``TLS`` flag, which is checked on every call).
     """
-    sock = _idle_plain_tcp(transport)
+    sock = _idle_plain_tcp(through_relays(transport) if under is None else under)
     if sock is not None:
         if len(pieces) > MAX_PIECES:
             pieces = [b"".join(pieces)]
