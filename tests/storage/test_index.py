@@ -11,7 +11,13 @@ from typing import Any
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymail.storage.index import INDEX_FILE, decode_value, encode_value
+from pymail.storage.index import (
+    INDEX_FILE,
+    FolderIndex,
+    IndexQueue,
+    decode_value,
+    encode_value,
+)
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import ThreadlessReactor
 
@@ -193,3 +199,44 @@ class TrustedOpenTests(InboxFixture):
         again = self.open_inbox()
         assert again.uidvalidity() == 42
         assert [i.uid for i in again.messages()] == [e[0] for e in expected]
+
+
+class IndexQueueTests(SynchronousTestCase):
+    """The ordered queue of index writes the reactor thread hands to the pool."""
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.index = FolderIndex(folder)
+        self.index.open()
+        self.addCleanup(self.index.close)
+        self.jobs: list[Any] = []
+        self.queue = IndexQueue(self.index, self.jobs.append)
+
+    def drain(self) -> None:
+        while self.jobs:
+            self.jobs.pop(0)()
+
+    def test_rename_after_upsert_in_one_batch_lands(self) -> None:
+        """A flag change queued right after its message was added updates the new row."""
+        self.queue.add(upsert=[(1, "new/a", 100, 10, 5), (2, "new/b", 200, 20, 6)],
+                       highestmodseq=6)
+        self.queue.add(renamed=[("cur/a:2,S", 7, 1)], highestmodseq=7)
+        self.drain()
+        assert self.index.rows() == {1: ("cur/a:2,S", 100, 10, 7), 2: ("new/b", 200, 20, 6)}
+        assert self.index.meta("highestmodseq") == 7
+
+    def test_rename_never_moves_modseq_back(self) -> None:
+        """A rename with an older MODSEQ than the row's (a late write) is ignored."""
+        self.queue.add(upsert=[(1, "cur/a:2,F", 100, 10, 9)])
+        self.queue.add(renamed=[("cur/a:2,S", 8, 1)])
+        self.drain()
+        assert self.index.rows() == {1: ("cur/a:2,F", 100, 10, 9)}
+
+    def test_delete_then_upsert_keeps_queue_order(self) -> None:
+        """Writes apply in the order queued: a row deleted and then added again stays."""
+        self.queue.add(upsert=[(1, "cur/a", 100, 10, 1)])
+        self.queue.add(delete=[1])
+        self.queue.add(upsert=[(1, "cur/b", 100, 10, 3)], renamed=[("cur/b:2,S", 4, 1)])
+        self.drain()
+        assert self.index.rows() == {1: ("cur/b:2,S", 100, 10, 4)}

@@ -38,6 +38,22 @@ from twisted.logger import Logger
 log = Logger()
 
 INDEX_FILE = "pymail-index.sqlite"
+
+#: Kinds of row writes for :meth:`FolderIndex.apply` and :class:`IndexQueue`.
+UPSERT = "upsert"
+RENAMED = "renamed"
+MODSEQS = "modseqs"
+DELETE = "delete"
+
+# Writes may arrive out of order from the thread pool: a row only ever
+# moves forward in MODSEQ.
+_WRITES = {
+    UPSERT: "INSERT INTO msgs VALUES (?, ?, ?, ?, ?) ON CONFLICT(uid) DO UPDATE SET "
+            "base=excluded.base, date=excluded.date, size=excluded.size, "
+            "modseq=excluded.modseq WHERE excluded.modseq >= msgs.modseq",
+    RENAMED: "UPDATE msgs SET base=?1, modseq=?2 WHERE uid=?3 AND modseq <= ?2",
+    MODSEQS: "UPDATE msgs SET modseq=max(modseq, ?) WHERE uid=?",
+}
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -213,23 +229,31 @@ class FolderIndex(SqliteIndex):
         One transaction: add or replace rows, change MODSEQs, delete UIDs,
         and (when ``sync`` is given) replace the sync record after them.
         """
+        self.apply([(UPSERT, upsert), (MODSEQS, [(m, u) for u, m in modseqs]),
+                    (DELETE, delete)], highestmodseq, sync)
+
+    def apply(self, ops: Iterable[tuple[str, Iterable[Any]]],
+              highestmodseq: int | None = None,
+              sync: dict[str, int] | None = None) -> None:
+        """
+        One transaction: the operations in order, each a kind and its rows
+        (:data:`UPSERT` ``(uid, base, date, size, modseq)``; :data:`RENAMED`
+        ``(base, modseq, uid)``; :data:`MODSEQS` ``(modseq, uid)``;
+        :data:`DELETE` uids), then HIGHESTMODSEQ and (when given) the sync
+        record.
+        """
         with self._lock:
             if self._db is None:
                 return
             self._db.execute("BEGIN")
             try:
-                # Writes may arrive out of order from the thread pool: a row
-                # only ever moves forward in MODSEQ.
-                self._db.executemany(
-                    "INSERT INTO msgs VALUES (?, ?, ?, ?, ?) ON CONFLICT(uid) DO UPDATE SET "
-                    "base=excluded.base, date=excluded.date, size=excluded.size, "
-                    "modseq=excluded.modseq WHERE excluded.modseq >= msgs.modseq",
-                    list(upsert))
-                self._db.executemany("UPDATE msgs SET modseq=max(modseq, ?) WHERE uid=?",
-                                     [(m, u) for u, m in modseqs])
-                gone = [(u,) for u in delete]
-                self._db.executemany("DELETE FROM msgs WHERE uid=?", gone)
-                self._db.executemany("DELETE FROM cache WHERE uid=?", gone)
+                for kind, rows in ops:
+                    if kind == DELETE:
+                        gone = [(u,) for u in rows]
+                        self._db.executemany("DELETE FROM msgs WHERE uid=?", gone)
+                        self._db.executemany("DELETE FROM cache WHERE uid=?", gone)
+                    else:
+                        self._db.executemany(_WRITES[kind], rows)
                 if highestmodseq is not None:
                     self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
                               "DO UPDATE SET value=max(value, excluded.value)",
@@ -301,23 +325,27 @@ class IndexQueue:
         self._index = index
         self._run_in_thread = run_in_thread
         self._lock = threading.Lock()
-        self._upsert: dict[int, tuple[int, str, int, int, int]] = {}
-        self._delete: set[int] = set()
+        #: Row writes in the order they were queued, each a kind and its rows
+        #: (applied in order in one transaction: a later write wins, as the
+        #: rows were queued; no per-row work on the reactor thread).
+        self._ops: list[tuple[str, Iterable[Any]]] = []
         self._highest: int | None = None
         self._sync: dict[str, int] | None = None
         self._busy = False
 
     def add(self, upsert: Iterable[tuple[int, str, int, int, int]] = (),
             delete: Iterable[int] = (), highestmodseq: int | None = None,
-            sync: dict[str, int] | None = None) -> None:
-        """Queue rows, deletions, a HIGHESTMODSEQ and a sync record (in this order)."""
+            sync: dict[str, int] | None = None,
+            renamed: Iterable[tuple[str, int, int]] = ()) -> None:
+        """
+        Queue rows, deletions, renames ``(base, modseq, uid)`` (a message
+        whose file name and MODSEQ changed: a flag change), a HIGHESTMODSEQ
+        and a sync record (in this order).
+        """
         with self._lock:
-            for row in upsert:
-                self._upsert[row[0]] = row
-                self._delete.discard(row[0])
-            for uid in delete:
-                self._upsert.pop(uid, None)
-                self._delete.add(uid)
+            for kind, rows in ((UPSERT, upsert), (DELETE, delete), (RENAMED, renamed)):
+                if rows:
+                    self._ops.append((kind, rows))
             if highestmodseq is not None:
                 self._highest = max(self._highest or 0, highestmodseq)
             # A change queued after a sync record makes the record stale
@@ -332,15 +360,14 @@ class IndexQueue:
     def _drain(self) -> None:
         while True:
             with self._lock:
-                if not (self._upsert or self._delete or self._highest or self._sync):
+                if not (self._ops or self._highest or self._sync):
                     self._busy = False
                     return
-                upsert = sorted(self._upsert.values())
-                delete = sorted(self._delete)
+                ops = self._ops
                 highest, sync = self._highest, self._sync
-                self._upsert, self._delete, self._highest, self._sync = {}, set(), None, None
+                self._ops, self._highest, self._sync = [], None, None
             try:
-                self._index.update(upsert, (), delete, highest, sync)
+                self._index.apply(ops, highest, sync)
             except Exception:
                 log.failure("index {path}: write failed (the next open checks every file)",
                             path=self._index.path)
