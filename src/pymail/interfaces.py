@@ -21,7 +21,7 @@ Conventions shared by every interface here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -427,6 +427,14 @@ class IDirectory(Interface):
 
     def has_user(address: str) -> bool:
         """Whether ``address`` is an existing, enabled account."""
+
+    def alias_table() -> Mapping[str, list[str]]:
+        """
+        Every alias as a read-only mapping: lower-case alias address (or
+        ``@domain`` for a domain's catch-all) to its target addresses, local
+        or remote.  The SMTP routing expands it (nested aliases, catch-all)
+        when :meth:`has_user` says no.
+        """
 
 
 class IMessageDelivery(Interface):

@@ -24,6 +24,7 @@ import hmac
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -71,6 +72,9 @@ class MemoryDirectory:
         if base in self.aliases:
             return list(self.aliases[base])
         return None
+
+    def alias_table(self) -> Mapping[str, list[str]]:
+        return MappingProxyType(self.aliases)
 
 
 def memory_portal(

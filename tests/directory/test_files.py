@@ -133,6 +133,19 @@ def test_catch_all_alias(directory: FileDirectory) -> None:
         directory.add_alias("@not a domain", ["alice@example.org"])
 
 
+def test_alias_table_is_a_read_only_view_of_the_current_aliases(directory: FileDirectory) -> None:
+    """alias_table() (IDirectory) holds every alias and catch-all, follows changes, refuses writes."""
+    directory.add_alias("team@example.org", ["alice@example.org", "far@example.net"])
+    directory.add_alias("@example.org", ["alice@example.org"])
+    table = directory.alias_table()
+    assert dict(table) == {"team@example.org": ["alice@example.org", "far@example.net"],
+                           "@example.org": ["alice@example.org"]}
+    with pytest.raises(TypeError):
+        table["x@example.org"] = ["alice@example.org"]  # type: ignore[index]
+    directory.delete_alias("team@example.org")
+    assert "team@example.org" not in directory.alias_table()
+
+
 class _RunningClock(Clock):
     """A Clock that says it is running, as the real reactor does once started."""
 

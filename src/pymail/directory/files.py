@@ -31,8 +31,9 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -233,6 +234,11 @@ class FileDirectory:
 
     def aliases(self) -> dict[str, list[str]]:
         return dict(self._current().aliases)
+
+    def alias_table(self) -> Mapping[str, list[str]]:
+        # The snapshot is replaced, never changed in place: a read-only view
+        # of it needs no copy.
+        return MappingProxyType(self._current().aliases)
 
     def user(self, address: str) -> UserEntry | None:
         return self._current().users.get(address.lower())

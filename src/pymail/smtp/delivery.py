@@ -191,14 +191,6 @@ class LocalDelivery:
 
     # Routing ----------------------------------------------------------------
 
-    def _alias_table(self) -> Mapping[str, list[str]]:
-        # FileDirectory has an aliases() method, MemoryDirectory an aliases
-        # dict; IDirectory declares neither (yet), so accept both.
-        table = getattr(self._directory, "aliases", None)
-        if callable(table):
-            table = table()
-        return table or {}
-
     def route(self, address: str) -> list[str] | None:
         """
         Where mail for the local ``address`` goes: canonical local accounts
@@ -211,7 +203,7 @@ class LocalDelivery:
         if self._directory.has_user(base):
             # The common case, answered without copying the alias table.
             return [base]
-        aliases = self._alias_table()
+        aliases = self._directory.alias_table()
         found = self._expand(base, aliases, set(), 0)
         if found is None and f"@{domain}" in aliases:
             found = self._expand_alias(f"@{domain}", aliases, {base}, 0)
