@@ -76,6 +76,11 @@ class Maildrop:
     _mailbox: IMailbox
     _messages: tuple[MessageInfo, ...]
     _deleted: set[int] = attrs.Factory(set)
+    # The mailbox's ISizedRead, adapted once instead of per RETR.
+    _sized: ISizedRead | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._sized = ISizedRead(self._mailbox, None)
 
     @classmethod
     def snapshot(cls, mailbox: IMailbox) -> Maildrop:
@@ -131,7 +136,7 @@ class Maildrop:
             program) removed it since the snapshot.
         """
         info = self.info(number)
-        sized = ISizedRead(self._mailbox, None)
+        sized = self._sized
         if sized is not None:
             return sized.read_sized(info.uid, info.size)  # type: ignore[no-any-return]
         return self._mailbox.read(info.uid)
