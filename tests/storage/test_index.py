@@ -18,6 +18,7 @@ from pymail.storage.index import (
     decode_value,
     encode_value,
 )
+from pymail.storage.base import LazyInfos
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import ThreadlessReactor
 
@@ -171,6 +172,30 @@ class TrustedOpenTests(InboxFixture):
                 for i in again.messages()] == expected
         assert again.uidnext() == expected[-1][0] + 1
         assert again.read(expected[1][0]) == message(1)
+
+    def test_trusted_open_makes_messages_on_demand(self) -> None:
+        """A trusted open makes each message when asked; changes land as on a scanned folder."""
+        expected = self.filled_quiet_folder()
+        again = self.open_inbox()
+        infos = again.messages()
+        assert isinstance(infos, LazyInfos)
+        assert infos.uids() == [e[0] for e in expected]
+        assert list(infos.flag_sets()) == [e[2] for e in expected]
+        assert infos[-1].uid == expected[-1][0]
+        assert [i.uid for i in infos[1:3]] == [e[0] for e in expected[1:3]]
+        assert infos[2] is infos[2]
+        # Change the folder while most messages are still rows.
+        self.successResultOf(again.set_flags([expected[3][0]], ["\\Flagged"], "add"))
+        added = self.successResultOf(again.append(message(9)))
+        self.successResultOf(again.set_flags([expected[0][0]], ["\\Deleted"], "add"))
+        self.successResultOf(again.expunge())
+        now = [(i.uid, i.key, i.flags, i.size) for i in again.messages()]
+        assert [u for u, *_ in now] == [e[0] for e in expected[1:]] + [added]
+        assert now[2][2] == expected[3][2] | {"\\Flagged"}
+        # A scan of the same folder (the index deleted) sees the same messages.
+        os.unlink(os.path.join(self.root, INDEX_FILE))
+        rescanned = self.open_inbox()
+        assert [(i.uid, i.key, i.flags, i.size) for i in rescanned.messages()] == now
 
     def test_outside_changes_are_not_hidden_by_the_index(self) -> None:
         """Another program's delivery and flag change since the sync are seen by a fresh open."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pymail.interfaces import IMailbox
+from pymail.storage.base import LazyInfos
 
 _T = TypeVar("_T")
 
@@ -172,7 +173,10 @@ class DerivedCache:
         known = self._uid_lists.get(mailbox)
         if known is not None and known[0] == key:
             return known[1]
-        uids = [info.uid for info in messages]
+        # A folder opened from its index gives the UIDs without making a
+        # MessageInfo per message.
+        uids = (messages.uids() if isinstance(messages, LazyInfos)
+                else [info.uid for info in messages])
         self._uid_lists[mailbox] = (key, uids)
         return uids
 

@@ -33,6 +33,7 @@ from pymail.imap.errors import bad, no, reply_for_storage_error
 from pymail.imap.responses import astring, encode_mailbox
 from pymail.imap.session import SelectedMailbox
 from pymail.interfaces import SYSTEM_FLAGS, IMailbox
+from pymail.storage.base import LazyInfos
 
 if TYPE_CHECKING:
     from pymail.imap.server import IMAPServerProtocol
@@ -74,9 +75,13 @@ async def handle_select(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     conn.selected = view
     conn.state = State.SELECTED
     infos = mailbox.messages()
+    # A folder opened from its index gives the flags without making a
+    # MessageInfo per message (pymail.storage.base.LazyInfos).
+    flag_sets = (infos.flag_sets() if isinstance(infos, LazyInfos)
+                 else (info.flags for info in infos))
     first_unseen = 0
-    for seq, info in enumerate(infos, 1):
-        if "\\Seen" not in info.flags:
+    for seq, flags in enumerate(flag_sets, 1):
+        if "\\Seen" not in flags:
             first_unseen = seq
             break
     keywords = set(mailbox.keywords()) - SYSTEM_FLAGS

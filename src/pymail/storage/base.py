@@ -124,6 +124,73 @@ def check_mailbox_name(name: str) -> str:
 _LOOKUP_SCAN_RATIO = 8
 
 
+class LazyInfos(Sequence[MessageInfo]):
+    """
+    A folder's messages as loaded from an index: one row per message, made
+    into a :class:`MessageInfo` the first time it is asked for (the made
+    object then takes the row's place).  Opening a 100,000-message folder
+    then makes no objects; SELECT reads the UIDs and flags straight from the
+    rows (:meth:`uids`, :meth:`flag_sets`).
+
+    The view changes it in place like a list (``[pos] = info``,
+    :meth:`append`, :meth:`insert`).
+
+    :param rows: the rows, ascending by UID; a row is anything but a
+        ``MessageInfo`` (the list is taken as it is, not copied).
+    :param make: a row -> its ``MessageInfo``.
+    :param uid_of: a row -> its UID.
+    :param flags_of: a row -> its flags.
+    """
+
+    __slots__ = ("_items", "_make", "_uid_of", "_flags_of")
+
+    def __init__(self, rows: list[Any], make: Callable[[Any], MessageInfo],
+                 uid_of: Callable[[Any], int],
+                 flags_of: Callable[[Any], frozenset[str]]) -> None:
+        self._items = rows
+        self._make = make
+        self._uid_of = uid_of
+        self._flags_of = flags_of
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, pos: Any) -> Any:
+        if isinstance(pos, slice):
+            return [self[i] for i in range(*pos.indices(len(self._items)))]
+        item = self._items[pos]
+        if type(item) is not MessageInfo:
+            item = self._items[pos] = self._make(item)
+        return item
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        items, make = self._items, self._make
+        for pos, item in enumerate(items):
+            if type(item) is not MessageInfo:
+                item = items[pos] = make(item)
+            yield item
+
+    def __setitem__(self, pos: int, info: MessageInfo) -> None:
+        self._items[pos] = info
+
+    def append(self, info: MessageInfo) -> None:
+        self._items.append(info)
+
+    def insert(self, pos: int, info: MessageInfo) -> None:
+        self._items.insert(pos, info)
+
+    def uids(self) -> list[int]:
+        """Every UID, ascending (a new list), without making any MessageInfo."""
+        uid_of = self._uid_of
+        return [item.uid if type(item) is MessageInfo else uid_of(item) for item in self._items]
+
+    def flag_sets(self) -> Iterator[frozenset[str]]:
+        """Each message's flags in order, without making any MessageInfo."""
+        flags_of = self._flags_of
+        for item in self._items:
+            yield item.flags if type(item) is MessageInfo else flags_of(item)
+
+
 @attrs.define
 class MailboxView:
     """
@@ -134,7 +201,7 @@ class MailboxView:
     """
 
     _mailbox: IMailbox
-    _infos: list[MessageInfo] = attrs.Factory(list)
+    _infos: list[MessageInfo] | LazyInfos = attrs.Factory(list)
     _uids: list[int] = attrs.Factory(list)
     _listeners: list[IMailboxListener] = attrs.Factory(list)
     highestmodseq: int = 1
@@ -208,12 +275,13 @@ class MailboxView:
 
         :param uids: the UIDs of ``infos`` in the same order, strictly
             ascending, when the caller has them (then ``infos`` must be a
-            list, which the view takes as it is: no copy, no order check).
+            list or a :class:`LazyInfos`, which the view takes as it is: no
+            copy, no order check).
         :param highestmodseq: the highest MODSEQ among ``infos`` when known
             (else computed).
         """
         with paused_gc():
-            if uids is not None and isinstance(infos, list):
+            if uids is not None and isinstance(infos, (list, LazyInfos)):
                 self._infos, self._uids = infos, uids
             else:
                 self._infos = list(infos)

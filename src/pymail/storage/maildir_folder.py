@@ -30,7 +30,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, UTC
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, BinaryIO, TypeVar, cast
 
 import attrs
@@ -51,6 +52,7 @@ from pymail.interfaces import (
 )
 from pymail.storage.base import (
     CRLFStream,
+    LazyInfos,
     MailboxView,
     ViewBacked,
     apply_flag_mode,
@@ -86,9 +88,11 @@ log = Logger()
 
 _T = TypeVar("_T")
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
 #: What opening a folder gives the view: the messages, HIGHESTMODSEQ, and
 #: their UIDs when they are known to be ascending (a trusted load).
-_Loaded = tuple[list[MessageInfo], int, list[int] | None]
+_Loaded = tuple[list[MessageInfo] | LazyInfos, int, list[int] | None]
 
 
 @attrs.define
@@ -372,30 +376,26 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         d.dir_stamp = (stamps["new_mtime_ns"], stamps["cur_mtime_ns"])
         d.scanned_ns = record["scanned_ns"]
         d.uid_by_base = None
-        files: dict[int, str] = {}
-        infos = []
-        uids = []
-        flag_sets: dict[str, frozenset[str]] = {}
-        from_timestamp = datetime.fromtimestamp
-        last_date, when = -1, datetime.fromtimestamp(0, UTC)
-        info = MessageInfo
-        top = 0
-        # The hot loop of SELECT in a fresh process: ~1 us per message.
-        for uid, rel, date, size, modseq in rows:
-            base, _, letters = rel[4:].partition(":2,")
-            files[uid] = rel
-            flags = flag_sets.get(letters)
-            if flags is None:
-                flags = flag_sets[letters] = self._flags_of(letters)
-            if date != last_date:  # messages delivered in one second share one object
-                last_date, when = date, from_timestamp(date, UTC)
-            infos.append(info(uid, base, flags, when, size, modseq))
-            uids.append(uid)
-            if modseq > top:
-                top = modseq
+        # The hot path of SELECT in a fresh process: no MessageInfo is made
+        # here (LazyInfos makes each when first asked for).
+        files = {row[0]: row[1] for row in rows}
+        uids = list(files)
+        top = max([row[4] for row in rows], default=0)
+        infos = LazyInfos(rows, self._info_of_row, itemgetter(0), self._flags_of_row)
         d.files = files
         highest = index.meta("highestmodseq") or 1
         return infos, highest, (uids if top <= highest else None)
+
+    def _flags_of_row(self, row: tuple[int, str, int, int, int]) -> frozenset[str]:
+        """The flags of an index row ``(uid, relpath, date, size, modseq)``."""
+        return self._flags_of(row[1].partition(":2,")[2])
+
+    def _info_of_row(self, row: tuple[int, str, int, int, int]) -> MessageInfo:
+        """The MessageInfo of an index row ``(uid, relpath, date, size, modseq)``."""
+        uid, rel, date, size, modseq = row
+        base, _, letters = rel[4:].partition(":2,")
+        return MessageInfo(uid, base, self._flags_of(letters), _EPOCH + timedelta(0, date),
+                           size, modseq)
 
     def _load_index_locked(self) -> tuple[list[MessageInfo], int]:
         """
