@@ -121,6 +121,21 @@ class PymailProcess:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(self, *texts: str, timeout: float = 10.0) -> str:
+        """
+        The log once it holds every one of ``texts``.  pymail writes a reactor
+        turn's log lines together after the turn, so a line can reach the
+        file a moment after the reply the client already has.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if all(text in log for text in texts):
+                return log
+            missing = [text for text in texts if text not in log]
+            assert time.monotonic() < deadline, f"not in the log after {timeout}s: {missing}"
+            time.sleep(0.02)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

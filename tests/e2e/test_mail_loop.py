@@ -103,7 +103,7 @@ def test_received_header_and_log_share_queue_id(server: PymailProcess) -> None:
     match = re.search(rb"\bby mx\.test\.example \(pymail\) with E?SMTP[A-Z]* id ([0-9A-Z]+)",
                       message)
     assert match, message[:400]
-    assert match.group(1).decode() in server.log()
+    server.wait_for_log(match.group(1).decode())
 
 
 def test_unknown_user_and_relay_refused(server: PymailProcess) -> None:

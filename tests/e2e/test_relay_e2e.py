@@ -330,7 +330,7 @@ def test_ipv6_mx(relay: Relay) -> None:
     relay.submit("v6@six.test", extra="ipv6")
     wait_for("delivery over IPv6", lambda: [m for m in relay.peer.received
                                             if "v6@six.test" in m[1]])
-    assert "[::1]" in relay.sender.log()
+    relay.sender.wait_for_log("[::1]")
 
 
 def test_kill9_loses_nothing_acknowledged(relay: Relay) -> None:

@@ -59,9 +59,8 @@ def test_imap_scram_wrong_password_and_unknown_user_fail_alike(server: PymailPro
         with imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30) as imap:
             with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
                 imap.authenticate("SCRAM-SHA-256", ScramClient(user, password))
-    log = server.log()
-    for user in ("bob@example.org", "nobody@example.org"):
-        assert f"pymail auth failure: service=imap rhost=127.0.0.1 user={user}" in log
+    server.wait_for_log(*(f"pymail auth failure: service=imap rhost=127.0.0.1 user={user}"
+                          for user in ("bob@example.org", "nobody@example.org")))
 
 
 def test_imap_scram_malformed_gets_bad(server: PymailProcess) -> None:
