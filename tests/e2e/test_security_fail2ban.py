@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import io
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher, textFileLogObserver
+from twisted.logger import ILogObserver, globalLogPublisher, textFileLogObserver
 
 from harness import tool
 from pymail.auth.throttle import LoginThrottle
 from pymail.interfaces import IAccount
+from pymail.logobserver import TurnFlushingLogObserver
 from pymail.testing import memory_portal
 
 FILTER = Path(__file__).parents[2] / "examples" / "fail2ban" / "pymail.conf"
 
 
-def test_filter_matches_failure_lines_with_the_client_address(tmp_path: Path) -> None:
+def _pymail_observer(out: io.StringIO) -> Any:
+    # What `twistd pymail` logs through (outside a reactor turn it writes at once).
+    return TurnFlushingLogObserver(out, Clock(), in_reactor_thread=lambda: False)
+
+
+@pytest.mark.parametrize("make_observer", [_pymail_observer, textFileLogObserver],
+                         ids=["pymail-observer", "twistd-text-observer"])
+def test_filter_matches_failure_lines_with_the_client_address(
+    tmp_path: Path, make_observer: Callable[[io.StringIO], ILogObserver]
+) -> None:
     """fail2ban-regex finds every failure line (IPv4, IPv6, hostile user names) and the host."""
     out = io.StringIO()
-    observer = textFileLogObserver(out)  # the format twistd writes to its log file
+    observer = make_observer(out)
     globalLogPublisher.addObserver(observer)
     try:
         clock = Clock()
