@@ -184,6 +184,7 @@ class TrustedOpenTests(InboxFixture):
         assert infos[-1].uid == expected[-1][0]
         assert [i.uid for i in infos[1:3]] == [e[0] for e in expected[1:3]]
         assert infos[2] is infos[2]
+        assert infos == list(infos) and [] != infos
         # Change the folder while most messages are still rows.
         self.successResultOf(again.set_flags([expected[3][0]], ["\\Flagged"], "add"))
         added = self.successResultOf(again.append(message(9)))

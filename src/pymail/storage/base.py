@@ -173,6 +173,15 @@ class LazyInfos(Sequence[MessageInfo]):
     def __setitem__(self, pos: int, info: MessageInfo) -> None:
         self._items[pos] = info
 
+    def __eq__(self, other: object) -> bool:
+        # Equal to a list (or another LazyInfos) of the same messages, as the
+        # list the view held before.
+        if isinstance(other, LazyInfos):
+            other = list(other)
+        return isinstance(other, list) and list(self) == other
+
+    __hash__ = None  # type: ignore[assignment]
+
     def append(self, info: MessageInfo) -> None:
         self._items.append(info)
 
