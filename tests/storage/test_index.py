@@ -18,7 +18,7 @@ from pymail.storage.index import (
     decode_value,
     encode_value,
 )
-from pymail.storage.base import LazyInfos
+from pymail.storage.base import LazyInfos, keywords_of
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import ThreadlessReactor
 
@@ -181,13 +181,16 @@ class TrustedOpenTests(InboxFixture):
         assert isinstance(infos, LazyInfos)
         assert infos.uids() == [e[0] for e in expected]
         assert list(infos.flag_sets()) == [e[2] for e in expected]
+        assert keywords_of(infos) == {"$Work"}
         assert infos[-1].uid == expected[-1][0]
         assert [i.uid for i in infos[1:3]] == [e[0] for e in expected[1:3]]
         assert infos[2] is infos[2]
-        assert infos == list(infos) and [] != infos
         # Change the folder while most messages are still rows.
         self.successResultOf(again.set_flags([expected[3][0]], ["\\Flagged"], "add"))
         added = self.successResultOf(again.append(message(9)))
+        assert infos == list(infos) and [] != infos
+        assert keywords_of(list(infos)) == {"$Work"}
+        assert infos[-1].uid == added
         self.successResultOf(again.set_flags([expected[0][0]], ["\\Deleted"], "add"))
         self.successResultOf(again.expunge())
         now = [(i.uid, i.key, i.flags, i.size) for i in again.messages()]

@@ -532,9 +532,14 @@ def decode_roles(data: bytes) -> dict[str, str]:
 
 def keywords_of(infos: Iterable[MessageInfo]) -> frozenset[str]:
     """The keywords used by any of these messages."""
+    if isinstance(infos, LazyInfos):
+        # From the rows: no MessageInfo is made (a SELECT asks for these).
+        flag_sets: Iterable[frozenset[str]] = set(infos.flag_sets())
+    else:
+        flag_sets = {info.flags for info in infos}
     out: set[str] = set()
-    for info in infos:
-        for flag in info.flags:
+    for flags in flag_sets:
+        for flag in flags:
             if not flag.startswith("\\"):
                 out.add(flag)
     return frozenset(out)
