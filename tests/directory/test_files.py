@@ -134,7 +134,7 @@ def test_catch_all_alias(directory: FileDirectory) -> None:
 
 
 def test_alias_table_is_a_read_only_view_of_the_current_aliases(directory: FileDirectory) -> None:
-    """alias_table() (IDirectory) holds every alias and catch-all, follows changes, refuses writes."""
+    """alias_table() holds every alias and catch-all, follows changes and refuses writes."""
     directory.add_alias("team@example.org", ["alice@example.org", "far@example.net"])
     directory.add_alias("@example.org", ["alice@example.org"])
     table = directory.alias_table()

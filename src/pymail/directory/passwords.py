@@ -42,6 +42,8 @@ import argon2
 from passlib.hash import sha256_crypt, sha512_crypt
 from passlib.utils import saslprep
 
+from pymail.directory import argon2_memory
+
 # OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): about 23 ms per
 # verification on the project's 2-core machine.  argon2-cffi's default
 # (64 MiB, 3 passes, 4 lanes) took 207 ms there: every IMAP/POP3/SMTP login
@@ -136,8 +138,10 @@ def _verify_sha_crypt(scheme: Any, value: str, password: str) -> bool:
 
 
 def _verify_argon2(phc: str, password: str) -> bool:
+    # In a kept, already-mapped work area (argon2_memory says why): the same
+    # answer as _hasher.verify, 30-32 ms of CPU down to about 19 ms.
     try:
-        return _hasher.verify(phc, password)
+        return argon2_memory.verify(phc, password)
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         return False
 
