@@ -10,7 +10,10 @@ is found as the backend ``jsonstore`` when this directory is on
 What it shows:
 
 - the view of each folder is a :class:`pymail.storage.base.MailboxView`,
-  which keeps messages by UID, MODSEQ and listeners for you;
+  which keeps messages by UID, MODSEQ and listeners for you, and
+  :class:`pymail.storage.base.ViewBacked` answers the ``IMailbox`` methods
+  that only read the view (messages, info, HIGHESTMODSEQ, keywords, cached
+  values, listeners);
 - the store keeps one live mailbox object per folder, so every session
   sees the same view;
 - writes are durable before the Deferred fires
@@ -23,9 +26,9 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, UTC
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -34,27 +37,23 @@ from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox, NoSuchMe
 from pymail.interfaces import (
     SPECIAL_USE_FOLDERS,
     IMailbox,
-    IMailboxListener,
     IMailStore,
     IMailStoreFactory,
     MessageInfo,
 )
 from pymail.storage.base import (
     MailboxView,
+    ViewBacked,
     apply_flag_mode,
     canonical_name,
     check_mailbox_name,
-    keywords_of,
     normalise_flags,
     rename_plan,
 )
 from pymail.storage.fsutil import write_file_durably
 
-T = TypeVar("T")
-
-
 @implementer(IMailbox)
-class JsonMailbox:
+class JsonMailbox(ViewBacked):
     def __init__(self, store: JsonStore, name: str, state: dict[str, Any]) -> None:
         self.name = name
         self._store = store
@@ -80,28 +79,8 @@ class JsonMailbox:
     def uidnext(self) -> int:
         return int(self._state["next_uid"])
 
-    def highestmodseq(self) -> int:
-        return self._view.highestmodseq
-
-    def messages(self) -> Sequence[MessageInfo]:
-        return self._view.messages()
-
-    def info(self, uid: int) -> MessageInfo:
-        return self._view.info(uid)
-
     def read(self, uid: int) -> bytes:
         return base64.b64decode(self._message(uid)["data"])
-
-    def keywords(self) -> frozenset[str]:
-        return keywords_of(self._view.messages())
-
-    def accepts_new_keywords(self) -> bool:
-        return True
-
-    def cached(self, uid: int, name: str, compute: Callable[[bytes], T]) -> T:
-        if (uid, name) not in self._cache:
-            self._cache[uid, name] = compute(self.read(uid))
-        return self._cache[uid, name]  # type: ignore[no-any-return]
 
     def append(self, message: bytes, flags: Iterable[str] = (),
                internaldate: datetime | None = None) -> Deferred[int]:
@@ -145,12 +124,6 @@ class JsonMailbox:
 
     def refresh(self) -> Deferred[None]:
         return succeed(None)  # nobody else writes the file
-
-    def add_listener(self, listener: IMailboxListener) -> None:
-        self._view.add_listener(listener)
-
-    def remove_listener(self, listener: IMailboxListener) -> None:
-        self._view.remove_listener(listener)
 
 
 def _new_folder() -> dict[str, Any]:
