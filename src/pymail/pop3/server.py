@@ -360,14 +360,18 @@ class POP3Server(Protocol):
         """:meth:`_process` for a single line that came alone."""
         self._processing = True
         try:
-            self._restart_timer()
-            result = self._dispatch(line)
-            if result is not None:
-                self._waiting = True
-                result.addBoth(self._command_done)
+            self._run(line)
         finally:
             self._processing = False
         self._flush()
+
+    def _run(self, line: bytes) -> None:
+        """Dispatch one command line; an answer still to come holds the input."""
+        self._restart_timer()
+        result = self._dispatch(line)
+        if result is not None:
+            self._waiting = True
+            result.addBoth(self._command_done)
 
     def _can_process(self) -> bool:
         return not (self._waiting or self._write_paused or self._closing or self._closed)
@@ -381,11 +385,7 @@ class POP3Server(Protocol):
                 line = self._next_line()
                 if line is None:
                     break
-                self._restart_timer()
-                result = self._dispatch(line)
-                if result is not None:
-                    self._waiting = True
-                    result.addBoth(self._command_done)
+                self._run(line)
                 if self._out_size >= self.FLUSH_SIZE:
                     self._flush()
         finally:
