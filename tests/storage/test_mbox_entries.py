@@ -23,9 +23,9 @@ NONE: frozenset[str] = frozenset()
 def packed_table() -> Entries:
     """Three packed messages (UIDs 2, 5, 9); UID 5 starts last in the file."""
     ints = array("q", [
-        2, 0, 40, 300, 1_700_000_000, 320, 1 | CLEAN_BIT,
-        5, 700, 740, 900, 1_700_000_100, 210, 1,
-        9, 301, 341, 699, 1_700_000_200, 400, 0,
+        2, 0, 40, 300, 1_700_000_000, 320, 1 | CLEAN_BIT, 11,
+        5, 700, 740, 900, 1_700_000_100, 210, 1, 14,
+        9, 301, 341, 699, 1_700_000_200, 400, 0, 12,
     ])
     return Entries(ints, [SEEN, NONE, SEEN])
 
@@ -36,7 +36,7 @@ class EntriesTests(SynchronousTestCase):
         table = packed_table()
         entry = table[5]
         assert entry == Entry(5, 700, 740, 900, NONE,
-                              datetime.fromtimestamp(1_700_000_100, UTC), 210, True, False)
+                              datetime.fromtimestamp(1_700_000_100, UTC), 210, True, False, 14)
         assert table[5] is entry
         assert table[2].clean and table[2].quoted and not table[9].quoted
         assert 3 not in table and table.get(3) is None

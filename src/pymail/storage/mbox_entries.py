@@ -24,8 +24,8 @@ from pymail.storage.mbox_index import Row
 #: In an index row's ``quoted`` column: the message is clean (see Entry.clean).
 CLEAN_BIT = 2
 
-#: Integers per packed row: uid, start, body_start, end, date, size, quoted.
-PACKED_FIELDS = 7
+#: Integers per packed row: uid, start, body_start, end, date, size, quoted, modseq.
+PACKED_FIELDS = 8
 
 _FLAG_TEXT: dict[frozenset[str], str] = {}
 
@@ -54,11 +54,13 @@ class Entry:
     #: (pymail wrote it, and its flags have not changed since): a rewrite
     #: copies its bytes instead of parsing and rebuilding them.
     clean: bool = False
+    #: The message's MODSEQ (RFC 7162), given by the folder under its lock.
+    modseq: int = 0
 
     def row(self) -> Row:
         return (self.uid, self.start, self.body_start, self.end, flags_text(self.flags),
                 int(self.internaldate.timestamp()), self.size,
-                int(self.quoted) | (CLEAN_BIT if self.clean else 0))
+                int(self.quoted) | (CLEAN_BIT if self.clean else 0), self.modseq)
 
 
 class Entries(MutableMapping[int, Entry]):
@@ -89,10 +91,11 @@ class Entries(MutableMapping[int, Entry]):
 
     def _unpack(self, pos: int) -> Entry:
         base = pos * PACKED_FIELDS
-        uid, start, body_start, end, date, size, quoted = self._packed[base:base + PACKED_FIELDS]
+        uid, start, body_start, end, date, size, quoted, modseq = \
+            self._packed[base:base + PACKED_FIELDS]
         return Entry(uid, start, body_start, end, self._flags[pos],
                      datetime.fromtimestamp(date, UTC), size, quoted & 1 == 1,
-                     quoted & CLEAN_BIT != 0)
+                     quoted & CLEAN_BIT != 0, modseq)
 
     def __getitem__(self, uid: int) -> Entry:
         entry = self._live.get(uid)
@@ -183,9 +186,10 @@ class Entries(MutableMapping[int, Entry]):
         for pos, uid in enumerate(self._uids):
             if uid not in dropped:
                 base = pos * PACKED_FIELDS
-                _, start, body_start, end, date, size, quoted = packed[base:base + PACKED_FIELDS]
+                _, start, body_start, end, date, size, quoted, modseq = \
+                    packed[base:base + PACKED_FIELDS]
                 out.append((uid, start, body_start, end, flags_text(flags[pos]), date, size,
-                            quoted))
+                            quoted, modseq))
         return out
 
 

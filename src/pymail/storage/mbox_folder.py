@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pymail.errors import NoSuchMessage, StorageError
-from pymail.interfaces import IMailbox, IMailboxListener, IMailboxRestore, MessageInfo
+from pymail.interfaces import IMailbox, IMailboxRestore, MessageInfo
 from pymail.storage.base import (
     MailboxView,
     ViewBacked,
@@ -31,6 +31,7 @@ from pymail.storage.base import (
     paused_gc,
 )
 from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
+from pymail.storage.index import rebuild_modseq
 from pymail.storage.maildir_files import new_uidvalidity
 from pymail.storage.mbox_format import (
     DOTLOCK_TIMEOUT_SECONDS,
@@ -58,6 +59,9 @@ log = Logger()
 
 _T = TypeVar("_T")
 
+#: A trusted open: the messages, their UIDs when ascending, HIGHESTMODSEQ.
+_Trusted = tuple[list[MessageInfo], list[int] | None, int]
+
 #: An open that finds more rows appended since the index's last snapshot
 #: packs them all into a new snapshot (one BLOB: faster to load than rows).
 REPACK_APPENDED_ROWS = 5000
@@ -81,18 +85,20 @@ class _Disk:
     next_uid: int = 1
     stamp: tuple[int, int, int] = (0, 0, 0)
     entries: MutableMapping[int, _Entry] = attrs.Factory(Entries)
+    #: The folder's HIGHESTMODSEQ: every change is numbered here, under the
+    #: folder lock, and written to the index with the rows before the view
+    #: is told (the view then gives the same numbers: see MboxMailbox._tell).
+    highestmodseq: int = 1
 
 
-@implementer(IMailboxListener)
-class _ModseqWriter:
-    """Records the folder's HIGHESTMODSEQ in the index after every change."""
+@attrs.frozen
+class _Rescan:
+    """What a parse of the file found changed, numbered from ``start``."""
 
-    def __init__(self, mailbox: MboxMailbox) -> None:
-        self._mailbox = mailbox
-
-    def mailbox_changed(self, mailbox: IMailbox, change: Any) -> None:
-        box = self._mailbox
-        box._in_thread(box._index.raise_highestmodseq, box._view.highestmodseq)
+    start: int
+    gone: list[int]
+    changed: dict[int, frozenset[str]]
+    added: list[_Entry]
 
 
 @implementer(IMailbox, IMailboxRestore)
@@ -117,7 +123,6 @@ class MboxMailbox(ViewBacked):
         #: Whether the index's rows describe the file as self._disk does
         #: (then an append only adds its rows).
         self._index_synced = False
-        self._view.add_listener(_ModseqWriter(self))
 
     # -- the view ---------------------------------------------------------
 
@@ -161,43 +166,84 @@ class MboxMailbox(ViewBacked):
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def open(self) -> Deferred[MboxMailbox]:
-        def loaded(result: tuple[list[MessageInfo], list[int] | None] | None) -> MboxMailbox:
+        def loaded(result: _Trusted | None) -> MboxMailbox:
             if result is not None:
-                infos, uids = result
-                self._view.load(infos, uids)
+                infos, uids, highest = result
+                self._view.load(infos, uids, highest)
+                self._view.highestmodseq = max(self._view.highestmodseq, highest)
             return self
 
         return self._in_thread(self._open_now).addCallback(loaded)
 
-    def _open_now(self) -> tuple[list[MessageInfo], list[int] | None] | None:
+    def _open_now(self) -> _Trusted | None:
         """
         Load the folder: from the index when it describes the file as it is
-        (returns the messages), else by parsing the file (the view is told).
-        Every MODSEQ starts above the HIGHESTMODSEQ recorded before, so a
-        CONDSTORE client may see a change twice after a restart, never miss one.
+        (returns the messages with the MODSEQs and HIGHESTMODSEQ recorded),
+        else by parsing the file (the view is told).  A parse gives every
+        message a new MODSEQ above anything a client can have seen: above
+        the recorded HIGHESTMODSEQ and, when the folder has messages, above
+        :func:`~pymail.storage.index.rebuild_modseq` (the index may have been
+        lost, or have lost its last transactions in a system crash).
         """
         with self._lock, paused_gc():
-            highest = 0
+            recorded = 0
             if self._index.ensure_open():
-                highest = self._index.meta("highestmodseq") or 0
-                trusted = self._load_trusted_locked(highest + 1)
+                recorded = self._index.meta("highestmodseq") or 0
+                trusted = self._load_trusted_locked(recorded)
                 if trusted is not None:
-                    self._index.raise_highestmodseq(highest + 1)
                     return trusted
-            self._to_reactor(self._raise_highestmodseq, highest)
+            base = max(recorded, 1)
+            if self._read_state()[0] or self._stamp()[1]:
+                base = max(base, rebuild_modseq())
+            self._disk.highestmodseq = max(self._disk.highestmodseq, base)
         with paused_gc():
             self._refresh_now()
         return None
 
-    def _raise_highestmodseq(self, value: int) -> None:
-        self._view.highestmodseq = max(self._view.highestmodseq, value)
-
-    def _load_trusted_locked(
-        self, modseq: int
-    ) -> tuple[list[MessageInfo], list[int] | None] | None:
+    def _tell(self, start: int, apply: Callable[[Any], Any], change: Any) -> None:
         """
-        The messages from the index, and their UIDs when ascending (else
-        None), if the index describes the file; else None.
+        In the reactor: apply a change to the view that the disk side
+        numbered from ``start`` (its HIGHESTMODSEQ before the change).  The
+        view numbers messages as the disk side did (one MODSEQ per changed
+        or added message, in order; one per expunge), so the MODSEQs
+        clients see are the ones in the index.
+        """
+        view = self._view
+        if view.highestmodseq > start:
+            # Never expected: the view would hand out MODSEQs the index does
+            # not hold.  Raise the disk's counter past them.
+            log.error("mbox {path}: view HIGHESTMODSEQ {view} ahead of the folder's {disk}",
+                      path=self.path, view=view.highestmodseq, disk=start)
+            apply(change)
+            self._in_thread(self._catch_up_modseq, view.highestmodseq)
+            return
+        view.highestmodseq = start
+        apply(change)
+
+    def _catch_up_modseq(self, value: int) -> None:
+        with self._lock:
+            if value > self._disk.highestmodseq:
+                self._disk.highestmodseq = value
+                if self._index.ensure_open():
+                    self._index.raise_highestmodseq(value)
+
+    def _tell_locked(self, start: int, apply: Callable[[Any], Any], change: Any) -> None:
+        """From the thread: :meth:`_tell` in the reactor, after what was told before."""
+        self._to_reactor(self._tell, start, apply, change)
+
+    def _number_locked(self, entries: Iterable[_Entry]) -> int:
+        """Give each entry the next MODSEQ, in order; the HIGHESTMODSEQ before."""
+        d = self._disk
+        start = d.highestmodseq
+        for entry in entries:
+            d.highestmodseq += 1
+            entry.modseq = d.highestmodseq
+        return start
+
+    def _load_trusted_locked(self, recorded: int) -> _Trusted | None:
+        """
+        The messages from the index, their UIDs when ascending (else None)
+        and HIGHESTMODSEQ, if the index describes the file; else None.
         """
         validity, next_uid = self._read_state()
         if not validity:
@@ -209,13 +255,13 @@ class MboxMailbox(ViewBacked):
             # Another program may only have appended since the index was
             # written: take the rows for the file as it was, then parse the
             # new tail (below), when _scan_tail_locked finds it so.
-            recorded = self._index.recorded_stamp()
-            if recorded is None or recorded[0] != stamp[0] or recorded[1] >= stamp[1]:
+            was = self._index.recorded_stamp()
+            if was is None or was[0] != stamp[0] or was[1] >= stamp[1]:
                 return None
-            loaded = self._index.load(validity, recorded)
+            loaded = self._index.load(validity, was)
             if loaded is None:
                 return None
-            stamp, grown = recorded, True
+            stamp, grown = was, True
         ints, texts = loaded
         uid_column = ints[0::PACKED_FIELDS]
         if any(a >= b for a, b in zip(uid_column, uid_column[1:], strict=False)):
@@ -231,10 +277,12 @@ class MboxMailbox(ViewBacked):
         last_date, when = -1, datetime.fromtimestamp(0, UTC)
         prefix = f"{validity}."
         info = MessageInfo
+        modseqs = ints[7::PACKED_FIELDS]
+        highest = max(recorded, max(modseqs, default=0), 1)
         # The hot loop of SELECT in a fresh process: the positions in the
         # file stay packed (Entries); only the view's objects are built.
-        for uid, shared, date, size in zip(uid_column, flags, ints[4::PACKED_FIELDS],
-                                           ints[5::PACKED_FIELDS], strict=True):
+        for uid, shared, date, size, modseq in zip(uid_column, flags, ints[4::PACKED_FIELDS],
+                                                   ints[5::PACKED_FIELDS], modseqs, strict=True):
             if date != last_date:  # messages of one second share one object
                 last_date, when = date, datetime.fromtimestamp(date, UTC)
             infos.append(info(uid, prefix + str(uid), shared, when, size, modseq))
@@ -245,6 +293,7 @@ class MboxMailbox(ViewBacked):
         self._disk.next_uid = max(next_uid, uid + 1)
         self._disk.stamp = stamp
         self._disk.entries = entries
+        self._disk.highestmodseq = highest
         self._index_synced = True
         if grown:
             with _Locked(self.path, self.lock_timeout):
@@ -253,11 +302,11 @@ class MboxMailbox(ViewBacked):
                 self._disk = _Disk()
                 self._index_synced = False
                 return None
-            infos.extend(attrs.evolve(self._info(e), modseq=modseq) for e in added)
+            infos.extend(self._info(e) for e in added)
             uids = None
         if self._index.appended_count() > REPACK_APPENDED_ROWS:
             self._index_snapshot_locked()
-        return infos, uids
+        return infos, uids, self._disk.highestmodseq
 
     # -- state file -------------------------------------------------------
 
@@ -293,18 +342,20 @@ class MboxMailbox(ViewBacked):
         """Parse the file again and tell the reactor what changed since the last scan."""
         if self._scan_tail_locked() is not None:
             return
-        before = {u: e.flags for u, e in self._disk.entries.items()}
-        self._scan_locked()
-        after = self._disk.entries
-        gone = [u for u in before if u not in after]
-        changed = {u: e.flags for u, e in after.items() if u in before and before[u] != e.flags}
-        added = [self._info(e) for u, e in sorted(after.items()) if u not in before]
-        if gone:
-            self._to_reactor(self._view.apply_expunged, gone)
-        if changed:
-            self._to_reactor(self._view.apply_flags, changed)
-        if added:
-            self._to_reactor(self._view.apply_added, added)
+        self._tell_rescan_locked(self._scan_locked())
+
+    def _tell_rescan_locked(self, found: _Rescan) -> None:
+        """Tell the view what a parse found, in the order its MODSEQs were given."""
+        start = found.start
+        if found.gone:
+            self._tell_locked(start, self._view.apply_expunged, found.gone)
+            start += 1
+        if found.changed:
+            self._tell_locked(start, self._view.apply_flags, found.changed)
+            start += len(found.changed)
+        if found.added:
+            self._tell_locked(start, self._view.apply_added,
+                              [self._info(e) for e in found.added])
 
     def _scan_tail_locked(self, tell: bool = True) -> list[_Entry] | None:
         """
@@ -362,6 +413,7 @@ class MboxMailbox(ViewBacked):
             next_uid += 1
         added = sorted(added + missing, key=lambda e: e.uid)
         d.next_uid = next_uid
+        start = self._number_locked(added)
         for entry in added:
             d.entries[entry.uid] = entry
         log.info("mbox {path}: {n} message(s) appended by another program", path=self.path,
@@ -377,21 +429,27 @@ class MboxMailbox(ViewBacked):
             self._index_snapshot_locked(appended=added)
             self._write_state()
         if tell:
-            self._to_reactor(self._view.apply_added, [self._info(e) for e in added])
+            self._tell_locked(start, self._view.apply_added, [self._info(e) for e in added])
         return added
 
     def _info(self, entry: _Entry) -> MessageInfo:
         return MessageInfo(entry.uid, f"{self._disk.uidvalidity}.{entry.uid}", entry.flags,
-                           entry.internaldate, entry.size)
+                           entry.internaldate, entry.size, entry.modseq)
 
-    def _scan_locked(self) -> None:
-        """Parse the whole file; give UIDs to messages without one (rewriting)."""
+    def _scan_locked(self) -> _Rescan:
+        """
+        Parse the whole file; give UIDs to messages without one (rewriting).
+        Messages another program changed, added or removed since the last
+        scan get new MODSEQs (the others keep theirs); returns what changed.
+        """
         validity, next_uid = self._read_state()
         if not validity:
             validity = new_uidvalidity()
+        before = self._disk.entries
         if self._disk.uidvalidity and validity != self._disk.uidvalidity:
             log.warn("mbox {path}: UIDVALIDITY changed by another program", path=self.path)
-            self._disk.entries.clear()
+            # Every message is new: the old ones are gone, whatever their UIDs.
+            self._disk.entries = Entries()
             self._cache.clear()
         self._disk.uidvalidity = validity
         self._disk.next_uid = max(self._disk.next_uid, next_uid)
@@ -418,6 +476,7 @@ class MboxMailbox(ViewBacked):
             entry.uid = self._disk.next_uid
             self._disk.next_uid += 1
             entries[entry.uid] = entry
+        found = self._renumber_locked(before, entries)
         self._disk.entries = entries
         if repaired:
             log.warn("mbox {path}: {n} message(s) without a valid 'From ' line; "
@@ -428,6 +487,38 @@ class MboxMailbox(ViewBacked):
             self._disk.stamp = self._stamp()
             self._index_snapshot_locked()
         self._write_state()
+        return found
+
+    def _renumber_locked(self, before: MutableMapping[int, _Entry],
+                         entries: dict[int, _Entry]) -> _Rescan:
+        """
+        Compare a parse (``entries``) with the messages known before (those
+        of ``before`` still in ``self._disk.entries``, or none): the
+        unchanged keep their MODSEQs; an expunge, each changed and each new
+        message take the next ones (in the order the view is told).
+        """
+        gone = [u for u in before if u not in entries or before is not self._disk.entries]
+        if before is not self._disk.entries:
+            before = {}
+        changed: dict[int, frozenset[str]] = {}
+        touched = []
+        added = []
+        for uid in sorted(entries):
+            entry = entries[uid]
+            old = before.get(uid)
+            if old is None:
+                added.append(entry)
+            elif old.flags != entry.flags:
+                changed[uid] = entry.flags
+                touched.append(entry)
+            else:
+                entry.modseq = old.modseq
+        start = self._disk.highestmodseq
+        if gone:
+            self._disk.highestmodseq += 1
+        self._number_locked(touched)
+        self._number_locked(added)
+        return _Rescan(start, gone, changed, added)
 
     def _index_snapshot_locked(self, appended: list[_Entry] | None = None) -> None:
         """
@@ -441,10 +532,10 @@ class MboxMailbox(ViewBacked):
                 return
             if appended is not None and self._index_synced:
                 self._index.appended(self._disk.uidvalidity, [e.row() for e in appended],
-                                     self._disk.stamp)
+                                     self._disk.stamp, self._disk.highestmodseq)
             else:
                 self._index.snapshot(self._disk.uidvalidity, rows_of(self._disk.entries),
-                                     self._disk.stamp)
+                                     self._disk.stamp, self._disk.highestmodseq)
             self._index_synced = True
         except (OSError, sqlite3.Error) as e:
             self._index_synced = False
@@ -611,12 +702,13 @@ class MboxMailbox(ViewBacked):
         finally:
             os.close(fd)
         self._disk.next_uid = next_uid
+        start = self._number_locked(entries)
         for p, entry in zip(batch, entries, strict=True):
             self._disk.entries[entry.uid] = entry
             p.uid, p.done = entry.uid, True
         self._disk.stamp = self._stamp()
         self._index_snapshot_locked(appended=entries)
-        self._to_reactor(self._view.apply_added, [self._info(e) for e in entries])
+        self._tell_locked(start, self._view.apply_added, [self._info(e) for e in entries])
 
     # -- flags and expunge ------------------------------------------------
 
@@ -637,6 +729,7 @@ class MboxMailbox(ViewBacked):
         with self._lock, _Locked(self.path, self.lock_timeout):
             data = self._sync_locked()
             changed: dict[int, frozenset[str]] = {}
+            touched = []
             done = []
             for uid in uids:
                 entry = self._disk.entries.get(uid)
@@ -647,9 +740,11 @@ class MboxMailbox(ViewBacked):
                 if new != entry.flags:
                     entry.flags, entry.clean = new, False
                     changed[uid] = new
+                    touched.append(entry)
             if changed:
+                start = self._number_locked(touched)
                 self._rewrite_locked(data, set())
-                self._to_reactor(self._view.apply_flags, changed)
+                self._tell_locked(start, self._view.apply_flags, changed)
         return done
 
     def expunge(self, uids: Iterable[int] | None = None) -> Deferred[list[int]]:
@@ -664,8 +759,10 @@ class MboxMailbox(ViewBacked):
                 if "\\Deleted" in e.flags and (allowed is None or u in allowed)
             )
             if doomed:
+                start = self._disk.highestmodseq
+                self._disk.highestmodseq += 1
                 self._rewrite_locked(data, set(doomed))
-                self._to_reactor(self._view.apply_expunged, doomed)
+                self._tell_locked(start, self._view.apply_expunged, doomed)
         return doomed
 
     def restore(
@@ -696,10 +793,7 @@ class MboxMailbox(ViewBacked):
             self._disk.next_uid = uidnext
             self._write_state()
             self._disk.stamp = (0, 0, 0)
-            self._scan_locked()
-            added = [self._info(e) for _, e in sorted(self._disk.entries.items())]
-            if added:
-                self._to_reactor(self._view.apply_added, added)
+            self._tell_rescan_locked(self._scan_locked())
 
     def _move_all_to(self, target: MboxMailbox) -> None:
         """RENAME INBOX: copy every message to the empty ``target``, then empty this file."""
@@ -708,11 +802,15 @@ class MboxMailbox(ViewBacked):
             moved = sorted(self._disk.entries)
             target._disk.uidvalidity = new_uidvalidity()
             target._disk.next_uid = self._disk.next_uid
+            target._disk.highestmodseq = self._disk.highestmodseq
             target._disk.entries = {u: attrs.evolve(e) for u, e in self._disk.entries.items()}
             with _Locked(target.path, self.lock_timeout):
                 target._rewrite_locked(data, set())
                 target._write_state()
+            start = self._disk.highestmodseq
+            if moved:
+                self._disk.highestmodseq += 1
             self._rewrite_locked(data, set(moved))
             self._cache.clear()
             if moved:
-                self._to_reactor(self._view.apply_expunged, moved)
+                self._tell_locked(start, self._view.apply_expunged, moved)

@@ -1,9 +1,17 @@
 """
 The index of one mbox folder, beside its state file
 (``<folders>/.pymail-state/<name>.index.sqlite``): per UID the message's
-offsets in the file, its flags, INTERNALDATE, wire size and quoting, plus
-the file's stamp (inode, size, mtime) when the rows were written and the
-folder's HIGHESTMODSEQ.
+offsets in the file, its flags, INTERNALDATE, wire size, quoting and
+MODSEQ, plus the file's stamp (inode, size, mtime) when the rows were
+written and the folder's HIGHESTMODSEQ.
+
+MODSEQs (RFC 7162) live only here: the rows, their MODSEQs and
+HIGHESTMODSEQ are written in one transaction, before any session is told
+of the change, so a MODSEQ a client saw is never lost by a restart (or a
+``kill -9``).  When the index cannot be trusted (lost, corrupt, or the
+file changed while pymail was not watching) the folder's messages get new
+MODSEQs above the recorded HIGHESTMODSEQ and above
+:func:`pymail.storage.index.rebuild_modseq`, as the Maildir index does.
 
 Opening a folder whose file still has the recorded stamp takes every
 message from the index in one query instead of parsing the file.  The file
@@ -25,24 +33,25 @@ from collections.abc import Iterable
 
 from pymail.storage.index import SqliteIndex
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS msgs (
     uid INTEGER PRIMARY KEY, start INTEGER NOT NULL, body_start INTEGER NOT NULL,
     end INTEGER NOT NULL, flags TEXT NOT NULL, date INTEGER NOT NULL,
-    size INTEGER NOT NULL, quoted INTEGER NOT NULL);
+    size INTEGER NOT NULL, quoted INTEGER NOT NULL, modseq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), ints BLOB NOT NULL, flags TEXT NOT NULL);
 """
 
-#: A snapshot row's integers: uid, start, body_start, end, date, size, quoted.
-_PACKED = struct.Struct("<7q")
-_PACKED_FIELDS = 7
+#: A snapshot row's integers: uid, start, body_start, end, date, size, quoted, modseq.
+_PACKED = struct.Struct("<8q")
+_PACKED_FIELDS = 8
 
-#: One row: uid, start, body_start, end, flags (space-separated), date, size, quoted.
-Row = tuple[int, int, int, int, str, int, int, int]
+#: One row: uid, start, body_start, end, flags (space-separated), date, size,
+#: quoted, modseq.
+Row = tuple[int, int, int, int, str, int, int, int, int]
 
 _STAMP_KEYS = ("file_ino", "file_size", "file_mtime_ns")
 
@@ -71,8 +80,8 @@ class MboxIndex(SqliteIndex):
              stamp: tuple[int, int, int]) -> tuple[array[int], list[str]] | None:
         """
         Every message by ascending UID if the index describes this file;
-        else None: 7 integers per message (uid, start, body_start, end,
-        date, size, quoted) in one array, and each message's flags text.
+        else None: 8 integers per message (uid, start, body_start, end,
+        date, size, quoted, modseq) in one array, and each message's flags text.
         The last complete snapshot is one packed BLOB (taken as it is, no
         work per message), followed by the rows appended since.
         """
@@ -84,8 +93,8 @@ class MboxIndex(SqliteIndex):
                     meta.get(k) for k in _STAMP_KEYS) != stamp:
                 return None
             snap = self._run("SELECT ints, flags FROM snapshot WHERE id = 1")
-            extra = self._run("SELECT uid, start, body_start, end, date, size, quoted, flags "
-                              "FROM msgs ORDER BY uid")
+            extra = self._run("SELECT uid, start, body_start, end, date, size, quoted, "
+                              "modseq, flags FROM msgs ORDER BY uid")
         ints: array[int] = array("q")
         texts: list[str] = []
         if snap and snap[0][0]:
@@ -94,8 +103,8 @@ class MboxIndex(SqliteIndex):
                 ints.byteswap()
             texts = snap[0][1].split("\n")
         for row in extra:
-            ints.extend(row[:7])
-            texts.append(row[7])
+            ints.extend(row[:_PACKED_FIELDS])
+            texts.append(row[_PACKED_FIELDS])
         if len(ints) != _PACKED_FIELDS * len(texts):
             return None  # a damaged snapshot: the file is parsed instead
         return ints, texts
@@ -116,7 +125,7 @@ class MboxIndex(SqliteIndex):
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     def _write(self, replace: bool, uidvalidity: int, rows: Iterable[Row],
-               stamp: tuple[int, int, int]) -> None:
+               stamp: tuple[int, int, int], highestmodseq: int) -> None:
         with self._lock:
             if self._db is None:
                 return
@@ -124,31 +133,33 @@ class MboxIndex(SqliteIndex):
             try:
                 if replace:
                     ordered = sorted(rows)
-                    ints = b"".join(_PACKED.pack(u, s, b, e, d, z, q)
-                                    for u, s, b, e, _, d, z, q in ordered)
+                    ints = b"".join(_PACKED.pack(u, s, b, e, d, z, q, m)
+                                    for u, s, b, e, _, d, z, q, m in ordered)
                     flags = "\n".join(row[4] for row in ordered)
                     self._db.execute("DELETE FROM msgs")
                     self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?)",
                                      (ints, flags))
                 else:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(rows))
+                        "INSERT OR REPLACE INTO msgs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        list(rows))
                 meta = dict(zip(_STAMP_KEYS, stamp, strict=True))
                 self._set_meta({"uidvalidity": uidvalidity, **meta})
+                self._raise_highestmodseq(highestmodseq)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
     def snapshot(self, uidvalidity: int, rows: Iterable[Row],
-                 stamp: tuple[int, int, int]) -> None:
+                 stamp: tuple[int, int, int], highestmodseq: int) -> None:
         """The whole folder as parsed or written just now, with the file's stamp."""
-        self._write(True, uidvalidity, rows, stamp)
+        self._write(True, uidvalidity, rows, stamp, highestmodseq)
 
     def appended(self, uidvalidity: int, rows: Iterable[Row],
-                 stamp: tuple[int, int, int]) -> None:
+                 stamp: tuple[int, int, int], highestmodseq: int) -> None:
         """Messages appended just now, and the file's stamp after the append."""
-        self._write(False, uidvalidity, rows, stamp)
+        self._write(False, uidvalidity, rows, stamp, highestmodseq)
 
     def forget_stamp(self) -> None:
         """Make the rows untrusted (a write of them failed)."""
@@ -163,9 +174,12 @@ class MboxIndex(SqliteIndex):
                 return 0
             return int(self._run("SELECT count(*) FROM msgs")[0][0])
 
+    def _raise_highestmodseq(self, value: int) -> None:
+        self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
+                  "DO UPDATE SET value=max(value, excluded.value)", (value,))
+
     def raise_highestmodseq(self, value: int) -> None:
         """Record HIGHESTMODSEQ (it only ever goes up)."""
         with self._lock:
             if self._db is not None:
-                self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
-                          "DO UPDATE SET value=max(value, excluded.value)", (value,))
+                self._raise_highestmodseq(value)
