@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from pymail.imap.server import IMAPFactory, IMAPServerProtocol
-from pymail.interfaces import IMailbox
+from pymail.interfaces import IMailbox, IMailStore
 from pymail.storage.memory import MemoryMailbox, MemoryMailStore, MemoryStoreFactory
-from pymail.testing import memory_portal
+from pymail.testing import ThreadlessReactor, memory_portal
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus" / "cpython-email"
 USER = "alice@example.org"
@@ -69,6 +69,40 @@ class Server:
 
     def connect(self) -> Client:
         return Client(self)
+
+
+class MboxServer(Server):
+    """
+    The same over the mbox backend, in ``directory``, with a
+    :class:`ThreadlessReactor` as its clock (thread work runs at once).
+    :meth:`restart` is a new process over the same files.
+    """
+
+    def __init__(self, directory: str, users: dict[str, str] | None = None,
+                 **options: Any) -> None:
+        self.users = users or {USER: PASSWORD, "bob@example.org": "bobpw"}
+        self.directory_path = directory
+        self.options = options
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget every open folder and connection state: a fresh process."""
+        from pymail.storage.mbox import MboxStoreFactory
+
+        self.clock = ThreadlessReactor()
+        self.stores = MboxStoreFactory(
+            self.clock, inbox_path=self.directory_path + "/{address}/INBOX",
+            folders_path=self.directory_path + "/{address}")
+        self.portal, self.directory, _ = memory_portal(self.users, self.stores)
+        self.factory = IMAPFactory(self.portal, self.clock, "imap.example.org", **self.options)
+
+    def store(self, user: str = USER) -> IMailStore:  # type: ignore[override]
+        return self.stores.open_store(user, "")
+
+    def mailbox(self, name: str = "INBOX", user: str = USER) -> IMailbox:  # type: ignore[override]
+        result: list[IMailbox] = []
+        self.store(user).get_mailbox(name).addCallback(result.append)
+        return result[0]
 
 
 class Client:

@@ -1,17 +1,32 @@
-"""Tests for CONDSTORE and QRESYNC (RFC 7162)."""
+"""
+Tests for CONDSTORE and QRESYNC (RFC 7162), over the memory and the mbox
+backends (``backend``: what ``setup`` builds the server on).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
-from imap_harness import Client, Server
+import pytest
+from imap_harness import Client, MboxServer, Server
 
 from pymail.imap.condstore import missing_uid_ranges
 from pymail.imap.parser import SequenceSet
 
+Backend = Callable[[], Server]
 
-def setup(count: int = 4) -> tuple[Server, Client]:
-    server = Server(condstore=True)
+
+@pytest.fixture(params=["memory", "mbox"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "mbox":
+        return lambda: MboxServer(str(tmp_path), condstore=True)
+    return lambda: Server(condstore=True)
+
+
+def setup(backend: Backend, count: int = 4) -> tuple[Server, Client]:
+    server = backend()
     for _ in range(count):
         server.deliver()
     return server, server.connect().login()
@@ -21,9 +36,9 @@ def modseq_of(server: Server, uid: int) -> int:
     return server.mailbox().info(uid).modseq
 
 
-def test_select_condstore_reports_highestmodseq() -> None:
+def test_select_condstore_reports_highestmodseq(backend: Backend) -> None:
     """SELECT (CONDSTORE) says HIGHESTMODSEQ and turns MODSEQ on in flag updates."""
-    server, client = setup(2)
+    server, client = setup(backend, 2)
     response = client.cmd("a SELECT INBOX (CONDSTORE)")
     top = server.mailbox().highestmodseq()
     assert b"* OK [HIGHESTMODSEQ %d] highest\r\n" % top in response
@@ -37,9 +52,9 @@ def test_select_condstore_reports_highestmodseq() -> None:
     )
 
 
-def test_fetch_changedsince_and_modseq_item() -> None:
+def test_fetch_changedsince_and_modseq_item(backend: Backend) -> None:
     """FETCH (CHANGEDSINCE n) returns only messages changed after n, with their MODSEQ."""
-    server, client = setup(4)
+    server, client = setup(backend, 4)
     client.select()
     since = server.mailbox().highestmodseq()
     client.cmd("a STORE 2,4 +FLAGS.SILENT (\\Flagged)")
@@ -54,9 +69,9 @@ def test_fetch_changedsince_and_modseq_item() -> None:
     assert client.cmd("d FETCH 1 FLAGS (CHANGEDSINCE 1 VANISHED)").startswith(b"d BAD")
 
 
-def test_store_unchangedsince_refuses_changed_messages() -> None:
+def test_store_unchangedsince_refuses_changed_messages(backend: Backend) -> None:
     """STORE (UNCHANGEDSINCE n) leaves messages changed after n alone and names them MODIFIED."""
-    server, client = setup(3)
+    server, client = setup(backend, 3)
     client.select()
     client.cmd("x ENABLE CONDSTORE")
     before = server.mailbox().highestmodseq()
@@ -70,9 +85,9 @@ def test_store_unchangedsince_refuses_changed_messages() -> None:
     assert "\\Seen" in server.mailbox().info(3).flags
 
 
-def test_search_modseq() -> None:
+def test_search_modseq(backend: Backend) -> None:
     """SEARCH MODSEQ n finds messages changed at or after n and names the highest MODSEQ."""
-    server, client = setup(3)
+    server, client = setup(backend, 3)
     client.select()
     since = server.mailbox().highestmodseq() + 1
     client.cmd("a STORE 3 +FLAGS.SILENT (\\Seen)")
@@ -81,9 +96,9 @@ def test_search_modseq() -> None:
     ]
 
 
-def test_qresync_select_reports_vanished_and_changed() -> None:
+def test_qresync_select_reports_vanished_and_changed(backend: Backend) -> None:
     """After changes by another session, SELECT (QRESYNC ...) sends VANISHED (EARLIER) and FETCH."""
-    server, client = setup(5)
+    server, client = setup(backend, 5)
     mailbox = server.mailbox()
     validity = mailbox.uidvalidity()
     known = mailbox.highestmodseq()
@@ -101,23 +116,23 @@ def test_qresync_select_reports_vanished_and_changed() -> None:
     assert lines[-1] == b"f OK [READ-WRITE] SELECT completed"
 
 
-def test_qresync_select_with_wrong_uidvalidity_sends_nothing_extra() -> None:
+def test_qresync_select_with_wrong_uidvalidity_sends_nothing_extra(backend: Backend) -> None:
     """A stale UIDVALIDITY gets a plain SELECT: the client must resync fully."""
-    _, client = setup(2)
+    _, client = setup(backend, 2)
     client.cmd("a ENABLE QRESYNC")
     lines = client.lines("b SELECT INBOX (QRESYNC (1 1))")
     assert not any(b"VANISHED" in line or b"FETCH" in line for line in lines)
 
 
-def test_qresync_needs_enable() -> None:
+def test_qresync_needs_enable(backend: Backend) -> None:
     """SELECT with QRESYNC parameters before ENABLE QRESYNC is a BAD."""
-    _, client = setup(1)
+    _, client = setup(backend, 1)
     assert client.cmd("a SELECT INBOX (QRESYNC (1 1))").startswith(b"a BAD")
 
 
-def test_qresync_expunges_are_vanished_and_uid_fetch_vanished() -> None:
+def test_qresync_expunges_are_vanished_and_uid_fetch_vanished(backend: Backend) -> None:
     """With QRESYNC on, expunges are told as VANISHED and UID FETCH (... VANISHED) works."""
-    server, client = setup(4)
+    server, client = setup(backend, 4)
     client.cmd("a ENABLE QRESYNC")
     client.select()
     since = server.mailbox().highestmodseq()

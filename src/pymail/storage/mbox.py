@@ -261,6 +261,10 @@ class MboxStoreFactory:
 
     name = "mbox"
     description = "mboxrd files (mutt/procmail compatible): INBOX spool file plus folder files."
+    #: MODSEQs survive a restart (each folder's index keeps them, written
+    #: before any session is told of a change; an untrusted index starts
+    #: above any earlier one), so IMAP may offer CONDSTORE and QRESYNC.
+    persistent_modseq = True
 
     def __init__(self, reactor: Any = None, inbox_path: str | None = None,
                  folders_path: str | None = None) -> None:

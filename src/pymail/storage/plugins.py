@@ -125,6 +125,15 @@ class DomainRoutingFactory:
         domain = address.rpartition("@")[2].lower()
         return self.by_domain.get(domain, self.default).open_store(address, data_dir)
 
+    @property
+    def persistent_modseq(self) -> bool:
+        """
+        Whether every backend routed to keeps MODSEQs across restarts: IMAP
+        offers CONDSTORE/QRESYNC (to every account) only then.
+        """
+        return all(bool(getattr(factory, "persistent_modseq", False))
+                   for factory in (self.default, *self.by_domain.values()))
+
 
 def make_store_factory(backend: str, domains: Mapping[str, str],
                        options: Mapping[str, Mapping[str, str]], reactor: Any,
