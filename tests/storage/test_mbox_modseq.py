@@ -195,3 +195,16 @@ class MboxModseqTests(SynchronousTestCase):
         assert box.highestmodseq() == 1
         uid = self.successResultOf(box.append(message(1)))
         assert box.info(uid).modseq == 2 == box.highestmodseq()
+
+
+class RoutingTests(SynchronousTestCase):
+    def test_routing_persists_modseq_only_when_every_backend_does(self) -> None:
+        """Per-domain routing offers CONDSTORE only if the default and every routed backend do."""
+        from pymail.storage.plugins import make_store_factory
+
+        reactor = ThreadlessReactor()
+        both = make_store_factory("maildir", {"example.org": "mbox"}, {}, reactor)
+        assert both.persistent_modseq is True  # type: ignore[attr-defined]
+        with_memory = make_store_factory("mbox", {"example.org": "memory"}, {}, reactor)
+        assert with_memory.persistent_modseq is False  # type: ignore[attr-defined]
+        assert MboxStoreFactory(reactor).persistent_modseq is True
