@@ -465,6 +465,20 @@ class DataTests(SynchronousTestCase):
 
 
 class PipeliningTests(SynchronousTestCase):
+    def test_pipelined_group_replies_leave_in_one_send(self) -> None:
+        """The replies to one pipelined group reach the transport in one write, in order."""
+        h = make_server()
+        h.replies()
+        writes: list[list[bytes]] = []
+        h.transport.writeSequence = lambda pieces: writes.append(list(pieces))  # type: ignore[method-assign]
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nDATA\r\n")
+        self.assertEqual(len(writes), 1)
+        lines = b"".join(writes[0]).decode().split("\r\n")
+        self.assertEqual(
+            [line[:9] for line in lines if line and line[3] == " "],
+            ["250 CHUNK", "250 2.1.0", "250 2.1.5", "354 End d"],
+        )
+
     def test_replies_in_order_with_async_recipient_checks(self) -> None:
         """Pipelined MAIL/RCPT/RCPT/DATA are answered in order while checks are pending."""
         h = make_server()

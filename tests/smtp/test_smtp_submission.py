@@ -278,6 +278,20 @@ class StartTLSTests(SynchronousTestCase):
         h.send(b"STARTTLS\r\n")
         self.assertEqual(h.codes(), ["503 5.5.1"])
 
+    def test_starttls_ready_reply_is_written_before_tls_starts(self) -> None:
+        """The 220 reaches the transport before startTLS, so it leaves in clear text."""
+        h, _, _ = self.server()
+        h.send(b"EHLO c.example.org\r\n")
+        h.replies()
+        seen_at_start: list[bytes] = []
+
+        def start_tls(creator: object) -> None:
+            seen_at_start.append(h.transport.value())
+
+        h.transport.startTLS = start_tls
+        h.send(b"STARTTLS\r\n")
+        self.assertEqual(seen_at_start, [b"220 2.0.0 Ready to start TLS\r\n"])
+
     def test_auth_needs_tls_when_policy_says_so(self) -> None:
         """With cleartext_auth='tls', AUTH is hidden and refused (538 5.7.11) until STARTTLS."""
         h, _, _ = self.server(cleartext_auth="tls")

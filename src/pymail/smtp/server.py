@@ -60,6 +60,7 @@ from pymail.address import (
     xtext_decode,
 )
 from pymail.interfaces import IAccount
+from pymail.pop3.direct import send_now, through_relays
 from pymail.smtp import replies as R
 from pymail.smtp.data import ChunkCollector, DataReader
 from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
@@ -259,6 +260,13 @@ class SMTPServer(LineReceiver):
         self._discard_cr = False
         self._refeed = False
         self._read_closed = False
+        # Replies made while input is being handled wait in _pending and go
+        # out together when it is done (one send for a pipelined group, as
+        # Twisted's write buffer would make); any other reply goes out at
+        # once (see _send).
+        self._input_depth = 0
+        self._pending: list[bytes] = []
+        self._under: Any = None
         self._commands: dict[str, Callable[[str], Deferred[Any] | None]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo_command,
@@ -290,6 +298,7 @@ class SMTPServer(LineReceiver):
             self._transport.setTcpNoDelay(True)
         peer = self._transport.getPeer()
         self._client = getattr(peer, "host", None) or "unknown"
+        self._under = through_relays(self._transport)
         self._reply(R.GREETING.format(hostname=self.factory.hostname))
         self._reset_timeout()
 
@@ -312,12 +321,14 @@ class SMTPServer(LineReceiver):
         # Whatever is still buffered is an unfinished line or message:
         # with no more input to come it can never be answered.
         if self._read_closed and not self._busy and not self._closing and not self._lost:
+            self._flush()
             self._closing = True
             self._cancel_timeout()
             self._transport.loseConnection()
 
     def _close(self, reply: Reply) -> None:
         self._reply(reply, count=False)
+        self._flush()
         self._closing = True
         self._cancel_timeout()
         self._transport.loseConnection()
@@ -351,7 +362,9 @@ class SMTPServer(LineReceiver):
     def _reply(self, reply: Reply, *, count: bool = True) -> None:
         if self._lost or self._closing:
             return
-        self._transport.write(reply.to_bytes())
+        self._pending.append(reply.to_bytes())
+        if not self._input_depth:
+            self._flush()
         if count and reply.permanent:
             self._errors += 1
             if self._errors >= self.factory.max_errors:
@@ -359,11 +372,30 @@ class SMTPServer(LineReceiver):
                 maillog.rejected(self._client, None, (), closing, stage="SESSION")
                 self._close(closing)
 
+    def _flush(self) -> None:
+        """
+        Send the replies made so far: straight on the socket when nothing is
+        queued before them (no reactor turn, no ``epoll_ctl`` pair per reply;
+        see :mod:`pymail.pop3.direct`), else through the transport.
+        """
+        if self._pending and not self._lost:
+            pieces, self._pending = self._pending, []
+            send_now(self._transport, pieces, self._under)
+
     # Input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._lost or self._closing:
             return
+        self._input_depth += 1
+        try:
+            self._take_input(data)
+        finally:
+            self._input_depth -= 1
+            if not self._input_depth:
+                self._flush()
+
+    def _take_input(self, data: bytes) -> None:
         if not self._busy:
             self._reset_timeout()
         if self._discarding and not self._busyReceiving:
@@ -578,6 +610,8 @@ class SMTPServer(LineReceiver):
         # not be taken as coming over TLS (CVE-2011-0411, RFC 3207 section 4.2).
         self._buffer = b""
         self._reply(R.READY_FOR_TLS)
+        # The 220 must leave in clear text, before the TLS layer exists.
+        self._flush()
         self._transport.startTLS(self.factory.tls.creator)  # type: ignore[attr-defined]
         self._started_tls = True
         # RFC 3207 section 4.2: forget everything learnt before TLS.
