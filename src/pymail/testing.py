@@ -171,6 +171,11 @@ class MailStoreContract:
     #: Whether a new account comes with the SPECIAL_USE_FOLDERS.
     special_use_on_new_accounts = True
 
+    #: Set to True when the factory says ``persistent_modseq = True``: the
+    #: MODSEQ tests (RFC 7162: CONDSTORE and QRESYNC) then run; they skip
+    #: otherwise.
+    persistent_modseq = False
+
     def make_store(self) -> Any:
         raise NotImplementedError("define make_store() in the test case")
 
@@ -336,6 +341,59 @@ class MailStoreContract:
         assert again.info(uids[1]).flags == {"\\Seen", "$Work"}
         assert again.info(uids[2]).internaldate == when
         assert again.read(uids[2]) == b"Subject: 2\r\n\r\nx\r\n"
+
+    def _needs_persistent_modseq(self) -> None:
+        if not self.persistent_modseq:
+            from unittest import SkipTest
+
+            raise SkipTest("the backend does not say persistent_modseq = True")
+
+    def test_modseq_moves_on_flag_change_and_expunge(self) -> None:
+        """A flag change gives the changed message a MODSEQ above the old top; an expunge raises it."""
+        self._needs_persistent_modseq()
+        box = self.inbox()
+        uids = [self._result(box.append(b"Subject: %d\r\n\r\nx\r\n" % n)) for n in range(3)]
+        before = {i.uid: i.modseq for i in box.messages()}
+        top = box.highestmodseq()
+        assert top >= max(before.values()) >= 1
+        self._result(box.set_flags([uids[1]], ["\\Seen"], "add"))
+        assert box.info(uids[1]).modseq > top
+        assert box.highestmodseq() == box.info(uids[1]).modseq
+        assert box.info(uids[0]).modseq == before[uids[0]]
+        top = box.highestmodseq()
+        self._result(box.set_flags([uids[2]], ["\\Deleted"], "add"))
+        self._result(box.expunge())
+        assert box.highestmodseq() > box.info(uids[1]).modseq
+        assert box.highestmodseq() > top
+
+    def test_modseq_survives_reopen(self) -> None:
+        """Every message's MODSEQ and the folder's HIGHESTMODSEQ are the same in a new process."""
+        self._needs_persistent_modseq()
+        box = self.inbox()
+        uids = [self._result(box.append(b"Subject: %d\r\n\r\nx\r\n" % n)) for n in range(4)]
+        self._result(box.set_flags(uids[1:3], ["\\Flagged", "$Work"], "add"))
+        self._result(box.set_flags([uids[0]], ["\\Deleted"], "add"))
+        self._result(box.expunge())
+        expected = {i.uid: i.modseq for i in box.messages()}
+        again = self._result(self.reopen_store().get_mailbox("INBOX"))
+        assert {i.uid: i.modseq for i in again.messages()} == expected
+        assert again.highestmodseq() == box.highestmodseq()
+        self._result(again.set_flags([uids[3]], ["\\Seen"], "add"))
+        assert again.info(uids[3]).modseq > box.highestmodseq()
+
+    def test_change_by_another_process_moves_modseq(self) -> None:
+        """A flag change made by another process is seen with a MODSEQ above the old top."""
+        self._needs_persistent_modseq()
+        box = self.inbox()
+        uids = [self._result(box.append(b"Subject: %d\r\n\r\nx\r\n" % n)) for n in range(3)]
+        top = box.highestmodseq()
+        untouched = box.info(uids[0]).modseq
+        other = self._result(self.reopen_store().get_mailbox("INBOX"))
+        self._result(other.set_flags([uids[1]], ["\\Answered"], "add"))
+        self._result(box.refresh())
+        assert box.info(uids[1]).flags == {"\\Answered"}
+        assert box.info(uids[1]).modseq > top
+        assert box.info(uids[0]).modseq == untouched
 
     def test_delete_mailbox(self) -> None:
         """DELETE removes the folder and its mail, keeps folders below it, and tells listeners."""

@@ -19,6 +19,8 @@ class MemoryContractTests(MailStoreContract, SynchronousTestCase):
 
 
 class MaildirContractTests(MailStoreContract, SynchronousTestCase):
+    persistent_modseq = True
+
     def make_store(self) -> Any:
         self.data_dir = self.mktemp()
         return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
@@ -28,6 +30,8 @@ class MaildirContractTests(MailStoreContract, SynchronousTestCase):
 
 
 class MboxContractTests(MailStoreContract, SynchronousTestCase):
+    persistent_modseq = True
+
     def make_store(self) -> Any:
         self.data_dir = self.mktemp()
         return MboxStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
