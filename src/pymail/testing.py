@@ -152,6 +152,47 @@ class ThreadlessReactor(Clock):
             func(*args, **kw)
 
 
+class _HeldPool:
+    def __init__(self, reactor: SteppedReactor) -> None:
+        self._reactor = reactor
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None:
+        self._reactor.thread_work.append((onResult, func, args, kw))
+
+    def callInThread(self, func: Any, *args: Any, **kw: Any) -> None:
+        self.callInThreadWithCallback(lambda ok, result: None, func, *args, **kw)
+
+
+class SteppedReactor(ThreadlessReactor):
+    """
+    A :class:`ThreadlessReactor` whose thread-pool work waits in
+    :attr:`thread_work` until the test runs it: for what may happen between
+    one job and the next (a read, another change, a crash).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Queued jobs, oldest first: (onResult, func, args, kw).
+        self.thread_work: list[tuple[Any, Any, tuple[Any, ...], dict[str, Any]]] = []
+        self._held = _HeldPool(self)
+
+    def getThreadPool(self) -> _HeldPool:  # type: ignore[override]
+        return self._held
+
+    def callInThread(self, func: Any, *args: Any, **kw: Any) -> None:
+        self._held.callInThread(func, *args, **kw)
+
+    def run_job(self, index: int = 0) -> None:
+        """Run one queued job (by default the oldest) as the pool would."""
+        onResult, func, args, kw = self.thread_work.pop(index)
+        _ImmediatePool(self).callInThreadWithCallback(onResult, func, *args, **kw)
+
+    def run_thread_work(self) -> None:
+        """Run queued jobs, and the jobs they queue, until none is left."""
+        while self.thread_work:
+            self.run_job()
+
+
 class MailStoreContract:
     """
     The behaviour every storage backend promises, as a test mixin.
