@@ -6,7 +6,11 @@ not stat or read every message.
 
 The mail files stay the truth.  The index only ever speeds things up: a
 missing, truncated or corrupt index is deleted and rebuilt from the files
-(a log line says so), and nothing but MODSEQ history lives only here.  After
+(a log line says so), and nothing but MODSEQ history lives only here, with
+one exception: a Maildir flag change is acknowledged once it is recorded in
+the ``renames`` table, and its file renames follow right after (see
+:meth:`FolderIndex.add_renames`); a corrupt index found at the next open
+loses the flag changes whose renames a crash cut short.  After
 a rebuild, HIGHESTMODSEQ restarts from the current time in milliseconds, so
 it is still above any MODSEQ a client saw before (RFC 7162 forbids going
 back).
@@ -34,6 +38,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.logger import Logger
+
+from pymail.storage.fsutil import fsync_dir
 
 log = Logger()
 
@@ -65,6 +71,8 @@ CREATE TABLE IF NOT EXISTS sync (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cache (
     uid INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (uid, name));
+CREATE TABLE IF NOT EXISTS renames (
+    uid INTEGER PRIMARY KEY, old TEXT NOT NULL, new TEXT NOT NULL);
 """
 
 
@@ -188,6 +196,44 @@ class FolderIndex(SqliteIndex):
         """Every (uid, base, date, size, modseq), by ascending UID, in one query."""
         with self._lock:
             return self._run("SELECT uid, base, date, size, modseq FROM msgs ORDER BY uid")
+
+    def add_renames(self, renames: Iterable[tuple[int, str, str]]) -> None:
+        """
+        Record flag renames ``(uid, old, new)`` (paths relative to the
+        folder) that are acknowledged before they are done, durably: this
+        one transaction is committed with ``synchronous=FULL`` (the WAL is
+        fsynced before it returns), then the folder directory that holds the
+        index files is fsynced (the -wal file may be new since the open).  See
+        :meth:`pymail.storage.maildir_folder.MaildirMailbox.set_flags`.
+        """
+        with self._lock:
+            assert self._db is not None, "index not open"
+            db = self._db
+            db.execute("PRAGMA synchronous=FULL")
+            try:
+                db.execute("BEGIN")
+                try:
+                    db.executemany("INSERT OR REPLACE INTO renames VALUES (?, ?, ?)", renames)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.execute("PRAGMA synchronous=NORMAL")
+            fsync_dir(os.path.dirname(self.path) or ".")
+
+    def renames(self) -> list[tuple[int, str, str]]:
+        """The recorded flag renames not yet marked done, by UID."""
+        with self._lock:
+            if self._db is None:
+                return []
+            return self._run("SELECT uid, old, new FROM renames ORDER BY uid")
+
+    def renames_done(self) -> None:
+        """Forget the recorded flag renames (every one of them is done and fsynced)."""
+        with self._lock:
+            if self._db is not None:
+                self._run("DELETE FROM renames")
 
     def sync_record(self) -> dict[str, int]:
         """The stamps of the last complete sync (empty when there is none)."""
