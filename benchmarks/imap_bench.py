@@ -12,7 +12,9 @@ the figure is the server's time, not a client library's parsing:
 - FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)
 - FETCH 1:* BODY.PEEK[] (MB/s of message bytes)
 - UID SEARCH SUBJECT
-- STORE 1:* +FLAGS.SILENT (alternately -FLAGS.SILENT, so each run changes every message)
+- STORE 1:* +FLAGS.SILENT (alternately -FLAGS.SILENT, so each run changes every message):
+  the time to the OK, and the time until a NOOP sent after it returns (the
+  flag renames are done after the OK; the NOOP waits for them)
 - IDLE push latency of an SMTP delivery
 - memory per idle authenticated connection: RSS growth of the server over
   --connections logged-in connections, after a warm-up of concurrent logins
@@ -267,15 +269,31 @@ def main() -> None:
                 "FETCH 1:* (BODY.PEEK[])")[0])), "MB/s", "goal >= 300 MB/s, Dovecot 520")
             line("UID SEARCH SUBJECT", *measure(pid, args.repeat, lambda: check_ok(c.command(
                 "UID SEARCH SUBJECT test")[0])), "ms", "goal <= 35 ms")
-            flip = [0]
-
-            def store() -> None:
-                flip[0] ^= 1
-                sign = "+" if flip[0] else "-"
+            # STORE answers once the new names are recorded in the folder's
+            # index; the renames follow at once (see docs/imap.md).  Two
+            # figures: the time to the OK, and the time until a NOOP after it
+            # returns, which waits for the renames (its refresh takes the
+            # folder lock they hold).  An untimed NOOP first lets the
+            # previous run's renames finish.
+            to_ok: list[tuple[float, float]] = []
+            to_done: list[tuple[float, float]] = []
+            for n in range(args.repeat):
+                sign = "+" if n % 2 == 0 else "-"
+                check_ok(c.command("NOOP")[0])
+                cpu = cpu_seconds(pid)
+                start = time.perf_counter()
                 check_ok(c.command(f"STORE 1:* {sign}FLAGS.SILENT (\\Flagged)")[0])
-
-            line("STORE 1:* +/-FLAGS.SILENT", *measure(pid, args.repeat, store), "s",
-                 "goal <= 0.16 s")
+                ok = time.perf_counter()
+                cpu_ok = cpu_seconds(pid)
+                check_ok(c.command("NOOP")[0])
+                done = time.perf_counter()
+                to_ok.append((ok - start, cpu_ok - cpu))
+                to_done.append((done - start, cpu_seconds(pid) - cpu))
+            for label, runs, goal in (
+                    ("STORE 1:* +/-FLAGS.SILENT", to_ok, "goal <= Dovecot, 0.15 s quiet"),
+                    ("STORE, NOOP (renames done)", to_done, "")):
+                best = min(runs)
+                line(label, best[0], statistics.median(t for t, _ in runs), best[1], "s", goal)
             c.close()
 
             if not args.no_imaplib:

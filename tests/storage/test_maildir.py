@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.storage.maildir import MaildirStoreFactory
-from pymail.testing import ThreadlessReactor
+from pymail.testing import SteppedReactor, ThreadlessReactor
 
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
 
@@ -207,3 +207,127 @@ class BadNamesOnDiskTests(SynchronousTestCase):
                 os.makedirs(os.path.join(root, bad, sub))
         names = store.list_mailboxes()
         assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+
+
+class FlagWriteBehindTests(SynchronousTestCase):
+    """
+    STORE is answered once the new file names are recorded in the index;
+    the renames follow as the next thread-pool job (SteppedReactor holds it).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = SteppedReactor()
+        self.data = self.mktemp()
+        self.root = os.path.join(self.data, "mail", "example.org", "alice")
+
+    def settle(self, d: Any) -> Any:
+        self.reactor.run_thread_work()
+        return self.successResultOf(d)
+
+    def open_inbox(self, reactor: Any = None) -> Any:
+        if reactor is None:
+            store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
+            return self.settle(store.get_mailbox("INBOX"))
+        store = MaildirStoreFactory(reactor).open_store("alice@example.org", self.data)
+        return self.successResultOf(store.get_mailbox("INBOX"))
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.root, "cur"))
+                      + os.listdir(os.path.join(self.root, "new")))
+
+    def store_acknowledged(self, box: Any, uids: list[int], flags: list[str]) -> Any:
+        """set_flags, running its first job only: answered, renames still queued."""
+        d = box.set_flags(uids, flags, "add")
+        self.reactor.run_job()
+        result = self.successResultOf(d)
+        assert any(f.__name__ == "_finish_renames" for _, f, _, _ in self.reactor.thread_work)
+        return result
+
+    def fill(self, count: int) -> tuple[Any, list[int]]:
+        box = self.open_inbox()
+        uids = [self.settle(box.append(MSG.replace(b"hello", b"hello %d" % n)))
+                for n in range(count)]
+        return box, uids
+
+    def test_flags_are_in_the_index_before_the_renames_and_in_the_names_after(self) -> None:
+        """The answer comes with the renames recorded in the index; the next job does them."""
+        box, uids = self.fill(3)
+        before = self.names()
+        result = self.store_acknowledged(box, uids, ["\\Seen", "$Work"])
+        assert result == {u: {"\\Seen", "$Work"} for u in uids}
+        assert self.names() == before
+        assert [r[0] for r in box._index.renames()] == uids
+        self.reactor.run_thread_work()
+        assert all(n.endswith(":2,Sa") for n in self.names()), self.names()
+        assert box._index.renames() == []
+
+    def test_a_message_reads_the_same_before_and_after_its_rename(self) -> None:
+        """A read while the rename is pending finds the file under its old name, byte for byte."""
+        box, uids = self.fill(2)
+        self.store_acknowledged(box, uids, ["\\Flagged"])
+        wire = MSG.replace(b"hello", b"hello 1")
+        assert box.read(uids[1]) == wire
+        assert box.read_sized(uids[1], len(wire)) == wire
+        self.reactor.run_thread_work()
+        assert box.read(uids[1]) == wire
+
+    def test_a_crash_before_the_renames_loses_no_flag_change(self) -> None:
+        """A fresh open (the renames never ran) does them from the index and keeps the flags."""
+        box, uids = self.fill(3)
+        self.store_acknowledged(box, uids[:2], ["\\Answered"])
+        self.reactor.thread_work.clear()  # the process dies here
+        again = self.open_inbox(ThreadlessReactor())
+        assert again is not box
+        assert [again.info(u).flags for u in uids] == [{"\\Answered"}, {"\\Answered"}, set()]
+        assert sum(n.endswith(":2,R") for n in self.names()) == 2
+        assert len(self.names()) == 3
+        assert again._index.renames() == []
+        third = self.open_inbox(ThreadlessReactor())
+        assert [third.info(u).flags for u in uids] == [{"\\Answered"}, {"\\Answered"}, set()]
+
+    def test_a_refresh_before_the_renames_keeps_the_new_flags(self) -> None:
+        """A refresh that runs before the queued renames does them first instead of reverting."""
+        box, uids = self.fill(2)
+        self.store_acknowledged(box, uids, ["\\Seen"])
+        d = box.refresh()
+        self.reactor.run_job(len(self.reactor.thread_work) - 1)  # the refresh, first
+        self.successResultOf(d)
+        assert [box.info(u).flags for u in uids] == [{"\\Seen"}, {"\\Seen"}]
+        assert all(n.endswith(":2,S") for n in self.names())
+        self.reactor.run_thread_work()
+        assert [box.info(u).flags for u in uids] == [{"\\Seen"}, {"\\Seen"}]
+
+    def test_a_second_store_before_the_renames_keeps_both_changes(self) -> None:
+        """Flag changes queued back to back both reach the file name, in order."""
+        box, uids = self.fill(1)
+        self.store_acknowledged(box, uids, ["\\Seen"])
+        d = box.set_flags(uids, ["\\Seen"], "remove")
+        self.reactor.run_job(len(self.reactor.thread_work) - 1)
+        self.successResultOf(d)
+        d = box.set_flags(uids, ["\\Flagged"], "add")
+        self.settle(d)
+        assert box.info(uids[0]).flags == {"\\Flagged"}
+        assert self.names()[0].endswith(":2,F")
+        assert len(self.names()) == 1
+
+    def test_expunge_before_the_renames_removes_the_file(self) -> None:
+        """An expunge that runs before the queued renames finds and removes the message's file."""
+        box, uids = self.fill(2)
+        self.store_acknowledged(box, uids[:1], ["\\Deleted"])
+        d = box.expunge()
+        self.reactor.run_job(len(self.reactor.thread_work) - 1)
+        assert self.successResultOf(d) == [uids[0]]
+        self.reactor.run_thread_work()
+        assert len(self.names()) == 1
+        assert box._index.renames() == []
+
+    def test_a_file_renamed_by_another_program_meanwhile_gets_the_new_flags(self) -> None:
+        """The pending rename finds the file by its base name and gives it the stored flags."""
+        box, uids = self.fill(1)
+        self.store_acknowledged(box, uids, ["\\Flagged"])
+        [old] = self.names()
+        base = old.split(":2,")[0]
+        os.rename(os.path.join(self.root, "new", old), os.path.join(self.root, "cur", base + ":2,T"))
+        self.reactor.run_thread_work()
+        assert self.names() == [base + ":2,F"]
+        assert box.read(uids[0]) == MSG.replace(b"hello", b"hello 0")

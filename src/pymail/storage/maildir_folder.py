@@ -161,6 +161,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: committed (under _pending_lock): a scan leaves them to their append.
         self._in_flight: set[str] = set()
         self._cache: dict[tuple[int, str], Any] = {}
+        #: Flag renames acknowledged but not done yet: uid -> the old
+        #: relative path (``_disk.files`` has the new one); under _lock.
+        self._renames: dict[int, str] = {}
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self._index = FolderIndex(path)
         self._index_queue = IndexQueue(self._index, self._in_thread)
@@ -217,14 +220,26 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         if uid not in self._view:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         relpath = self._disk.files.get(uid)
-        for attempt in range(2):
-            if relpath is not None:
-                try:
-                    return os.open(os.path.join(self.path, relpath), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    pass
-            if attempt == 0:
-                relpath = self._find_by_uid(uid)
+        if relpath is not None:
+            try:
+                return os.open(os.path.join(self.path, relpath), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+            # A flag rename not done yet has the file under its old name
+            # (and it may be done between the two opens: then the new name).
+            old = self._renames.get(uid)
+            if old is not None:
+                for rel in (old, relpath):
+                    try:
+                        return os.open(os.path.join(self.path, rel), os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        pass
+        relpath = self._find_by_uid(uid)
+        if relpath is not None:
+            try:
+                return os.open(os.path.join(self.path, relpath), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
         raise NoSuchMessage(f"message UID {uid} in {self.name} was removed by another program")
 
     def read(self, uid: int) -> bytes:
@@ -303,6 +318,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         with self._lock, paused_gc():
             self._index.open()
+            self._recover_renames_locked()
             trusted = self._load_trusted_locked()
             if trusted is not None:
                 return trusted
@@ -316,6 +332,28 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             infos, highest = self._load_index_locked()
             self._index.set_sync(self._sync_record_locked())
             return infos, highest, None
+
+    def _recover_renames_locked(self) -> None:
+        """
+        Finish the flag renames a crash (or a stop) left undone: the index
+        lists each acknowledged one until its rename was fsynced.  A file
+        found under neither name is looked for by its base name (another
+        program may have renamed it); one found nowhere was deleted.
+        """
+        pending = self._index.renames()
+        if not pending:
+            return
+        fd = self._flock()
+        try:
+            on_disk = self._names_by_base()
+            for _uid, old, new in pending:
+                self._rename_found(on_disk, old, new)
+            fsync_dir(os.path.join(self.path, "cur"))
+        finally:
+            self._unflock(fd)
+        log.info("Maildir {path}: finished {count} flag rename(s) left by a stop or crash",
+                 path=self.path, count=len(pending))
+        self._index.renames_done()
 
     def _stamps(self) -> dict[str, int]:
         """What a sync record compares: directory mtimes, the uidlist's inode and size."""
@@ -475,6 +513,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         that appeared (UIDs assigned and written to the uidlist), the UIDs
         whose file name (flags) changed, and the UIDs whose file is gone.
         """
+        self._finish_renames_locked()
         self._disk.dir_stamp = self._dir_stamp()
         self._disk.scanned_ns = time.time_ns()
         found: dict[str, str] = {}
@@ -534,6 +573,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def _refresh(self) -> None:
         with self._lock:
+            # The file names must be what ``files`` says before a scan.
+            self._finish_renames_locked()
             stamp = self._dir_stamp()
             # A change within the file system's timestamp granularity of the
             # last change could leave the mtime unchanged: rescan until one
@@ -808,63 +849,128 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             return {i.uid: i.flags for i in self._view.lookup([p.uid for p in present])
                     if i.uid not in missing}
 
+        def recorded(done: list[int]) -> dict[int, frozenset[str]]:
+            if self._renames:
+                # Acknowledged: the renames follow at once, in the pool.
+                self._in_thread(self._finish_renames).addErrback(
+                    lambda f: log.failure("Maildir {path}: flag renames failed (retried by "
+                                          "the next change or open)", f, path=self.path))
+            return answer(done)
+
         if not wanted:
             return succeed(answer([]))
-        return self._in_thread(self._set_flags, wanted).addCallback(answer)
+        return self._in_thread(self._set_flags, wanted).addCallback(recorded)
 
     def _set_flags(self, wanted: dict[int, frozenset[str]]) -> list[int]:
+        """
+        Write-behind of the flag renames (the precedent is Dovecot's "dirty"
+        Maildir flags): the new name of every message whose flags change is
+        recorded durably in the folder's index (:meth:`FolderIndex.add_renames`,
+        one fsynced transaction) and taken into ``files``; the STORE is
+        answered then, and :meth:`_finish_renames` renames the files right
+        after in the thread pool.  Until it has, a read finds a message under
+        either name (:meth:`_open_fd`); anything else that looks at the file
+        names (a scan, expunge, the next flag change) finishes the renames
+        first, under the folder lock; a fresh open after a crash finishes the
+        ones the index still lists (:meth:`_load`).
+        """
         done: dict[int, frozenset[str]] = {}
         files = self._disk.files
         get = files.get
-        rename = os.rename
+        renames: list[tuple[int, str, str]] = []
         #: The ":2,<letters>" info of each distinct new flag set.
         info_of: dict[frozenset[str], str] = {}
         with self._lock, paused_gc():
-            cur = os.open(os.path.join(self.path, "cur"), os.O_RDONLY | os.O_DIRECTORY)
-            new_dir = -1
-            try:
-                # The hot loop of a STORE 1:*: one rename per message,
-                # relative to open directory descriptors (no path lookups),
-                # the new name made with one slice and one concatenation
-                # (``files`` holds "cur/<base>:2,<letters>" or "new/<base>").
-                for uid, flags in wanted.items():
-                    old = get(uid)
-                    if old is None:
-                        continue
-                    info = info_of.get(flags)
-                    if info is None:
-                        info = info_of[flags] = ":2," + self._letters_locked(flags)
-                    cut = old.find(":2,", 4)
-                    name = old[4:]
-                    new = (name if cut < 0 else old[4:cut]) + info
-                    if old[0] == "c":
-                        if name == new:
-                            done[uid] = flags
-                            continue
-                        src_dir = cur
-                    else:
-                        if new_dir < 0:
-                            new_dir = os.open(os.path.join(self.path, "new"),
-                                              os.O_RDONLY | os.O_DIRECTORY)
-                        src_dir = new_dir
-                    try:
-                        rename(name, new, src_dir_fd=src_dir, dst_dir_fd=cur)
-                    except FileNotFoundError:
-                        found = self._find_by_uid(uid)
-                        if found is None:
-                            continue
-                        rename(os.path.join(self.path, found),
-                               os.path.join(self.path, "cur", new))
-                    files[uid] = "cur/" + new
-                    done[uid] = flags
-                if done:
-                    os.fsync(cur)
-                    self._to_reactor(self._apply_flags_paused, done)
-            finally:
-                os.close(cur)
-                if new_dir >= 0:
-                    os.close(new_dir)
+            self._finish_renames_locked()
+            # The hot loop of a STORE 1:*: the new name made with one slice
+            # and one concatenation (``files`` holds "cur/<base>:2,<letters>"
+            # or "new/<base>").
+            for uid, flags in wanted.items():
+                old = get(uid)
+                if old is None:
+                    continue
+                info = info_of.get(flags)
+                if info is None:
+                    info = info_of[flags] = ":2," + self._letters_locked(flags)
+                cut = old.find(":2,", 4)
+                new = "cur/" + (old[4:] if cut < 0 else old[4:cut]) + info
+                if new != old:
+                    renames.append((uid, old, new))
+                done[uid] = flags
+            if renames:
+                self._index.add_renames(renames)
+                pending = self._renames
+                for uid, old, new in renames:
+                    pending[uid] = old
+                    files[uid] = new
+            if done:
+                self._to_reactor(self._apply_flags_paused, done)
         return list(done)
+
+    def _finish_renames(self) -> None:
+        with self._lock:
+            self._finish_renames_locked()
+
+    def _finish_renames_locked(self) -> None:
+        """
+        Do the recorded flag renames (``self._renames``: uid -> old relative
+        path, ``files`` holding the new one), fsync cur/, then forget them
+        in the index.  The hot loop of a STORE 1:*: renames relative to open
+        directory descriptors (no path lookups).
+        """
+        pending = self._renames
+        if not pending:
+            return
+        files = self._disk.files
+        rename = os.rename
+        cur = os.open(os.path.join(self.path, "cur"), os.O_RDONLY | os.O_DIRECTORY)
+        new_dir = -1
+        on_disk: dict[str, str] | None = None
+        try:
+            for uid, old in pending.items():
+                new = files.get(uid)
+                if new is None:
+                    continue
+                if old[0] == "c":
+                    src_dir = cur
+                else:
+                    if new_dir < 0:
+                        new_dir = os.open(os.path.join(self.path, "new"),
+                                          os.O_RDONLY | os.O_DIRECTORY)
+                    src_dir = new_dir
+                try:
+                    rename(old[4:], new[4:], src_dir_fd=src_dir, dst_dir_fd=cur)
+                except FileNotFoundError:
+                    # Renamed by another program meanwhile: found by base
+                    # name (the folder listed once for all such files).
+                    if on_disk is None:
+                        on_disk = self._names_by_base()
+                    self._rename_found(on_disk, old, new)
+            os.fsync(cur)
+        finally:
+            os.close(cur)
+            if new_dir >= 0:
+                os.close(new_dir)
+        self._index.renames_done()
+        pending.clear()
+
+    def _names_by_base(self) -> dict[str, str]:
+        """Base name -> relative path of every message file in new/ and cur/."""
+        found = {}
+        for sub in ("new", "cur"):
+            for n in os.listdir(os.path.join(self.path, sub)):
+                found[split_name(n)[0]] = f"{sub}/{n}"
+        return found
+
+    def _rename_found(self, on_disk: dict[str, str], old: str, new: str) -> None:
+        """
+        Rename the file of ``old``'s base name, wherever ``on_disk`` (see
+        :meth:`_names_by_base`) has it, to ``new``; nothing when it is
+        already there or gone (deleted by another program).
+        """
+        found = on_disk.get(split_name(old[4:])[0])
+        if found is not None and found != new:
+            os.rename(os.path.join(self.path, found), os.path.join(self.path, new))
 
     def _apply_flags_paused(self, done: dict[int, frozenset[str]]) -> None:
         # 10,000 new MessageInfos and the index rows of a STORE 1:*, none of
@@ -886,6 +992,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _expunge(self, doomed: list[int]) -> list[int]:
         removed = []
         with self._lock:
+            self._finish_renames_locked()
             fd = self._flock()
             try:
                 self._read_uidlist_locked()
