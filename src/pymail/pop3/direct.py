@@ -76,7 +76,7 @@ def _idle_plain_tcp(transport: Any) -> Any:
 MAX_PIECES = 64
 
 
-def send_now(transport: Any, pieces: list[bytes], under: Any = None) -> None:
+def send_now(transport: Any, pieces: list[bytes], under: Any = None, size: int = -1) -> None:
     """
     Write ``pieces`` to ``transport`` in order, sending as much as the socket
     takes at once when nothing else is queued (see the module docstring):
@@ -87,6 +87,8 @@ def send_now(transport: Any, pieces: list[bytes], under: Any = None) -> None:
     :param under: ``through_relays(transport)``, when the caller keeps it
         (it does not change while a connection lasts; STLS sets the TCP
         transport's ``TLS`` flag, which is checked on every call).
+    :param size: the octets in ``pieces``, when the caller knows them: a
+        send that took them all then returns without looking at the pieces.
     """
     sock = _idle_plain_tcp(through_relays(transport) if under is None else under)
     if sock is not None:
@@ -98,6 +100,8 @@ def send_now(transport: Any, pieces: list[bytes], under: Any = None) -> None:
             # EAGAIN, EINTR, or a lost connection: the transport's own send
             # gets the same answer and deals with it.
             sent = 0
+        if sent == size:
+            return
         if sent:
             pieces = _after(pieces, sent)
             if not pieces:

@@ -91,6 +91,11 @@ class State(enum.Enum):
     TRANSACTION = "TRANSACTION"
     UPDATE = "UPDATE"
 
+    # Members are compared by identity, so the identity hash is enough, and
+    # it is C code: Enum's own hashes the name in Python, once per command
+    # (the state check in the command table's frozensets).
+    __hash__ = object.__hash__
+
 
 class _SyntaxError(Exception):
     """The arguments do not fit the command; the reply shows its syntax."""
@@ -180,6 +185,10 @@ class POP3Server(Protocol):
     #: Octets of one message sent in one reactor turn when the transport
     #: does not push back; then other connections get a turn.
     MAX_BURST: ClassVar[int] = 1024 * 1024
+    #: Read-ahead (:meth:`_read_ahead`): once a client has retrieved two
+    #: consecutive messages, the next one, if no bigger than this, is read
+    #: and framed after the reply has left, while the client reads it.
+    READ_AHEAD_MAX: ClassVar[int] = 128 * 1024
 
     commands: ClassVar[dict[bytes, Command]]
 
@@ -227,6 +236,11 @@ class POP3Server(Protocol):
         self._sasl: sasl.Exchange | None = None
         self._stream: _MessageStream | None = None
         self._socket_transport: Any = None
+        # Read-ahead: the last message number retrieved, the one to read
+        # ahead once the reply is out (0: none), and what was read.
+        self._last_retr = 0
+        self._ahead_next = 0
+        self._ahead: _ReadAhead | None = None
 
     @property
     def _channel(self) -> Any:
@@ -312,6 +326,7 @@ class POP3Server(Protocol):
             logout, self._logout = self._logout, None
             logout()
         self._maildrop = None
+        self._ahead = None
 
     # -- IPushProducer: the transport tells us when the client stops reading
 
@@ -364,6 +379,8 @@ class POP3Server(Protocol):
         finally:
             self._processing = False
         self._flush()
+        if self._ahead_next:
+            self._read_ahead()
 
     def _run(self, line: bytes) -> None:
         """Dispatch one command line; an answer still to come holds the input."""
@@ -393,6 +410,8 @@ class POP3Server(Protocol):
             self._compact()
         self._flush()
         self._update_reading()
+        if self._ahead_next and not self._buffer:
+            self._read_ahead()
 
     def _next_line(self) -> bytes | None:
         """
@@ -465,7 +484,7 @@ class POP3Server(Protocol):
 
     def _flush(self) -> None:
         if self._out and not self._closed:
-            send_now(self._channel, self._out, self._socket_transport)
+            send_now(self._channel, self._out, self._socket_transport, self._out_size)
         self._out = []
         self._out_size = 0
         if self._closing and not self._closed and not self._channel.disconnecting:
@@ -817,7 +836,48 @@ class POP3Server(Protocol):
         else:
             (number,) = _numbers(args, 1, 1)
         size = self._drop.info(number).size
+        ahead, self._ahead = self._ahead, None
+        sequential = number == self._last_retr + 1
+        self._last_retr = number
+        if sequential:
+            self._ahead_next = number + 1
+        if ahead is not None and ahead.number == number:
+            self._ok_pieces(ahead.pieces)
+            return None
         return self._send_message(number, size, _RETR_STATUS % size, None)
+
+    def _read_ahead(self) -> None:
+        """
+        Read and frame the message :attr:`_ahead_next` names, for a client
+        that retrieves messages in order (poplib, fetchmail and getmail
+        all do) and waits for each reply: the next RETR then finds its
+        reply ready, and the storage read and the stuffing check, which
+        would delay that reply, happen while the client is still reading
+        this one.  Called once a reply is on its way and no command waits.
+        Only the very next RETR uses it (any other RETR drops it), and only
+        a message no bigger than :attr:`READ_AHEAD_MAX`; a message that
+        cannot be read now is left to that RETR, which reports the error.
+        """
+        number, self._ahead_next = self._ahead_next, 0
+        drop = self._maildrop
+        if (
+            drop is None
+            or self._state is not State.TRANSACTION
+            or self._waiting
+            or self._stream is not None
+            or self._write_paused
+            or self._closing
+            or self._closed
+        ):
+            return
+        try:
+            size = drop.info(number).size
+            if size > self.READ_AHEAD_MAX:
+                return
+            message = drop.read(number)
+        except (MessageNumberError, NoSuchMessage, StorageError, OSError):
+            return
+        self._ahead = _ReadAhead(number, multiline(_RETR_STATUS % size, message))
 
     def do_top(self, args: bytes) -> Deferred[None] | None:
         number, lines = _numbers(args, 2, 2)
@@ -966,6 +1026,14 @@ class POP3Server(Protocol):
             Command(b"RSET", do_rset, _TRANSACTION, "RSET"),
         ]
     }
+
+
+@attrs.define
+class _ReadAhead:
+    """A RETR reply framed ahead of the command (see :meth:`POP3Server._read_ahead`)."""
+
+    number: int
+    pieces: list[bytes]
 
 
 @attrs.define
