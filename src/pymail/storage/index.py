@@ -71,8 +71,7 @@ CREATE TABLE IF NOT EXISTS sync (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cache (
     uid INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (uid, name));
-CREATE TABLE IF NOT EXISTS renames (
-    uid INTEGER PRIMARY KEY, old TEXT NOT NULL, new TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS renames (batch INTEGER PRIMARY KEY, names BLOB NOT NULL);
 """
 
 
@@ -197,37 +196,34 @@ class FolderIndex(SqliteIndex):
         with self._lock:
             return self._run("SELECT uid, base, date, size, modseq FROM msgs ORDER BY uid")
 
-    def add_renames(self, renames: Iterable[tuple[int, str, str]]) -> None:
+    def add_renames(self, names: Iterable[str]) -> None:
         """
-        Record flag renames ``(uid, old, new)`` (paths relative to the
-        folder) that are acknowledged before they are done, durably: this
-        one transaction is committed with ``synchronous=FULL`` (the WAL is
-        fsynced before it returns), then the folder directory that holds the
-        index files is fsynced (the -wal file may be new since the open).  See
+        Record the new names (paths relative to the folder) of flag renames
+        that are acknowledged before they are done, durably: one row for
+        the batch (the names NUL-separated: no file name holds a NUL), in a
+        transaction committed with ``synchronous=FULL`` (the WAL is fsynced
+        before this returns), then the folder directory that holds the index
+        files is fsynced (the -wal file may be new since the open).  See
         :meth:`pymail.storage.maildir_folder.MaildirMailbox.set_flags`.
         """
+        blob = "\0".join(names).encode("utf-8", "surrogateescape")
         with self._lock:
             assert self._db is not None, "index not open"
             db = self._db
             db.execute("PRAGMA synchronous=FULL")
             try:
-                db.execute("BEGIN")
-                try:
-                    db.executemany("INSERT OR REPLACE INTO renames VALUES (?, ?, ?)", renames)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                db.execute("INSERT INTO renames (names) VALUES (?)", (blob,))
             finally:
                 db.execute("PRAGMA synchronous=NORMAL")
             fsync_dir(os.path.dirname(self.path) or ".")
 
-    def renames(self) -> list[tuple[int, str, str]]:
-        """The recorded flag renames not yet marked done, by UID."""
+    def renames(self) -> list[str]:
+        """The new names of the recorded flag renames not yet marked done, in order."""
         with self._lock:
             if self._db is None:
                 return []
-            return self._run("SELECT uid, old, new FROM renames ORDER BY uid")
+            rows = self._run("SELECT names FROM renames ORDER BY batch")
+        return [n for (blob,) in rows for n in blob.decode("utf-8", "surrogateescape").split("\0")]
 
     def renames_done(self) -> None:
         """Forget the recorded flag renames (every one of them is done and fsynced)."""

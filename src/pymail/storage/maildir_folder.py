@@ -336,9 +336,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _recover_renames_locked(self) -> None:
         """
         Finish the flag renames a crash (or a stop) left undone: the index
-        lists each acknowledged one until its rename was fsynced.  A file
-        found under neither name is looked for by its base name (another
-        program may have renamed it); one found nowhere was deleted.
+        lists the new name of each acknowledged one until the renames were
+        fsynced.  The file of the same base name is renamed to it wherever
+        it is (under its old name, or another program renamed it since); a
+        file found nowhere was deleted by another program.
         """
         pending = self._index.renames()
         if not pending:
@@ -346,8 +347,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         fd = self._flock()
         try:
             on_disk = self._names_by_base()
-            for _uid, old, new in pending:
-                self._rename_found(on_disk, old, new)
+            for new in pending:
+                self._rename_found(on_disk, new, new)
             fsync_dir(os.path.join(self.path, "cur"))
         finally:
             self._unflock(fd)
@@ -898,7 +899,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                     renames.append((uid, old, new))
                 done[uid] = flags
             if renames:
-                self._index.add_renames(renames)
+                self._index.add_renames([r[2] for r in renames])
                 pending = self._renames
                 for uid, old, new in renames:
                     pending[uid] = old
@@ -968,9 +969,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         :meth:`_names_by_base`) has it, to ``new``; nothing when it is
         already there or gone (deleted by another program).
         """
-        found = on_disk.get(split_name(old[4:])[0])
+        base = split_name(old[4:])[0]
+        found = on_disk.get(base)
         if found is not None and found != new:
             os.rename(os.path.join(self.path, found), os.path.join(self.path, new))
+            on_disk[base] = new
 
     def _apply_flags_paused(self, done: dict[int, frozenset[str]]) -> None:
         # 10,000 new MessageInfos and the index rows of a STORE 1:*, none of
