@@ -390,7 +390,7 @@ class MailStoreContract:
             raise SkipTest("the backend does not say persistent_modseq = True")
 
     def test_modseq_moves_on_flag_change_and_expunge(self) -> None:
-        """A flag change gives the changed message a MODSEQ above the old top; an expunge raises it."""
+        """A flag change gives the message a MODSEQ above the old top; an expunge raises the top."""
         self._needs_persistent_modseq()
         box = self.inbox()
         uids = [self._result(box.append(b"Subject: %d\r\n\r\nx\r\n" % n)) for n in range(3)]

@@ -33,7 +33,7 @@ def mbox_server(tmp_path: Path) -> Iterator[PymailProcess]:
 
 
 def flag_outside(path: Path, uid: int, flag: str) -> None:
-    """Another program (Python's mailbox, with its dotlock) flags a message and rewrites the file."""
+    """Another program (Python's mailbox, dotlocked) flags a message and rewrites the file."""
     md = mailbox.mbox(str(path), create=False)
     md.lock()
     try:
@@ -132,7 +132,7 @@ def test_qresync_over_mbox_after_sessions_another_program_a_restart_and_kill9(
 
 
 def test_mixed_backends_offer_condstore_when_all_persist_modseq(tmp_path: Path) -> None:
-    """Maildir for one domain and mbox for another: both persist MODSEQs, so CONDSTORE is offered."""
+    """Maildir for one domain, mbox for another: both persist MODSEQs, so CONDSTORE is on."""
     proc = PymailProcess(tmp_path, extra_config=MIXED,
                          users={ALICE[0]: ALICE[1], "bob@example.org": "bob-pw"})
     proc.start()

@@ -279,15 +279,17 @@ class MboxMailbox(ViewBacked):
         info = MessageInfo
         modseqs = ints[7::PACKED_FIELDS]
         highest = max(recorded, max(modseqs, default=0), 1)
+        # The view's UID list and its MessageInfos share one int per UID.
+        uid_list: list[int] = uid_column.tolist()
         # The hot loop of SELECT in a fresh process: the positions in the
         # file stay packed (Entries); only the view's objects are built.
-        for uid, shared, date, size, modseq in zip(uid_column, flags, ints[4::PACKED_FIELDS],
+        for uid, shared, date, size, modseq in zip(uid_list, flags, ints[4::PACKED_FIELDS],
                                                    ints[5::PACKED_FIELDS], modseqs, strict=True):
             if date != last_date:  # messages of one second share one object
                 last_date, when = date, datetime.fromtimestamp(date, UTC)
             infos.append(info(uid, prefix + str(uid), shared, when, size, modseq))
         entries = Entries(ints, flags)
-        uids: list[int] | None = uid_column.tolist()
+        uids: list[int] | None = uid_list
         uid = uid_column[-1] if len(uid_column) else 0
         self._disk.uidvalidity = validity
         self._disk.next_uid = max(next_uid, uid + 1)
