@@ -208,3 +208,30 @@ class RoutingTests(SynchronousTestCase):
         with_memory = make_store_factory("mbox", {"example.org": "memory"}, {}, reactor)
         assert with_memory.persistent_modseq is False  # type: ignore[attr-defined]
         assert MboxStoreFactory(reactor).persistent_modseq is True
+
+
+class TwoProcessTests(SynchronousTestCase):
+    def test_changes_seen_from_another_process_are_numbered_above_its_modseqs(self) -> None:
+        """A process that rescans after another one's changes numbers above every MODSEQ it gave."""
+        reactor = ThreadlessReactor()
+        data = self.mktemp()
+
+        def open_inbox() -> Any:
+            store = MboxStoreFactory(reactor).open_store("alice@example.org", data)
+            return self.successResultOf(store.get_mailbox("INBOX"))
+
+        first = open_inbox()
+        uids = [self.successResultOf(first.append(message(n))) for n in range(3)]
+        second = open_inbox()
+        for _ in range(5):  # the first process moves well ahead of the second
+            self.successResultOf(first.set_flags([uids[0]], ["\\Seen"], "add"))
+            self.successResultOf(first.set_flags([uids[0]], ["\\Seen"], "remove"))
+        self.successResultOf(first.set_flags([uids[1]], ["\\Flagged"], "add"))
+        ahead = first.highestmodseq()
+        self.successResultOf(second.set_flags([uids[2]], ["\\Answered"], "add"))
+        assert second.info(uids[1]).flags == {"\\Flagged"}
+        assert second.info(uids[1]).modseq > ahead
+        assert second.info(uids[2]).modseq > ahead
+        self.successResultOf(first.refresh())
+        assert first.info(uids[2]).modseq > ahead
+        assert open_inbox().highestmodseq() >= second.highestmodseq()

@@ -342,6 +342,14 @@ class MboxMailbox(ViewBacked):
 
     def _rescan_locked(self) -> None:
         """Parse the file again and tell the reactor what changed since the last scan."""
+        # Another pymail process may have written the file, numbering its
+        # changes above ours: number ours above every MODSEQ it recorded.
+        try:
+            if self._index.ensure_open():
+                recorded = self._index.meta("highestmodseq") or 0
+                self._disk.highestmodseq = max(self._disk.highestmodseq, recorded)
+        except (OSError, sqlite3.Error):
+            pass
         if self._scan_tail_locked() is not None:
             return
         self._tell_rescan_locked(self._scan_locked())
