@@ -852,10 +852,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
         def recorded(done: list[int]) -> dict[int, frozenset[str]]:
             if self._renames:
-                # Acknowledged: the renames follow at once, in the pool.
-                self._in_thread(self._finish_renames).addErrback(
-                    lambda f: log.failure("Maildir {path}: flag renames failed (retried by "
-                                          "the next change or open)", f, path=self.path))
+                # Acknowledged: the renames follow at once, in the pool, from
+                # the reactor's next turn (this one writes the answer, and a
+                # thread renaming meanwhile would contend for the GIL).
+                self._to_reactor(self._start_renames)
             return answer(done)
 
         if not wanted:
@@ -907,6 +907,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             if done:
                 self._to_reactor(self._apply_flags_paused, done)
         return list(done)
+
+    def _start_renames(self) -> None:
+        self._in_thread(self._finish_renames).addErrback(
+            lambda f: log.failure("Maildir {path}: flag renames failed (retried by the next "
+                                  "change or open)", f, path=self.path))
 
     def _finish_renames(self) -> None:
         with self._lock:
