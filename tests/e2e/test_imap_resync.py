@@ -86,70 +86,100 @@ def uid_set(text: bytes) -> set[int]:
     return out
 
 
-def test_qresync_after_changes_by_another_session_and_a_restart(
-    server: PymailProcess,
-) -> None:
-    """A client resyncs with QRESYNC: only changed flags and VANISHED come back, over a restart."""
+Local = dict[int, tuple[frozenset[bytes], int]]
+
+
+def deliver(server: PymailProcess, count: int) -> None:
+    """``count`` messages to Alice over SMTP."""
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as smtp:
-        for n in range(1, 7):
+        for n in range(1, count + 1):
             smtp.sendmail("s@example.net", [ALICE[0]], b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
 
-    # The client's first sync: everything, with MODSEQs.
+
+def first_sync(server: PymailProcess, select: str) -> tuple[int, int, Local]:
+    """
+    A client's first sync (``select`` is its SELECT command): CONDSTORE and
+    QRESYNC on offer; UIDVALIDITY, HIGHESTMODSEQ and every message's flags
+    and MODSEQ.
+    """
     client = Session(server.ports["imap"])
     caps = b" ".join(client.ok("CAPABILITY"))
     assert b"CONDSTORE" in caps and b"QRESYNC" in caps
-    client.ok("ENABLE QRESYNC")
-    selected = client.ok("SELECT INBOX")
+    selected = client.ok(select)
     uidvalidity = code_value(selected, b"UIDVALIDITY")
     known_modseq = code_value(selected, b"HIGHESTMODSEQ")
     local = fetched(client.ok("UID FETCH 1:* (FLAGS MODSEQ)"))
-    assert sorted(local) == [1, 2, 3, 4, 5, 6]
+    assert max(m for _, m in local.values()) <= known_modseq
     client.close()
+    return uidvalidity, known_modseq, local
 
-    # While it is away: another session changes flags and expunges, before a restart...
-    other = Session(server.ports["imap"])
-    other.ok("SELECT INBOX")
-    other.ok("UID STORE 2 +FLAGS.SILENT (\\Flagged)")
-    other.ok("UID STORE 4 +FLAGS.SILENT (\\Deleted)")
-    other.ok("UID EXPUNGE 4")
-    other.close()
-    server.stop()
-    server.start()
-    # ... and after it.
-    other = Session(server.ports["imap"])
-    other.ok("SELECT INBOX")
-    other.ok("UID STORE 3 +FLAGS.SILENT (\\Seen $Label1)")
-    other.ok("UID STORE 6 +FLAGS.SILENT (\\Deleted)")
-    other.ok("UID EXPUNGE 6")
-    truth = fetched(other.ok("UID FETCH 1:* (FLAGS MODSEQ)"))
-    other.close()
 
-    # The client comes back and resynchronises.
+def resync(server: PymailProcess, uidvalidity: int, known_modseq: int,
+           local: Local) -> tuple[set[int], set[int]]:
+    """
+    The client comes back with ``SELECT INBOX (QRESYNC ...)``, applies the
+    VANISHED and FETCH responses to ``local`` (every changed MODSEQ above
+    what it knew), checks that a second resync is empty, and returns the
+    vanished and the changed UIDs.
+    """
     client = Session(server.ports["imap"])
     client.ok("ENABLE QRESYNC")
-    resync = client.ok(f"SELECT INBOX (QRESYNC ({uidvalidity} {known_modseq} 1:6))")
-    assert code_value(resync, b"UIDVALIDITY") == uidvalidity
-    assert code_value(resync, b"HIGHESTMODSEQ") > known_modseq
-    vanished = [line for line in resync if line.startswith(b"* VANISHED (EARLIER) ")]
-    assert len(vanished) == 1
-    assert uid_set(vanished[0].split()[-1]) == {4, 6}
-    changes = fetched(resync)
-    # Only what changed is sent: UIDs 2 and 3, not the untouched 1 and 5.
-    assert set(changes) == {2, 3}
+    uids = ",".join(str(u) for u in sorted(local))
+    lines = client.ok(f"SELECT INBOX (QRESYNC ({uidvalidity} {known_modseq} {uids}))")
+    assert code_value(lines, b"UIDVALIDITY") == uidvalidity
+    assert code_value(lines, b"HIGHESTMODSEQ") > known_modseq
+    vanished = [line for line in lines if line.startswith(b"* VANISHED (EARLIER) ")]
+    assert len(vanished) <= 1
+    gone = uid_set(vanished[0].split()[-1]) if vanished else set()
+    changes = fetched(lines)
     for uid, (flags, modseq) in changes.items():
         assert modseq > known_modseq
         local[uid] = (flags, modseq)
-    for uid in uid_set(vanished[0].split()[-1]):
+    for uid in gone:
         del local[uid]
-    assert {u: f for u, (f, _) in local.items()} == {u: f for u, (f, _) in truth.items()}
-    assert local[2][0] == {b"\\Flagged"}
-    assert local[3][0] == {b"\\Seen", b"$Label1"}
 
     # Nothing changed since: a second resync (with the UIDs it now knows) is empty.
-    newest = code_value(resync, b"HIGHESTMODSEQ")
+    newest = code_value(lines, b"HIGHESTMODSEQ")
     known = ",".join(str(u) for u in sorted(local))
     client.ok("UNSELECT")
     again = client.ok(f"SELECT INBOX (QRESYNC ({uidvalidity} {newest} {known}))")
     assert not fetched(again)
     assert not [line for line in again if b"VANISHED" in line]
     client.close()
+    return gone, set(changes)
+
+
+def another_session(server: PymailProcess, *commands: str) -> list[bytes]:
+    """Another client SELECTs INBOX, runs ``commands`` (each must be OK), and logs out."""
+    other = Session(server.ports["imap"])
+    other.ok("SELECT INBOX")
+    lines = [line for command in commands for line in other.ok(command)]
+    other.close()
+    return lines
+
+
+def test_qresync_after_changes_by_another_session_and_a_restart(
+    server: PymailProcess,
+) -> None:
+    """A client resyncs with QRESYNC: only changed flags and VANISHED come back, over a restart."""
+    deliver(server, 6)
+    # The client's first sync: everything, with MODSEQs.
+    uidvalidity, known_modseq, local = first_sync(server, "SELECT INBOX")
+    assert sorted(local) == [1, 2, 3, 4, 5, 6]
+
+    # While it is away: another session changes flags and expunges, before a restart...
+    another_session(server, "UID STORE 2 +FLAGS.SILENT (\\Flagged)",
+                    "UID STORE 4 +FLAGS.SILENT (\\Deleted)", "UID EXPUNGE 4")
+    server.stop()
+    server.start()
+    # ... and after it.
+    truth = fetched(another_session(
+        server, "UID STORE 3 +FLAGS.SILENT (\\Seen $Label1)",
+        "UID STORE 6 +FLAGS.SILENT (\\Deleted)", "UID EXPUNGE 6", "UID FETCH 1:* (FLAGS MODSEQ)"))
+
+    # The client comes back and resynchronises: only what changed is sent
+    # (UIDs 2 and 3, not the untouched 1 and 5).
+    assert resync(server, uidvalidity, known_modseq, local) == ({4, 6}, {2, 3})
+    assert {u: f for u, (f, _) in local.items()} == {u: f for u, (f, _) in truth.items()}
+    assert local[2][0] == {b"\\Flagged"}
+    assert local[3][0] == {b"\\Seen", b"$Label1"}

@@ -90,9 +90,10 @@ class MboxServer(Server):
         from pymail.storage.mbox import MboxStoreFactory
 
         self.clock = ThreadlessReactor()
-        self.stores = MboxStoreFactory(
+        stores: Any = MboxStoreFactory(
             self.clock, inbox_path=self.directory_path + "/{address}/INBOX",
             folders_path=self.directory_path + "/{address}")
+        self.stores = stores
         self.portal, self.directory, _ = memory_portal(self.users, self.stores)
         self.factory = IMAPFactory(self.portal, self.clock, "imap.example.org", **self.options)
 

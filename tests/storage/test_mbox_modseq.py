@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +23,26 @@ from pymail.testing import ThreadlessReactor
 
 def message(n: int) -> bytes:
     return b"From: a@example.org\r\nSubject: m%d\r\n\r\nbody %d\r\n" % (n, n)
+
+
+def outside(path: str, edit: Callable[[mailbox.mbox], object]) -> None:
+    """Another program (Python's mailbox, dotlocked) edits the folder file and writes it back."""
+    md = mailbox.mbox(path, create=False)
+    md.lock()
+    try:
+        edit(md)
+        md.flush()
+    finally:
+        md.unlock()
+        md.close()
+
+
+def add_flag(md: mailbox.mbox, position: int, flag: str) -> None:
+    """Give the message at ``position`` an mbox flag letter (F, A, R...)."""
+    key = list(md.keys())[position]
+    changed = md[key]
+    changed.add_flag(flag)
+    md[key] = changed
 
 
 class MboxModseqTests(SynchronousTestCase):
@@ -111,16 +132,11 @@ class MboxModseqTests(SynchronousTestCase):
         box, uids = self.filled(5)
         before = self.modseqs(box)
         top = box.highestmodseq()
-        md = mailbox.mbox(self.path, create=False)
-        md.lock()
-        keys = list(md.keys())
-        changed = md[keys[1]]
-        changed.add_flag("F")
-        md[keys[1]] = changed
-        md.remove(keys[3])
-        md.flush()
-        md.unlock()
-        md.close()
+        def edit(md: mailbox.mbox) -> None:
+            add_flag(md, 1, "F")
+            md.remove(list(md.keys())[3])
+
+        outside(self.path, edit)
         self.successResultOf(box.refresh())
         after = self.modseqs(box)
         assert uids[3] not in after
@@ -136,12 +152,7 @@ class MboxModseqTests(SynchronousTestCase):
         box, uids = self.filled(3)
         before = self.modseqs(box)
         top = box.highestmodseq()
-        md = mailbox.mbox(self.path, create=False)
-        md.lock()
-        md.add(b"From: outside@example.org\nSubject: outside\n\nbody\n")
-        md.flush()
-        md.unlock()
-        md.close()
+        outside(self.path, lambda md: md.add(b"From: x@example.org\nSubject: outside\n\nbody\n"))
         # A fresh process sees the new tail (the index still describes the rest)...
         fresh = self.modseqs(self.open_inbox())
         new = [u for u in fresh if u not in before]
@@ -156,15 +167,7 @@ class MboxModseqTests(SynchronousTestCase):
         """A file changed while pymail was not running: every message is above the old top."""
         box, uids = self.filled(4)
         top = box.highestmodseq()
-        md = mailbox.mbox(self.path, create=False)
-        md.lock()
-        key = list(md.keys())[2]
-        changed = md[key]
-        changed.add_flag("A")
-        md[key] = changed
-        md.flush()
-        md.unlock()
-        md.close()
+        outside(self.path, lambda md: add_flag(md, 2, "A"))
         again = self.open_inbox()
         assert [i.uid for i in again.messages()] == uids
         assert "\\Answered" in again.info(uids[2]).flags
