@@ -67,6 +67,19 @@ def wire(data: bytes) -> bytes:
     return data
 
 
+def read_imap_reply(sock: socket.socket, tag: bytes) -> bytes:
+    """Everything an IMAP server sends up to and including the tagged reply line."""
+    data = b""
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        data += chunk
+        end = data.rfind(b"\r\n" + tag + b" ")
+        if (end >= 0 or data.startswith(tag + b" ")) and data.endswith(b"\r\n"):
+            return data
+
+
 class PymailProcess:
     """One pymail server process and its configuration, data and log."""
 

@@ -15,25 +15,12 @@ import socket
 import time
 from pathlib import Path
 
-from harness import PymailProcess, corpus_messages, wire
+from harness import PymailProcess, corpus_messages, read_imap_reply, wire
 
 from pymail.imap import derive
 from pymail.storage.maildir import MaildirStoreFactory
 
 ALICE = ("alice@localhost", "alice-pw")
-
-
-def read_reply(sock: socket.socket, tag: bytes) -> bytes:
-    """Everything the server sends up to and including the tagged reply line."""
-    data = b""
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        data += chunk
-        end = data.rfind(b"\r\n" + tag + b" ")
-        if (end >= 0 or data.startswith(tag + b" ")) and data.endswith(b"\r\n"):
-            return data
 
 
 def session(port: int, commands: list[str]) -> list[bytes]:
@@ -44,7 +31,7 @@ def session(port: int, commands: list[str]) -> list[bytes]:
         for n, text in enumerate([f"LOGIN {ALICE[0]} {ALICE[1]}", "SELECT INBOX", *commands]):
             tag = b"t%d" % n
             sock.sendall(tag + b" " + text.encode() + b"\r\n")
-            replies.append(read_reply(sock, tag))
+            replies.append(read_imap_reply(sock, tag))
         return replies[2:]
     finally:
         sock.close()

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from harness import PymailProcess, corpus_messages
+from harness import PymailProcess, corpus_messages, read_imap_reply
 
 from pymail.storage.maildir import MaildirStoreFactory
 
@@ -23,19 +23,6 @@ ALICE = ("alice@localhost", "alice-pw")
 COPIES = 30
 #: How long another program may wait for the renames after the OK.
 RENAMES_DONE_WITHIN_S = 10.0
-
-
-def read_reply(sock: socket.socket, tag: bytes) -> bytes:
-    """Everything the server sends up to and including the tagged reply line."""
-    data = b""
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        data += chunk
-        end = data.rfind(b"\r\n" + tag + b" ")
-        if (end >= 0 or data.startswith(tag + b" ")) and data.endswith(b"\r\n"):
-            return data
 
 
 class Session:
@@ -50,7 +37,7 @@ class Session:
         self.n += 1
         tag = b"t%d" % self.n
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        reply = read_reply(self.sock, tag)
+        reply = read_imap_reply(self.sock, tag)
         assert reply.rsplit(b"\r\n", 2)[-2].startswith(tag + b" OK"), reply[-300:]
         return reply
 
