@@ -7,7 +7,11 @@ that the 250 (and the APPEND OK) is written to the socket only after
 - the message file was fsynced (the file that ends up in new/ or cur/),
 - it was renamed out of tmp/,
 - the uidlist was fsynced, and
-- the directory it was renamed into was fsynced.
+- the directory it was renamed into was fsynced,
+
+where a ``syncfs`` on the folder (Maildir's group commit on Linux: one for
+the group's files before their renames, one for the names and the uidlist
+after them) counts as the fsync of every file and directory below it.
 
     python benchmarks/durability_audit.py     # starts its own pymail, once per backend
     python benchmarks/durability_audit.py --keep-trace /tmp/trace   # trace.maildir, trace.mbox
@@ -37,7 +41,7 @@ import anchors  # noqa: E402
 import load_imap  # noqa: E402
 import load_smtp  # noqa: E402
 
-SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev"
+SYSCALLS = "fsync,fdatasync,syncfs,rename,renameat,renameat2,write,sendto,sendmsg,writev"
 ATTACH_WAIT_S = 1.5
 BACKENDS = ("maildir", "mbox")
 _LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(\S+)\s+(.*)$")
@@ -99,19 +103,28 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
     folder = target.rsplit("/", 2)[0]
     subdir = target.rsplit("/", 2)[1]
 
-    def fsynced(pred: object, start: int, end: int) -> bool:
-        for n, a, t in calls[start:end]:
-            if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0"):
-                m = _FD_PATH.match(a)
-                if m and pred(m.group(1)):  # type: ignore[operator]
-                    return True
+    def fsynced(pred: object, start: int, end: int, syncfs_start: int = 0) -> bool:
+        for i, (n, a, t) in enumerate(calls[start:end], start):
+            if not t.rstrip().endswith("= 0") or (m := _FD_PATH.match(a)) is None:
+                continue
+            if n in ("fsync", "fdatasync") and pred(m.group(1)):  # type: ignore[operator]
+                return True
+            if n == "syncfs" and i >= syncfs_start and _same_tree(m.group(1), folder):
+                return True
         return False
     file_ok = fsynced(lambda p: base in p, 0, ri)
     dir_ok = fsynced(lambda p: p == f"{folder}/{subdir}", ri, reply)
-    uidlist_ok = fsynced(lambda p: "uidlist" in p and p.startswith(folder), 0, reply)
+    # A syncfs covers the uidlist only once its line is written: after the rename.
+    uidlist_ok = fsynced(lambda p: "uidlist" in p and p.startswith(folder), 0, reply, ri)
     return {"ok": file_ok and dir_ok and uidlist_ok, "file_fsync_before_rename": file_ok,
             "dir_fsync_before_reply": dir_ok, "uidlist_fsync_before_reply": uidlist_ok,
             "message": target}
+
+
+def _same_tree(path: str, folder: str) -> bool:
+    """``path`` is the folder, inside it or above it (so on its file system, for syncfs)."""
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/") or folder.startswith(path + "/")
 
 
 def check_mbox(calls: list[tuple[str, str, str]], start: int, reply: int) -> dict[str, object]:

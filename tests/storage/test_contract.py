@@ -29,6 +29,19 @@ class MaildirContractTests(MailStoreContract, SynchronousTestCase):
         return MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data_dir)
 
 
+class MaildirFsyncContractTests(MaildirContractTests):
+    """The same contract with ``sync="fsync"`` (every file fsynced, no syncfs)."""
+
+    def make_store(self) -> Any:
+        self.data_dir = self.mktemp()
+        return MaildirStoreFactory(self.reactor, sync="fsync").open_store(
+            "alice@example.org", self.data_dir)
+
+    def reopen_store(self) -> Any:
+        return MaildirStoreFactory(self.reactor, sync="fsync").open_store(
+            "alice@example.org", self.data_dir)
+
+
 class MboxContractTests(MailStoreContract, SynchronousTestCase):
     persistent_modseq = True
 

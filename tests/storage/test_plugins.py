@@ -44,6 +44,18 @@ class PluginTests(SynchronousTestCase):
         assert isinstance(mbox, MboxStore)
         assert mbox.inbox_path == f"{data}/spool/b"
 
+    def test_maildir_sync_option(self) -> None:
+        """maildir.sync=fsync makes every Maildir folder fsync file by file instead of syncfs."""
+        data = os.path.abspath(self.mktemp())
+        reactor = ThreadlessReactor()
+        for options, expected in (([], "auto"), (["maildir.sync=fsync"], "fsync")):
+            config = from_mapping({"data_dir": data, "storage": {"options": options}}, "t.toml")
+            store = make_stores(config, reactor).open_store("a@example.org", data)
+            box = self.successResultOf(store.get_mailbox("INBOX"))
+            assert store._factory.sync == expected
+            if expected == "fsync":
+                assert box.syncfs is None
+
     def test_bad_storage_settings_are_config_errors(self) -> None:
         """Unknown backends, malformed entries and unknown options name the key."""
         cases = [
@@ -52,6 +64,8 @@ class PluginTests(SynchronousTestCase):
             ({"domains": ["just-a-domain"]}, "domain=backend"),
             ({"options": ["mbox.colour=blue"]}, "colour"),
             ({"options": ["mbox.inbox=/var/mail/fixed"]}, "{local}"),
+            ({"options": ["maildir.sync=sometimes"]}, "sometimes"),
+            ({"options": ["maildir.fsync=yes"]}, "fsync"),
         ]
         for storage, needle in cases:
             config = from_mapping({"data_dir": self.mktemp(), "storage": storage}, "t.toml")

@@ -211,6 +211,10 @@ class MaildirStore(FileStoreMixin):
         self._files.set_up(create)
 
 
+#: The values of ``MaildirStoreFactory(sync=...)`` (``maildir.sync``).
+SYNC_MODES = ("auto", "fsync")
+
+
 @implementer(IMailStoreFactory)
 class MaildirStoreFactory:
     """
@@ -227,12 +231,25 @@ class MaildirStoreFactory:
     #: QRESYNC (RFC 7162) over these folders.
     persistent_modseq = True
 
-    def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None) -> None:
+    def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None,
+                 sync: str = "auto") -> None:
+        """
+        :param sync: how a group of deliveries is made durable (see
+            docs/storage.md): ``"auto"`` uses one ``syncfs`` for the files
+            and one for their names where the system promises it covers every
+            file (Linux 5.8 and later), else fsyncs; ``"fsync"`` always
+            fsyncs each file, its directory and the uidlist (better when the
+            file system also carries other programs' heavy writes, which a
+            ``syncfs`` would wait for).
+        """
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor  # type: ignore[assignment]
         self.reactor: Any = reactor
+        self.sync = sync
         ensure_thread_pool(reactor)
         self.registry = OpenMailboxes()
 
@@ -257,5 +274,10 @@ class MaildirStoreFactory:
 
     def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:
         """The live mailbox for a folder directory, opened once per process."""
-        return self.registry.get(path, name,
-                                 lambda: MaildirMailbox(path, name, self.reactor).open())
+        return self.registry.get(path, name, lambda: self._new_mailbox(path, name).open())
+
+    def _new_mailbox(self, path: str, name: str) -> MaildirMailbox:
+        box = MaildirMailbox(path, name, self.reactor)
+        if self.sync == "fsync":
+            box.syncfs = None
+        return box

@@ -217,7 +217,8 @@ class MaildirFilesMixin:
         self._disk.uid_by_base = {}
 
     def _append_uidlist_locked(self, entries: list[tuple[int, str]],
-                               before_fsync: Callable[[], None] | None = None) -> None:
+                               before_fsync: Callable[[], None] | None = None,
+                               sync: Callable[[int], None] = os.fsync) -> None:
         """
         Append lines for new UIDs and fsync (Dovecot appends the same way).
         ``before_fsync`` runs between the write and the fsync: the group
@@ -226,6 +227,8 @@ class MaildirFilesMixin:
         the uidlist's own fsync finds little left to do (one journal commit
         to wait for instead of two).  A crash in between leaves uidlist
         lines for files that may not exist, which every reader ignores.
+        ``sync`` makes the write durable given the uidlist's fd (the group
+        commit passes ``syncfs``, which also covers the directories).
         """
         path = os.path.join(self.path, UIDLIST)
         data = b"".join(
@@ -236,7 +239,7 @@ class MaildirFilesMixin:
             os.write(fd, data)
             if before_fsync is not None:
                 before_fsync()
-            os.fsync(fd)
+            sync(fd)
             st = os.fstat(fd)
         finally:
             os.close(fd)

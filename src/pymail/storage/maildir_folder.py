@@ -25,6 +25,7 @@ compared with the uidlist and the index.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -60,6 +61,7 @@ from pymail.storage.base import (
     normalise_flags,
     paused_gc,
 )
+from pymail.storage import fsutil
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
     FolderIndex,
@@ -100,6 +102,9 @@ class _Pending:
     relpath: str
     base: str
     info: MessageInfo
+    #: Where the file waits in tmp/ until its group's first syncfs (None:
+    #: fsynced and renamed by its own append already).
+    tmp: str | None = None
     uid: int = 0
     done: bool = False
     error: BaseException | None = None
@@ -140,6 +145,13 @@ class _IndexWriter:
 @implementer(IMailbox, IMailboxRestore, IMessageStream, ICachedMany, ISizedRead)
 class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     """One Maildir folder."""
+
+    #: How a group of appends is made durable: ``syncfs`` twice per group
+    #: (the files, then their names and UIDs: see _publish_locked) where
+    #: the system gives it fsync's promise, else (``None``) an fsync of every
+    #: file, its directory and the uidlist.  Set per folder (tests do).
+    syncfs: Callable[[int], None] | None = (
+        staticmethod(fsutil.syncfs) if fsutil.syncfs is not None else None)
 
     #: ``read()`` may be called from the thread pool (it only looks up the
     #: file name and reads the file); IMAP FETCH reads bodies there.
@@ -631,13 +643,15 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         # INTERNALDATE is the file's mtime, in whole seconds (IMAP's
         # resolution), so it reads back the same after a restart.
         stamp = int(internaldate.timestamp() if internaldate is not None else now)
+        syncfs = self.syncfs
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.utime(fd, (stamp, stamp))
-            os.fsync(fd)
+            if syncfs is None:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -651,16 +665,19 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             relpath = f"new/{base}"
         with self._pending_lock:
             self._in_flight.add(base)
-        try:
-            # The directory is fsynced by the group commit below, once for
-            # every message renamed meanwhile.
-            os.rename(tmp, os.path.join(self.path, relpath))
-        except BaseException:
-            with self._pending_lock:
-                self._in_flight.discard(base)
-            raise
+        waiting: str | None = tmp
+        if syncfs is None:
+            try:
+                # The directory is fsynced by the group commit below, once
+                # for every message renamed meanwhile.
+                os.rename(tmp, os.path.join(self.path, relpath))
+            except BaseException:
+                with self._pending_lock:
+                    self._in_flight.discard(base)
+                raise
+            waiting = None
         when = datetime.fromtimestamp(stamp, UTC)
-        entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)))
+        entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)), waiting)
         # Group commit, leader and followers: an append that finds no commit
         # running commits every queued append (its own included); appends
         # that queue meanwhile sleep until a commit has taken them, and the
@@ -692,8 +709,47 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             raise StorageError(f"could not commit message to {self.name}: {entry.error}")
         return entry.uid
 
+    def _publish_locked(self, batch: list[_Pending], syncfs: Callable[[int], None]) -> list[_Pending]:
+        """
+        The first half of a syncfs group commit: one ``syncfs`` makes every
+        file of the group durable in tmp/ (as an fsync of each would), then
+        each is renamed to its place.  A file that cannot be renamed fails
+        its own append only.  The group's second ``syncfs`` (after the
+        uidlist lines are written) makes the new names and UIDs durable.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            for p in batch:
+                with contextlib.suppress(OSError):
+                    os.unlink(p.tmp)  # type: ignore[arg-type]
+            raise
+        published = []
+        for p in batch:
+            assert p.tmp is not None
+            try:
+                os.rename(p.tmp, os.path.join(self.path, p.relpath))
+            except OSError as e:
+                p.error = e
+                with contextlib.suppress(OSError):
+                    os.unlink(p.tmp)
+            else:
+                published.append(p)
+        return published
+
     def _commit_locked(self, batch: list[_Pending]) -> None:
         try:
+            syncfs = self.syncfs
+            if syncfs is not None and any(p.tmp is not None for p in batch):
+                batch = self._publish_locked(batch, syncfs)
+                if not batch:
+                    return
+            else:
+                syncfs = None
             fd = self._flock()
             try:
                 self._read_uidlist_locked()
@@ -713,7 +769,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 # the directories that hold the new names are fsynced, then
                 # the uidlist that gives them UIDs (written before the
                 # directory fsyncs: see _append_uidlist_locked).
-                self._append_uidlist_locked(entries, fsync_dirs)
+                if syncfs is None:
+                    self._append_uidlist_locked(entries, fsync_dirs)
+                else:
+                    # One syncfs: the renames and the uidlist lines at once.
+                    self._append_uidlist_locked(entries, sync=syncfs)
             finally:
                 self._unflock(fd)
         except BaseException as e:

@@ -26,10 +26,15 @@ def _no_options(backend: str, options: Mapping[str, str]) -> None:
 
 
 def _maildir(reactor: Any, options: Mapping[str, str]) -> IMailStoreFactory:
-    from pymail.storage.maildir import MaildirStoreFactory
+    from pymail.storage.maildir import SYNC_MODES, MaildirStoreFactory
 
-    _no_options("maildir", options)
-    return MaildirStoreFactory(reactor)
+    unknown = set(options) - {"sync"}
+    if unknown:
+        raise ValueError(f"unknown maildir option(s) {', '.join(sorted(unknown))}; known: sync")
+    sync = options.get("sync", "auto")
+    if sync not in SYNC_MODES:
+        raise ValueError(f"maildir.sync = {sync!r} must be one of {', '.join(SYNC_MODES)}")
+    return MaildirStoreFactory(reactor, sync=sync)
 
 
 def _mbox(reactor: Any, options: Mapping[str, str]) -> IMailStoreFactory:
