@@ -26,6 +26,17 @@ class MaildirTests(SynchronousTestCase):
         store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
         return self.successResultOf(store.get_mailbox("INBOX"))
 
+    def test_account_set_up_finishes_folders_another_process_started(self) -> None:
+        """Special-use folders half made by another process (no cur/ yet) are completed, not an error."""
+        os.makedirs(os.path.join(self.root, ".Sent"))
+        os.makedirs(os.path.join(self.root, ".Trash", "new"))
+        box = self.open_inbox()
+        assert self.successResultOf(box.append(MSG)) == 1
+        for folder in (".Sent", ".Trash", ".Drafts"):
+            for sub in ("cur", "new", "tmp"):
+                assert os.path.isdir(os.path.join(self.root, folder, sub)), (folder, sub)
+            assert os.path.isfile(os.path.join(self.root, folder, "maildirfolder"))
+
     def test_uids_survive_reopen(self) -> None:
         """A fresh process (new factory) sees the same UIDs, UIDVALIDITY and flags."""
         box = self.open_inbox()

@@ -131,11 +131,16 @@ class MaildirStore(FileStoreMixin):
         return self._in_thread(create)
 
     @staticmethod
-    def _make_folder_dirs(path: str) -> None:
-        os.mkdir(path, 0o700)
+    def _make_folder_dirs(path: str, exist_ok: bool = False) -> None:
+        """
+        Make a folder directory with its cur/, new/ and tmp/.  ``exist_ok``:
+        finish a folder someone else is making at the same moment (another
+        pymail process setting up the same new account) instead of failing.
+        """
+        os.makedirs(path, 0o700, exist_ok=exist_ok)
         for sub in ("cur", "new", "tmp"):
-            os.mkdir(os.path.join(path, sub), 0o700)
-        open(os.path.join(path, "maildirfolder"), "wb").close()
+            os.makedirs(os.path.join(path, sub), 0o700, exist_ok=exist_ok)
+        open(os.path.join(path, "maildirfolder"), "ab").close()
         fsync_dir(path)
 
     def delete_mailbox(self, name: str) -> Deferred[None]:
@@ -206,7 +211,7 @@ class MaildirStore(FileStoreMixin):
         def create(name: str) -> None:
             path = self._folder_path(name)
             if not os.path.isdir(os.path.join(path, "cur")):
-                self._make_folder_dirs(path)
+                self._make_folder_dirs(path, exist_ok=True)
 
         self._files.set_up(create)
 
