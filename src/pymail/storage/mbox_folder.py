@@ -8,7 +8,6 @@ One mbox folder, :class:`MboxMailbox` (the account's layout is in
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
@@ -30,7 +29,7 @@ from pymail.storage.base import (
     normalise_flags,
     paused_gc,
 )
-from pymail.storage.fsutil import fsync_dir, to_lf, write_file_durably
+from pymail.storage.fsutil import to_lf, write_file_durably
 from pymail.storage.index import rebuild_modseq
 from pymail.storage.maildir_files import new_uidvalidity
 from pymail.storage.mbox_format import (
@@ -44,6 +43,7 @@ from pymail.storage.mbox_format import (
     _split_messages,
     _wire,
     _with_meta,
+    write_folder,
 )
 from pymail.storage.mbox_entries import (
     PACKED_FIELDS,
@@ -561,54 +561,8 @@ class MboxMailbox(ViewBacked):
         Write the folder anew (without the UIDs in ``drop``) beside the old
         file, fsync, and rename it into place.
         """
-        # Pieces of the new file: bytes, or (start, end) ranges of ``data``
-        # copied as they are (clean messages; adjacent ones merge into one).
-        parts: list[bytes | tuple[int, int]] = []
-        offsets: dict[int, tuple[int, int, int]] = {}
-        pos = 0
-        for entry in sorted(self._disk.entries.values(), key=lambda e: e.start):
-            if entry.uid in drop:
-                continue
-            if entry.clean and entry.quoted and data[entry.end:entry.end + 1] == b"\n":
-                offsets[entry.uid] = (pos, pos + entry.body_start - entry.start,
-                                      pos + entry.end - entry.start)
-                pos += entry.end + 1 - entry.start
-                last = parts[-1] if parts else None
-                if isinstance(last, tuple) and last[1] == entry.start:
-                    parts[-1] = (last[0], entry.end + 1)
-                else:
-                    parts.append((entry.start, entry.end + 1))
-                continue
-            stripped, _, _ = _parse_meta(data[entry.body_start:entry.end])
-            if not entry.quoted:
-                stripped = _QUOTED_FROM.sub(rb">\1", stripped)
-            from_line = data[entry.start:entry.body_start].rstrip(b"\n") or (
-                b"From MAILER-DAEMON " + entry.internaldate.strftime(_ASCTIME).encode())
-            block = _with_meta(stripped, entry.flags, entry.uid)
-            if not block.endswith(b"\n"):
-                block += b"\n"
-            chunk = from_line + b"\n" + block + b"\n"
-            offsets[entry.uid] = (pos, pos + len(from_line) + 1, pos + len(chunk) - 1)
-            parts.append(chunk)
-            pos += len(chunk)
-        tmp = os.path.join(os.path.dirname(self.path),
-                           f".{os.path.basename(self.path)}.pymail-rewrite")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        whole = memoryview(data)
-        try:
-            for part in parts:
-                view = whole[part[0]:part[1]] if isinstance(part, tuple) else memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            shutil.copymode(self.path, tmp)
-        except OSError:
-            pass
-        os.replace(tmp, self.path)
-        fsync_dir(os.path.dirname(self.path))
+        kept = (e for e in self._disk.entries.values() if e.uid not in drop)
+        offsets = write_folder(self.path, data, sorted(kept, key=lambda e: e.start))
         for uid in drop:
             self._disk.entries.pop(uid, None)
         for uid, (start, body_start, end) in offsets.items():

@@ -2,7 +2,8 @@
 The mbox file format as pymail, mutt and procmail share it: splitting a
 file into messages (mboxrd ``From `` quoting, mutt's ``Content-Length``),
 the metadata headers (``Status``, ``X-Status``, ``X-Keywords``, ``X-UID``),
-and the dotlock plus fcntl lock every reader and writer takes.
+the dotlock plus fcntl lock every reader and writer takes, and the atomic
+rewrite of a whole folder (:func:`write_folder`).
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from pymail.errors import StorageError
 from pymail.storage.base import normalise_flags
-from pymail.storage.fsutil import to_crlf
+from pymail.storage.fsutil import fsync_dir, to_crlf
+
+if TYPE_CHECKING:
+    from pymail.storage.mbox_entries import Entry
 
 log = Logger()
 
@@ -244,3 +249,61 @@ class _Locked:
                 os.unlink(self._dotlock)
             except FileNotFoundError:
                 pass
+
+
+def write_folder(path: str, data: bytes,
+                 entries: Iterable[Entry]) -> dict[int, tuple[int, int, int]]:
+    """
+    Write an mbox folder anew beside ``path`` from the old file's bytes
+    ``data``: the messages ``entries`` (in file order), clean ones copied as
+    they are, the others rebuilt with their flag and UID headers; fsync,
+    rename into place, fsync the directory.  Returns each message's new
+    (start, body_start, end).
+    """
+    # Pieces of the new file: bytes, or (start, end) ranges of ``data``
+    # copied as they are (clean messages; adjacent ones merge into one).
+    parts: list[bytes | tuple[int, int]] = []
+    offsets: dict[int, tuple[int, int, int]] = {}
+    pos = 0
+    for entry in entries:
+        if entry.clean and entry.quoted and data[entry.end:entry.end + 1] == b"\n":
+            offsets[entry.uid] = (pos, pos + entry.body_start - entry.start,
+                                  pos + entry.end - entry.start)
+            pos += entry.end + 1 - entry.start
+            last = parts[-1] if parts else None
+            if isinstance(last, tuple) and last[1] == entry.start:
+                parts[-1] = (last[0], entry.end + 1)
+            else:
+                parts.append((entry.start, entry.end + 1))
+            continue
+        stripped, _, _ = _parse_meta(data[entry.body_start:entry.end])
+        if not entry.quoted:
+            stripped = _QUOTED_FROM.sub(rb">\1", stripped)
+        from_line = data[entry.start:entry.body_start].rstrip(b"\n") or (
+            b"From MAILER-DAEMON " + entry.internaldate.strftime(_ASCTIME).encode())
+        block = _with_meta(stripped, entry.flags, entry.uid)
+        if not block.endswith(b"\n"):
+            block += b"\n"
+        chunk = from_line + b"\n" + block + b"\n"
+        offsets[entry.uid] = (pos, pos + len(from_line) + 1, pos + len(chunk) - 1)
+        parts.append(chunk)
+        pos += len(chunk)
+    tmp = os.path.join(os.path.dirname(path),
+                       f".{os.path.basename(path)}.pymail-rewrite")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    whole = memoryview(data)
+    try:
+        for part in parts:
+            view = whole[part[0]:part[1]] if isinstance(part, tuple) else memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        shutil.copymode(path, tmp)
+    except OSError:
+        pass
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+    return offsets
