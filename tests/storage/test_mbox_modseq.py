@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from pymail.interfaces import IMailboxListener
+from pymail.storage.index import rebuild_modseq
 from pymail.storage.mbox import MboxStoreFactory
 from pymail.storage.mbox_entries import PACKED_FIELDS
 from pymail.storage.mbox_index import MboxIndex, index_path
@@ -191,6 +193,21 @@ class MboxModseqTests(SynchronousTestCase):
         assert again.highestmodseq() > top
         # The rebuilt index holds them: the next process sees the same.
         assert self.modseqs(self.open_inbox()) == self.modseqs(again)
+
+    def test_index_of_an_older_version_is_rebuilt_above_anything_seen(self) -> None:
+        """An index written by an older pymail (no MODSEQ column) is rebuilt above the old top."""
+        box, uids = self.filled(3)
+        self.successResultOf(box.set_flags(uids[:1], ["\\Seen"], "add"))
+        top = box.highestmodseq()
+        db = sqlite3.connect(index_path(self.state))
+        db.execute("UPDATE meta SET value = 2 WHERE key = 'version'")
+        db.commit()
+        db.close()
+        floor = rebuild_modseq()
+        again = self.open_inbox()
+        assert self.flags(again) == self.flags(box)
+        assert all(floor < m for m in self.modseqs(again).values())
+        assert again.highestmodseq() > top
 
     def test_new_empty_folder_starts_low(self) -> None:
         """A new folder starts HIGHESTMODSEQ at 1 (no jump to the rebuild floor)."""
