@@ -529,24 +529,35 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         self._finish_renames_locked()
         self._disk.dir_stamp = self._dir_stamp()
         self._disk.scanned_ns = time.time_ns()
-        found: dict[str, str] = {}
+        # Whole relative paths are compared as sets first: a folder where
+        # nothing changed (or only this process renamed files: ``files``
+        # has their new names) costs two listings and two set operations;
+        # base names are parsed only for the paths that differ.
+        on_disk: set[str] = set()
         for sub in ("new", "cur"):
-            for n in os.listdir(os.path.join(self.path, sub)):
-                if n.startswith("."):
-                    continue
-                base = split_name(n)[0]
-                found[base] = f"{sub}/{n}"
+            prefix = sub + "/"
+            on_disk.update([prefix + n for n in os.listdir(os.path.join(self.path, sub))
+                            if n[:1] != "."])
+        files = self._disk.files
+        known = set(files.values())
+        vanished = known - on_disk
+        found: dict[str, str] = {}
+        # new/ first, so a base in both directories is taken from cur/.
+        for rel in sorted(on_disk - known, key=lambda r: r[0] == "c"):
+            found[split_name(rel[4:])[0]] = rel
         with self._pending_lock:
             # This process's appends between rename and commit: their
             # commit gives them their UID.
             for base in self._in_flight:
                 found.pop(base, None)
-        by_base = {split_name(r.split("/", 1)[1])[0]: u for u, r in self._disk.files.items()}
-        gone = [u for b, u in by_base.items() if b not in found]
+        by_base = ({split_name(r[4:])[0]: u for u, r in files.items()}
+                   if found or vanished else {})
+        gone = [u for u, r in files.items()
+                if r in vanished and split_name(r[4:])[0] not in found] if vanished else []
         changed: dict[int, str] = {}
         for base, rel in found.items():
             uid = by_base.get(base)
-            if uid is not None and self._disk.files[uid] != rel:
+            if uid is not None and files[uid] != rel:
                 changed[uid] = rel
         new_bases = [b for b in found if b not in by_base]
         added: list[int] = []
