@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymail.storage.index import FolderIndex
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import SteppedReactor, ThreadlessReactor
 
@@ -267,7 +268,11 @@ class FlagWriteBehindTests(SynchronousTestCase):
         result = self.store_acknowledged(box, uids, ["\\Seen", "$Work"])
         assert result == {u: {"\\Seen", "$Work"} for u in uids}
         assert self.names() == before
-        assert sorted(box._index.renames()) == sorted(
+        # Committed: another connection to the index file sees them.
+        other = FolderIndex(self.root)
+        other.open()
+        self.addCleanup(other.close)
+        assert sorted(other.renames()) == sorted(
             "cur/" + n.split(":2,")[0] + ":2,Sa" for n in before)
         self.reactor.run_thread_work()
         assert all(n.endswith(":2,Sa") for n in self.names()), self.names()
