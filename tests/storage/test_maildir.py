@@ -257,6 +257,7 @@ class FlagWriteBehindTests(SynchronousTestCase):
 
     def fill(self, count: int) -> tuple[Any, list[int]]:
         box = self.open_inbox()
+        box.write_behind_min = 1
         uids = [self.settle(box.append(MSG.replace(b"hello", b"hello %d" % n)))
                 for n in range(count)]
         return box, uids
@@ -337,6 +338,17 @@ class FlagWriteBehindTests(SynchronousTestCase):
         self.reactor.run_thread_work()
         assert len(self.names()) == 1
         assert box._index.renames() == []
+
+    def test_a_store_of_fewer_than_write_behind_min_renames_before_the_answer(self) -> None:
+        """Below the threshold the files carry the new flags when the answer comes, index untouched."""
+        box, uids = self.fill(3)
+        box.write_behind_min = 3
+        d = box.set_flags(uids[:2], ["\\Seen"], "add")
+        self.reactor.run_job()
+        assert self.successResultOf(d) == {u: {"\\Seen"} for u in uids[:2]}
+        assert sum(n.endswith(":2,S") for n in self.names()) == 2
+        assert box._index.renames() == []
+        assert not any(f.__name__ == "_finish_renames" for _, f, _, _ in self.reactor.thread_work)
 
     def test_a_file_renamed_by_another_program_meanwhile_gets_the_new_flags(self) -> None:
         """The pending rename finds the file by its base name and gives it the stored flags."""

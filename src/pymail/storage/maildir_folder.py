@@ -153,6 +153,14 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     syncfs: Callable[[int], None] | None = (
         staticmethod(fsutil.syncfs) if fsutil.syncfs is not None else None)
 
+    #: A flag change that renames at least this many files is answered once
+    #: the new names are in the index, and renamed right after (see
+    #: _set_flags); fewer are renamed before the answer (one fsync of cur/
+    #: instead of the index's two and cur/'s: a one-message STORE takes
+    #: 0.28 ms so, 0.7 ms written behind, in-process, median of 100; 256
+    #: renames take about 3 ms).  Set per folder or on the class.
+    write_behind_min: int = 256
+
     #: ``read()`` may be called from the thread pool (it only looks up the
     #: file name and reads the file); IMAP FETCH reads bodies there.
     threadsafe_read = True
@@ -176,6 +184,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: Flag renames acknowledged but not done yet: uid -> the old
         #: relative path (``_disk.files`` has the new one); under _lock.
         self._renames: dict[int, str] = {}
+        #: Whether the index lists them (see write_behind_min).
+        self._renames_recorded = False
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self._index = FolderIndex(path)
         self._index_queue = IndexQueue(self._index, self._in_thread)
@@ -936,15 +946,17 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _set_flags(self, wanted: dict[int, frozenset[str]]) -> list[int]:
         """
         Write-behind of the flag renames (the precedent is Dovecot's "dirty"
-        Maildir flags): the new name of every message whose flags change is
-        recorded durably in the folder's index (:meth:`FolderIndex.add_renames`,
-        one fsynced transaction) and taken into ``files``; the STORE is
-        answered then, and :meth:`_finish_renames` renames the files right
-        after in the thread pool.  Until it has, a read finds a message under
-        either name (:meth:`_open_fd`); anything else that looks at the file
-        names (a scan, expunge, the next flag change) finishes the renames
-        first, under the folder lock; a fresh open after a crash finishes the
-        ones the index still lists (:meth:`_load`).
+        Maildir flags) when there are at least :attr:`write_behind_min`: the
+        new name of every message whose flags change is recorded durably in
+        the folder's index (:meth:`FolderIndex.add_renames`, one fsynced
+        transaction) and taken into ``files``; the STORE is answered then,
+        and :meth:`_finish_renames` renames the files right after in the
+        thread pool.  Fewer renames are done here, before the answer.  Until
+        they are done, a read finds a message under either name
+        (:meth:`_open_fd`); anything else that looks at the file names (a
+        scan, expunge, the next flag change) finishes the renames first,
+        under the folder lock; a fresh open after a crash finishes the ones
+        the index still lists (:meth:`_load`).
         """
         done: dict[int, frozenset[str]] = {}
         files = self._disk.files
@@ -970,11 +982,18 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                     renames.append((uid, old, new))
                 done[uid] = flags
             if renames:
-                self._index.add_renames([r[2] for r in renames])
+                behind = len(renames) >= self.write_behind_min
+                if behind:
+                    self._index.add_renames([r[2] for r in renames])
                 pending = self._renames
                 for uid, old, new in renames:
                     pending[uid] = old
                     files[uid] = new
+                self._renames_recorded = behind
+                if not behind:
+                    # A few renames cost less than the index's two fsyncs:
+                    # done now, before the answer.
+                    self._finish_renames_locked()
             if done:
                 self._to_reactor(self._apply_flags_paused, done)
         return list(done)
@@ -1028,7 +1047,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.close(cur)
             if new_dir >= 0:
                 os.close(new_dir)
-        self._index.renames_done()
+        if self._renames_recorded:
+            self._index.renames_done()
+            self._renames_recorded = False
         pending.clear()
 
     def _names_by_base(self) -> dict[str, str]:
