@@ -19,6 +19,12 @@ after them) counts as the fsync of every file and directory below it.
 mbox: the check is that the folder file was fsynced after the 354 (or the
 APPEND literal's continuation) and before the reply.
 
+A ``STORE 1:* +FLAGS.SILENT`` on 300 messages is checked too: before its OK
+either the renames were done and ``cur/`` fsynced, or (Maildir write-behind,
+256 messages and more) the new names were committed to the folder's SQLite
+index (its WAL or database file fsynced) and the folder directory fsynced,
+the renames following the OK; mbox: the folder file fsynced before the OK.
+
 Needs strace (apt-get install strace) and root (or ptrace rights).
 """
 
@@ -121,6 +127,49 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
             "message": target}
 
 
+def check_store(calls: list[tuple[str, str, str]], after_marker: str,
+                reply_marker: str) -> dict[str, object]:
+    """
+    Was the STORE durable before its OK: the renames done and ``cur/``
+    fsynced, or the new names in the index (fsynced) and the folder fsynced
+    (write-behind); for mbox the folder file fsynced?
+    """
+    start = next((i for i, c in enumerate(calls) if _socket_write(c, after_marker)), None)
+    reply = next((i for i in range(start + 1, len(calls))
+                  if _socket_write(calls[i], reply_marker)), None) if start is not None else None
+    if start is None or reply is None:
+        return {"ok": False, "why": f"no socket writes {after_marker!r} then {reply_marker!r}"}
+    synced = [m.group(1) for n, a, t in calls[start:reply]
+              if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0")
+              and (m := _FD_PATH.match(a)) is not None]
+    def in_cur(text: str) -> bool:
+        return "/cur/" in text or "/cur>" in text  # full paths, or dir fds shown by -yy
+
+    renames_before = sum(1 for n, _, t in calls[start:reply] if n.startswith("rename")
+                         and in_cur(t))
+    renames_after = sum(1 for n, _, t in calls[reply:] if n.startswith("rename") and in_cur(t))
+    if any("/mbox/" in p for p in synced):
+        # The folder is rewritten beside itself, fsynced, renamed over the
+        # folder file, and the directory fsynced.
+        rewrites = [p for p in synced if "pymail-rewrite" in p]
+        replaced = any(n.startswith("rename") and "pymail-rewrite" in t
+                       for n, _, t in calls[start:reply])
+        dir_ok = any(os.path.dirname(r) in synced for r in rewrites)
+        in_place = check_mbox(calls, start, reply)["ok"]
+        return {"ok": bool(in_place or (rewrites and replaced and dir_ok)),
+                "rewrite_fsynced": bool(rewrites), "rewrite_renamed": replaced,
+                "dir_fsynced": dir_ok, "fsynced": sorted(set(synced))}
+    index = [p for p in synced if ".sqlite" in p and "/mail/" in p]
+    folders = {os.path.dirname(p) for p in index}
+    written_behind = bool(index) and any(p in folders for p in synced)
+    synchronous = renames_before > 0 and any(p.endswith("/cur") for p in synced)
+    return {"ok": written_behind or synchronous,
+            "mode": "write-behind" if written_behind and not synchronous else "renames",
+            "index_fsynced_before_ok": bool(index),
+            "folder_fsynced_before_ok": bool(folders & set(synced)),
+            "renames_before_ok": renames_before, "renames_after_ok": renames_after}
+
+
 def _same_tree(path: str, folder: str) -> bool:
     """``path`` is the folder, inside it or above it (so on its file system, for syncfs)."""
     path, folder = path.rstrip("/"), folder.rstrip("/")
@@ -138,14 +187,31 @@ def check_mbox(calls: list[tuple[str, str, str]], start: int, reply: int) -> dic
             "fsynced": sorted(set(synced)), "message": folder_files[-1] if folder_files else None}
 
 
-async def _traffic(server: anchors.Server) -> None:
+#: Messages in the folder for the STORE check: above Maildir's write-behind
+#: threshold (MaildirMailbox.write_behind_min).
+STORE_MESSAGES = 300
+
+
+async def _traffic(server: anchors.Server) -> tuple[str, str]:
+    """Deliver, APPEND, then STORE; the markers around the STORE's OK."""
     await load_smtp.run("127.0.0.1", server.ports["smtp"], 1, 4096, 1)
     await asyncio.sleep(0.3)
     c = await load_imap.Client.connect("127.0.0.1", server.ports["imap"])
     await c.command(f'LOGIN "{anchors.APPEND_USER}" "{anchors.PASSWORD}"')
-    await c.command("APPEND INBOX (\\Seen)", load_smtp.wire_messages(4096, "x@example.org")[0][:-3])
+    message = load_smtp.wire_messages(4096, "x@example.org")[0][:-3]
+    await c.command("APPEND INBOX (\\Seen)", message)
+    await asyncio.sleep(0.3)
+    for _ in range(STORE_MESSAGES - 1):
+        await c.command("APPEND INBOX", message)
+    await c.command("SELECT INBOX")
+    await c.command("NOOP")
+    before = f"b{c.n} OK"
+    await c.command("STORE 1:* +FLAGS.SILENT (\\Flagged)")
+    store = f"b{c.n} OK"
+    await c.command("NOOP")
     await asyncio.sleep(0.3)
     await c.close()
+    return before, store
 
 
 def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
@@ -157,7 +223,7 @@ def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(ATTACH_WAIT_S)
         try:
-            asyncio.run(_traffic(server))
+            before, store = asyncio.run(_traffic(server))
             time.sleep(0.3)
         finally:
             anchors.stop_pid(tracer.pid)
@@ -167,7 +233,8 @@ def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
     calls = parse(trace)
     return {"backend": getattr(server, "backend", "maildir"),
             "smtp_250": check(calls, "354 ", "\"250 "),
-            "imap_append_ok": check(calls, "\"+ ", " OK ")}
+            "imap_append_ok": check(calls, "\"+ ", " OK "),
+            "imap_store_ok": check_store(calls, before, store)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,6 +145,11 @@ async def folder_phases(host: str, port: int, user: str, password: str) -> dict[
     t0 = time.perf_counter()
     lines, _ = await c.command("STORE 1:* +FLAGS (\\Flagged)")
     out["store_s"] = time.perf_counter() - t0
+    # A server that renames Maildir files after the OK (pymail above 256
+    # messages) finishes them before it answers the next command: STORE
+    # then NOOP is the time until every file has its new name.
+    await c.command("NOOP")
+    out["store_then_noop_s"] = time.perf_counter() - t0
     await c.command("STORE 1:* -FLAGS.SILENT (\\Flagged)")
     await c.close()
     return out
