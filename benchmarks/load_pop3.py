@@ -3,8 +3,10 @@
 POP3 load generator for any POP3 server given host:port, a user and a
 password: USER/PASS, STAT, UIDL, then RETR of every message, once one
 command at a time (as poplib does) and once pipelined (RFC 2449
-PIPELINING: windows of commands written at once).  Never DELE: the
-maildrop is left as it was.
+PIPELINING: windows of commands written at once), then once more one at a
+time from a blocking socket client (``blocking_session``: little client
+work per reply, so the round trip is mostly the server's).  Never DELE:
+the maildrop is left as it was.
 
     python benchmarks/load_pop3.py 127.0.0.1:1110 --user bench@example.org --password pw
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
+import statistics
 import sys
 import time
 
@@ -104,6 +108,55 @@ async def session(host: str, port: int, user: str, password: str, pipelined: boo
     return out
 
 
+def blocking_session(host: str, port: int, user: str, password: str) -> dict[str, float]:
+    """
+    RETR of every message one command at a time from a plain blocking socket
+    (no event loop, no line parsing: the reply is complete when it ends with
+    CRLF . CRLF, which stuffing keeps out of a body), so that the client's
+    own work per reply is small and the round trip is mostly the server's.
+    The rate, and the median and 99th percentile of the RETR round trips.
+    """
+    sock = socket.create_connection((host, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    replies = sock.makefile("rb")
+    try:
+        if not replies.readline().startswith(b"+OK"):
+            raise POP3Error("greeting")
+        for line in (f"USER {user}", f"PASS {password}", "STAT"):
+            sock.sendall(line.encode() + b"\r\n")
+            status = replies.readline()
+            if not status.startswith(b"+OK"):
+                raise POP3Error(f"{line.split()[0]}: {status!r}")
+        count = int(status.split()[1])
+        round_trips = []
+        for i in range(1, count + 1):
+            start = time.perf_counter()
+            sock.sendall(b"RETR %d\r\n" % i)
+            reply = bytearray(sock.recv(STREAM_LIMIT))
+            while not reply.endswith(MULTI_END):
+                chunk = sock.recv(STREAM_LIMIT)
+                if not chunk:
+                    raise POP3Error(f"RETR {i}: connection closed")
+                reply += chunk
+            round_trips.append(time.perf_counter() - start)
+            if not reply.startswith(b"+OK"):
+                raise POP3Error(f"RETR {i}: {bytes(reply[:80])!r}")
+        sock.sendall(b"QUIT\r\n")
+        replies.readline()
+    finally:
+        replies.close()
+        sock.close()
+    if not round_trips:
+        return {"messages": 0}
+    round_trips.sort()
+    return {
+        "messages": count,
+        "retr_blocking_msgs_s": count / max(sum(round_trips), 1e-9),
+        "retr_blocking_median_us": statistics.median(round_trips) * 1e6,
+        "retr_blocking_p99_us": round_trips[int(len(round_trips) * 0.99)] * 1e6,
+    }
+
+
 async def run(host: str, port: int, user: str, password: str) -> dict[str, float]:
     figures = await session(host, port, user, password, pipelined=False)
     # Let the server release the maildrop lock of the first session.
@@ -123,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     host, _, port = args.server.rpartition(":")
     figures = asyncio.run(run(host, int(port), args.user, args.password))
+    time.sleep(0.2)
+    blocking = blocking_session(host, int(port), args.user, args.password)
+    figures.update({k: v for k, v in blocking.items() if k.startswith("retr_")})
     if args.json:
         print(json.dumps(figures))
     else:

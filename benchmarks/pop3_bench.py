@@ -2,10 +2,16 @@
 """
 POP3 against issue 5's speed goals, on a real ``twistd pymail`` process:
 a maildrop of N generated messages (benchmarks/mailgen.py), then
-benchmarks/load_pop3.py's session run several times: the first run builds
-the index (cold), later ones are warm.  With ``--dovecot`` the same maildrop
-(hard links to the same files) is served by a private Dovecot
-(benchmarks/anchors.py) and measured in the same run, with the ratios.
+benchmarks/load_pop3.py's sessions run several times: the first run builds
+the index (cold), later ones are warm.  Each run retrieves every message
+three times: one command at a time and pipelined from asyncio (the
+``retr_sequential_*`` and ``retr_pipelined_*`` lines), and one at a time
+from a blocking socket client (``retr_blocking_*``: the rate, and the
+median and 99th percentile round trip of a RETR), whose own work per reply
+is small, so it shows the server's latency more than the asyncio client's.
+With ``--dovecot`` the same maildrop (hard links to the same files) is
+served by a private Dovecot (benchmarks/anchors.py) and measured in the
+same run, with the ratios.
 
     python benchmarks/pop3_bench.py                 # 10,000 messages, 3 runs
     python benchmarks/pop3_bench.py --dovecot       # and Dovecot beside it
@@ -38,16 +44,18 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 
 from harness import PymailProcess, tool  # noqa: E402
-from load_pop3 import session  # noqa: E402
+from load_pop3 import blocking_session, session  # noqa: E402
 from mailgen import write_maildir  # noqa: E402
 from procstat import cpu_seconds  # noqa: E402
 
 USER, PASSWORD = "bench@example.org", "bench-pw"
 #: The figures compared with Dovecot (higher is better for rates).
 RATES = ("server_cpu_us_per_retr", "server_cpu_us_per_retr_sequential",
-         "server_cpu_us_per_retr_pipelined", "retr_sequential_mb_s", "retr_sequential_msgs_s",
-         "retr_pipelined_mb_s", "retr_pipelined_msgs_s")
-TIMES = ("login_ms", "stat_ms", "uidl_ms", "login_stat_uidl_ms")
+         "server_cpu_us_per_retr_pipelined", "server_cpu_us_per_retr_blocking",
+         "retr_sequential_mb_s", "retr_sequential_msgs_s",
+         "retr_pipelined_mb_s", "retr_pipelined_msgs_s", "retr_blocking_msgs_s")
+TIMES = ("login_ms", "stat_ms", "uidl_ms", "login_stat_uidl_ms", "retr_blocking_median_us",
+         "retr_blocking_p99_us")
 
 
 class ProfiledPymail(PymailProcess):
@@ -83,9 +91,10 @@ def link_tree(template: Path, target: Path) -> None:
 
 def measure(name: str, port: int, pid: int, run: int, as_json: bool) -> dict[str, Any]:
     """
-    One run (a session not pipelined, then one pipelined) against one
-    server; besides load_pop3's wall-clock figures, the server's CPU time
-    (process tree, /proc) per message retrieved, for each session and both
+    One run (a session not pipelined, then one pipelined, both asyncio,
+    then one not pipelined from a blocking client) against one server;
+    besides load_pop3's wall-clock figures, the server's CPU time (process
+    tree, /proc) per message retrieved, for each session and the first two
     together, which a busy machine disturbs much less than the wall clock.
     """
     figures: dict[str, Any] = {}
@@ -105,6 +114,14 @@ def measure(name: str, port: int, pid: int, run: int, as_json: bool) -> dict[str
         time.sleep(0.2)
     figures["server_cpu_s"] = total
     figures["server_cpu_us_per_retr"] = total / max(1, 2 * figures["messages"]) * 1e6
+    # One at a time again, from a blocking client whose own work per reply
+    # is small: the round trip is mostly the server's.
+    cpu = cpu_seconds(pid)
+    blocking = blocking_session("127.0.0.1", port, USER, PASSWORD)
+    cpu = cpu_seconds(pid) - cpu
+    figures.update({k: v for k, v in blocking.items() if k.startswith("retr_")})
+    figures["server_cpu_us_per_retr_blocking"] = cpu / max(1, blocking["messages"]) * 1e6
+    time.sleep(0.2)
     figures.update(server=name, run=run, index="cold" if run == 1 else "warm")
     if as_json:
         print(json.dumps(figures), flush=True)
