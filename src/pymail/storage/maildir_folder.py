@@ -64,6 +64,7 @@ from pymail.storage.base import (
 from pymail.storage import fsutil
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
+    INDEX_FILE,
     FolderIndex,
     IndexQueue,
     decode_value,
@@ -167,7 +168,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def __init__(self, path: str, name: str, reactor: Any) -> None:
         self.name = name
-        self.path = path
+        self._path = path
         self._reactor = reactor
         self._lock = threading.Lock()
         self._disk = DiskState()
@@ -191,6 +192,19 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         self._index_queue = IndexQueue(self._index, self._in_thread)
         self._view = MailboxView(self)
         self._view.add_listener(_IndexWriter(self))
+
+    @property
+    def path(self) -> str:
+        """The folder directory."""
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        # A RENAME moves the live folder: its index file moved with it, and
+        # the index must fsync the new directory (a write-behind STORE's
+        # record failed with the old one gone).
+        self._path = value
+        self._index.path = os.path.join(value, INDEX_FILE)
 
     # -- the view (reactor thread) ---------------------------------------
 

@@ -1,0 +1,75 @@
+"""
+Review of the Maildir flag write-behind and the syncfs group commit: the
+interleavings that lost or reverted an acknowledged change, or left files
+behind, each reproduced before it was fixed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymail.storage.maildir import MaildirStoreFactory
+from pymail.testing import SteppedReactor
+
+MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
+ADDRESS = "alice@example.org"
+
+
+class ReviewCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = SteppedReactor()
+        self.data = self.mktemp()
+        self.root = os.path.join(self.data, "mail", "example.org", "alice")
+
+    def settle(self, d: Any) -> Any:
+        self.reactor.run_thread_work()
+        return self.successResultOf(d)
+
+    def store(self, reactor: Any = None) -> Any:
+        return MaildirStoreFactory(reactor or self.reactor).open_store(ADDRESS, self.data)
+
+    def open_inbox(self, reactor: Any = None) -> Any:
+        if reactor is None:
+            return self.settle(self.store().get_mailbox("INBOX"))
+        return self.successResultOf(self.store(reactor).get_mailbox("INBOX"))
+
+    def names(self, folder: str | None = None) -> list[str]:
+        folder = folder or self.root
+        return sorted(os.listdir(os.path.join(folder, "cur"))
+                      + os.listdir(os.path.join(folder, "new")))
+
+    def fill(self, box: Any, count: int) -> list[int]:
+        return [self.settle(box.append(MSG.replace(b"hello", b"hello %d" % n)))
+                for n in range(count)]
+
+    def store_acknowledged(self, box: Any, uids: list[int], flags: list[str],
+                           reactor: SteppedReactor | None = None) -> Any:
+        """set_flags, running its first job only: answered, renames still queued."""
+        reactor = reactor or self.reactor
+        d = box.set_flags(uids, flags, "add")
+        reactor.run_job(len(reactor.thread_work) - 1)
+        result = self.successResultOf(d)
+        assert any(f.__name__ == "_finish_renames" for _, f, _, _ in reactor.thread_work)
+        return result
+
+
+class RenamedFolderTests(ReviewCase):
+    def test_a_write_behind_store_works_in_a_renamed_folder(self) -> None:
+        """After RENAME the live folder records its renames in the index at the new place."""
+        store = self.store()
+        self.settle(store.create_mailbox("Work"))
+        box = self.settle(store.get_mailbox("Work"))
+        box.write_behind_min = 1
+        uids = self.fill(box, 3)
+        self.settle(store.rename_mailbox("Work", "Play"))
+        moved = self.settle(store.get_mailbox("Play"))
+        assert moved is box
+        result = self.settle(moved.set_flags(uids, ["\\Seen"], "add"))
+        assert result == {u: {"\\Seen"} for u in uids}
+        play = os.path.join(self.root, ".Play")
+        assert all(n.endswith(":2,S") for n in self.names(play)), self.names(play)
+        assert [moved.read(u) for u in uids] == [
+            MSG.replace(b"hello", b"hello %d" % n) for n in range(3)]
