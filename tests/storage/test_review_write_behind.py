@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymail.errors import StorageError
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import SteppedReactor
 
@@ -73,3 +74,21 @@ class RenamedFolderTests(ReviewCase):
         assert all(n.endswith(":2,S") for n in self.names(play)), self.names(play)
         assert [moved.read(u) for u in uids] == [
             MSG.replace(b"hello", b"hello %d" % n) for n in range(3)]
+
+
+class AppendErrorTests(ReviewCase):
+    def test_an_append_refused_for_its_keyword_leaves_nothing_in_tmp(self) -> None:
+        """An append whose 27th keyword is refused removes the file it wrote to tmp/."""
+        box = self.open_inbox()
+        [uid] = self.fill(box, 1)
+        self.settle(box.set_flags([uid], [f"kw{n}" for n in range(26)], "add"))
+        for sync in (box.syncfs, None):
+            box.syncfs = sync
+            failure = self.failureResultOf(self.settle_failure(box.append(MSG, ["kw26"])))
+            failure.trap(StorageError)
+            assert os.listdir(os.path.join(self.root, "tmp")) == []
+        assert len(self.names()) == 1
+
+    def settle_failure(self, d: Any) -> Any:
+        self.reactor.run_thread_work()
+        return d

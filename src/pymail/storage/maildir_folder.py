@@ -679,6 +679,15 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         # resolution), so it reads back the same after a restart.
         stamp = int(internaldate.timestamp() if internaldate is not None else now)
         syncfs = self.syncfs
+        # The name first: a keyword refused (27 per folder) or a keywords
+        # file that cannot be written fails the append before tmp/ holds a
+        # file that nothing would remove.
+        if flags:
+            with self._lock:
+                letters = self._letters_locked(flags)
+            relpath = f"cur/{base}:2,{letters}"
+        else:
+            relpath = f"new/{base}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -692,12 +701,6 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.unlink(tmp)
             raise
         os.close(fd)
-        if flags:
-            with self._lock:
-                letters = self._letters_locked(flags)
-            relpath = f"cur/{base}:2,{letters}"
-        else:
-            relpath = f"new/{base}"
         with self._pending_lock:
             self._in_flight.add(base)
         waiting: str | None = tmp
