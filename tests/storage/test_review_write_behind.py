@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
 from pymail.storage.maildir import MaildirStoreFactory
-from pymail.testing import SteppedReactor
+from pymail.testing import SteppedReactor, ThreadlessReactor
 
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
 ADDRESS = "alice@example.org"
@@ -92,3 +92,25 @@ class AppendErrorTests(ReviewCase):
     def settle_failure(self, d: Any) -> Any:
         self.reactor.run_thread_work()
         return d
+
+
+class TwoProcessTests(ReviewCase):
+    """Two pymail processes on one folder (two factories, each its own reactor)."""
+
+    def test_another_process_finishing_its_renames_keeps_this_ones_recorded(self) -> None:
+        """A second process that finishes its own write-behind does not forget this one's."""
+        box = self.open_inbox()
+        box.write_behind_min = 1
+        uids = self.fill(box, 2)
+        other_reactor = SteppedReactor()
+        other = MaildirStoreFactory(other_reactor).open_store(ADDRESS, self.data)
+        d = other.get_mailbox("INBOX")
+        other_reactor.run_thread_work()
+        other_box = self.successResultOf(d)
+        other_box.write_behind_min = 1
+        self.store_acknowledged(box, uids[:1], ["\\Answered"])
+        self.store_acknowledged(other_box, uids[1:], ["\\Flagged"], other_reactor)
+        other_reactor.run_thread_work()  # the other process's renames, all done
+        self.reactor.thread_work.clear()  # this process dies before its renames
+        again = self.open_inbox(ThreadlessReactor())
+        assert [again.info(u).flags for u in uids] == [{"\\Answered"}, {"\\Flagged"}]

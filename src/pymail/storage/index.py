@@ -196,14 +196,17 @@ class FolderIndex(SqliteIndex):
         with self._lock:
             return self._run("SELECT uid, base, date, size, modseq FROM msgs ORDER BY uid")
 
-    def add_renames(self, names: Iterable[str]) -> None:
+    def add_renames(self, names: Iterable[str]) -> int:
         """
         Record the new names (paths relative to the folder) of flag renames
         that are acknowledged before they are done, durably: one row for
         the batch (the names NUL-separated: no file name holds a NUL), in a
         transaction committed with ``synchronous=FULL`` (the WAL is fsynced
         before this returns), then the folder directory that holds the index
-        files is fsynced (the -wal file may be new since the open).  See
+        files is fsynced (the -wal file may be new since the open).  Returns
+        the batch's number, for :meth:`renames_done`; a failure after the
+        insert takes the row back out (the change is not acknowledged, so a
+        later open must not apply it).  See
         :meth:`pymail.storage.maildir_folder.MaildirMailbox.set_flags`.
         """
         blob = "\0".join(names).encode("utf-8", "surrogateescape")
@@ -212,24 +215,40 @@ class FolderIndex(SqliteIndex):
             db = self._db
             db.execute("PRAGMA synchronous=FULL")
             try:
-                db.execute("INSERT INTO renames (names) VALUES (?)", (blob,))
+                batch = db.execute("INSERT INTO renames (names) VALUES (?)", (blob,)).lastrowid
+                assert batch is not None
+                try:
+                    fsync_dir(os.path.dirname(self.path) or ".")
+                except BaseException:
+                    db.execute("DELETE FROM renames WHERE batch=?", (batch,))
+                    raise
             finally:
                 db.execute("PRAGMA synchronous=NORMAL")
-            fsync_dir(os.path.dirname(self.path) or ".")
+        return batch
 
     def renames(self) -> list[str]:
         """The new names of the recorded flag renames not yet marked done, in order."""
+        return [n for names in self.renames_by_batch().values() for n in names]
+
+    def renames_by_batch(self) -> dict[int, list[str]]:
+        """The recorded flag renames not yet marked done: batch -> new names, in order."""
         with self._lock:
             if self._db is None:
-                return []
-            rows = self._run("SELECT names FROM renames ORDER BY batch")
-        return [n for (blob,) in rows for n in blob.decode("utf-8", "surrogateescape").split("\0")]
+                return {}
+            rows = self._run("SELECT batch, names FROM renames ORDER BY batch")
+        return {batch: blob.decode("utf-8", "surrogateescape").split("\0")
+                for batch, blob in rows}
 
-    def renames_done(self) -> None:
-        """Forget the recorded flag renames (every one of them is done and fsynced)."""
+    def renames_done(self, batches: Iterable[int]) -> None:
+        """
+        Forget the recorded flag renames of ``batches`` (every one of them
+        is done and fsynced).  Only those: another process sharing the
+        folder may have recorded renames it has not done yet.
+        """
+        done = [(b,) for b in batches]
         with self._lock:
-            if self._db is not None:
-                self._run("DELETE FROM renames")
+            if self._db is not None and done:
+                self._db.executemany("DELETE FROM renames WHERE batch=?", done)
 
     def sync_record(self) -> dict[str, int]:
         """The stamps of the last complete sync (empty when there is none)."""

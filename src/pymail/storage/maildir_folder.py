@@ -185,8 +185,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: Flag renames acknowledged but not done yet: uid -> the old
         #: relative path (``_disk.files`` has the new one); under _lock.
         self._renames: dict[int, str] = {}
-        #: Whether the index lists them (see write_behind_min).
-        self._renames_recorded = False
+        #: The index's batches that list them (see write_behind_min).
+        self._renames_batches: list[int] = []
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self._index = FolderIndex(path)
         self._index_queue = IndexQueue(self._index, self._in_thread)
@@ -377,9 +377,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         it is (under its old name, or another program renamed it since); a
         file found nowhere was deleted by another program.
         """
-        pending = self._index.renames()
-        if not pending:
+        batches = self._index.renames_by_batch()
+        if not batches:
             return
+        pending = [new for names in batches.values() for new in names]
         fd = self._flock()
         try:
             on_disk = self._names_by_base()
@@ -390,7 +391,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             self._unflock(fd)
         log.info("Maildir {path}: finished {count} flag rename(s) left by a stop or crash",
                  path=self.path, count=len(pending))
-        self._index.renames_done()
+        self._index.renames_done(batches)
 
     def _stamps(self) -> dict[str, int]:
         """What a sync record compares: directory mtimes, the uidlist's inode and size."""
@@ -1001,12 +1002,12 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             if renames:
                 behind = len(renames) >= self.write_behind_min
                 if behind:
-                    self._index.add_renames([r[2] for r in renames])
+                    self._renames_batches.append(
+                        self._index.add_renames([r[2] for r in renames]))
                 pending = self._renames
                 for uid, old, new in renames:
                     pending[uid] = old
                     files[uid] = new
-                self._renames_recorded = behind
                 if not behind:
                     # A few renames cost less than the index's two fsyncs:
                     # done now, before the answer.
@@ -1064,9 +1065,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.close(cur)
             if new_dir >= 0:
                 os.close(new_dir)
-        if self._renames_recorded:
-            self._index.renames_done()
-            self._renames_recorded = False
+        if self._renames_batches:
+            self._index.renames_done(self._renames_batches)
+            self._renames_batches = []
         pending.clear()
 
     def _names_by_base(self) -> dict[str, str]:
