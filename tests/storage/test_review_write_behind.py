@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
 from pymail.storage.maildir import MaildirStoreFactory
+from pymail.storage.maildir_files import UIDLIST
 from pymail.testing import SteppedReactor, ThreadlessReactor
 
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
@@ -114,3 +115,45 @@ class TwoProcessTests(ReviewCase):
         self.reactor.thread_work.clear()  # this process dies before its renames
         again = self.open_inbox(ThreadlessReactor())
         assert [again.info(u).flags for u in uids] == [{"\\Answered"}, {"\\Flagged"}]
+
+
+class CommitWindowTests(ReviewCase):
+    """Another pymail process scans between an append's rename and its commit."""
+
+    def append_with_a_scan_before_the_lock(self, sync: str) -> None:
+        data = self.mktemp()
+        box = self.successResultOf(MaildirStoreFactory(ThreadlessReactor(), sync=sync)
+                                   .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        other = self.successResultOf(MaildirStoreFactory(ThreadlessReactor())
+                                     .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        flock = box._flock
+        scanned: list[bool] = []
+
+        def scan_then_lock() -> Any:
+            if not scanned:
+                # The other process's NOOP, after this append's rename.
+                scanned.append(True)
+                self.successResultOf(other.refresh())
+            return flock()
+
+        box._flock = scan_then_lock
+        uid = self.successResultOf(box.append(MSG))
+        assert scanned
+        seen = [i.uid for i in other.messages()]
+        assert seen == [uid], (sync, seen, uid)
+        root = os.path.join(data, "mail", "example.org", "alice")
+        with open(os.path.join(root, UIDLIST), "rb") as f:
+            lines = f.read().splitlines()[1:]
+        assert len(lines) == 1, (sync, lines)
+        fresh = self.successResultOf(MaildirStoreFactory(ThreadlessReactor())
+                                     .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        assert [i.uid for i in fresh.messages()] == [uid]
+        assert fresh.read(uid) == MSG
+
+    def test_a_message_numbered_by_another_process_keeps_its_uid_syncfs(self) -> None:
+        """A syncfs group append keeps the UID another process's scan gave its file."""
+        self.append_with_a_scan_before_the_lock("auto")
+
+    def test_a_message_numbered_by_another_process_keeps_its_uid_fsync(self) -> None:
+        """An fsync-mode append keeps the UID another process's scan gave its file."""
+        self.append_with_a_scan_before_the_lock("fsync")

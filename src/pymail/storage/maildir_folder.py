@@ -792,13 +792,21 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             fd = self._flock()
             try:
                 self._read_uidlist_locked()
+                # Another pymail process's scan may have found a file of the
+                # group between its rename and this lock, and given it a UID
+                # (uidlist line written): the message keeps that UID, or it
+                # would have two (our APPENDUID's one lost at the next open).
+                given = self._disk.uid_by_base or {}
+                files = self._disk.files
                 entries = []
                 for p in batch:
-                    uid = self._disk.next_uid
-                    self._disk.next_uid += 1
+                    uid = given.get(p.base)
+                    if uid is None or uid in files:
+                        uid = self._disk.next_uid
+                        self._disk.next_uid += 1
+                        entries.append((uid, p.base))
                     p.uid = uid
-                    self._disk.files[uid] = p.relpath
-                    entries.append((uid, p.base))
+                    files[uid] = p.relpath
 
                 def fsync_dirs() -> None:
                     for sub in sorted({p.relpath[:3] for p in batch}):
