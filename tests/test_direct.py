@@ -1,4 +1,4 @@
-"""Tests for pymail.pop3.direct: replies sent on the socket at once when nothing is queued."""
+"""Tests for pymail.direct: replies sent on the socket at once when nothing is queued."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.auth.limits import ConnectionLimits, LimitedFactory, LimitedProtocol
-from pymail.pop3.direct import MAX_PIECES, send_now
+from pymail.direct import MAX_PIECES, send_now
 from pymail.pop3.mailbox import MaildropLocks
 from pymail.pop3.server import POP3Factory, POP3Server
 from pymail.testing import memory_portal

@@ -4,7 +4,8 @@ Sending a reply now instead of on the next reactor turn.
 Twisted's TCP transport never sends inside ``write()``: it queues the data,
 asks the reactor to watch the socket for writability, and sends on the next
 turn of the loop, then stops watching again.  For a client that sends one
-command and waits for its reply (POP3 without pipelining) that is one more
+command and waits for its reply (POP3 without pipelining, the SMTP 250 after
+DATA) that is one more
 ``epoll_wait`` and two ``epoll_ctl`` calls per reply, and the reply leaves
 only after every other ready connection has had its turn.
 

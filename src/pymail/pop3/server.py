@@ -56,7 +56,7 @@ from pymail.auth.throttle import LoginThrottle
 from pymail.errors import NoSuchMessage, StorageError
 from pymail.interfaces import IAccount
 from pymail.pop3 import replies
-from pymail.pop3.direct import send_now, through_relays
+from pymail.direct import send_now, through_relays
 from pymail.pop3.framing import (
     Stuffer,
     TopCutter,

@@ -60,7 +60,7 @@ from pymail.address import (
     xtext_decode,
 )
 from pymail.interfaces import IAccount
-from pymail.pop3.direct import send_now, through_relays
+from pymail.direct import send_now, through_relays
 from pymail.smtp import replies as R
 from pymail.smtp.data import ChunkCollector, DataReader
 from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
@@ -376,7 +376,7 @@ class SMTPServer(LineReceiver):
         """
         Send the replies made so far: straight on the socket when nothing is
         queued before them (no reactor turn, no ``epoll_ctl`` pair per reply;
-        see :mod:`pymail.pop3.direct`), else through the transport.
+        see :mod:`pymail.direct`), else through the transport.
         """
         if self._pending and not self._lost:
             pieces, self._pending = self._pending, []
