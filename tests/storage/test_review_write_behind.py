@@ -7,11 +7,13 @@ behind, each reproduced before it was fixed.
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
+from pymail.storage.index import FolderIndex
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.storage.maildir_files import UIDLIST
 from pymail.testing import SteppedReactor, ThreadlessReactor
@@ -157,3 +159,24 @@ class CommitWindowTests(ReviewCase):
     def test_a_message_numbered_by_another_process_keeps_its_uid_fsync(self) -> None:
         """An fsync-mode append keeps the UID another process's scan gave its file."""
         self.append_with_a_scan_before_the_lock("fsync")
+
+
+class IndexReplacedTests(ReviewCase):
+    def test_recorded_renames_survive_an_index_of_another_schema_version(self) -> None:
+        """An index replaced at open (another schema version) hands over its pending renames."""
+        box = self.open_inbox()
+        box.write_behind_min = 1
+        uids = self.fill(box, 2)
+        self.store_acknowledged(box, uids, ["\\Seen"])
+        self.reactor.thread_work.clear()  # the process dies before its renames
+        db = sqlite3.connect(os.path.join(self.root, "pymail-index.sqlite"))
+        db.execute("UPDATE meta SET value=1 WHERE key='version'")
+        db.commit()
+        db.close()
+        again = self.open_inbox(ThreadlessReactor())
+        assert [again.info(u).flags for u in uids] == [{"\\Seen"}, {"\\Seen"}]
+        assert all(n.endswith(":2,S") for n in self.names()), self.names()
+        index = FolderIndex(self.root)
+        index.open()
+        self.addCleanup(index.close)
+        assert index.renames() == []

@@ -9,8 +9,9 @@ missing, truncated or corrupt index is deleted and rebuilt from the files
 (a log line says so), and nothing but MODSEQ history lives only here, with
 one exception: a Maildir flag change is acknowledged once it is recorded in
 the ``renames`` table, and its file renames follow right after (see
-:meth:`FolderIndex.add_renames`); a corrupt index found at the next open
-loses the flag changes whose renames a crash cut short.  After
+:meth:`FolderIndex.add_renames`); an index replaced at the next open hands
+them to the new one when its ``renames`` table can still be read, and an
+unreadable one loses the flag changes whose renames a crash cut short.  After
 a rebuild, HIGHESTMODSEQ restarts from the current time in milliseconds, so
 it is still above any MODSEQ a client saw before (RFC 7162 forbids going
 back).
@@ -184,6 +185,35 @@ class FolderIndex(SqliteIndex):
 
     def __init__(self, folder: str) -> None:
         super().__init__(os.path.join(folder, INDEX_FILE))
+        #: Recorded flag renames read from an index being replaced.
+        self._salvaged: list[str] = []
+
+    def open(self) -> None:
+        """
+        :meth:`SqliteIndex.open`; an index replaced because it was unreadable
+        or of another schema version hands its recorded flag renames (which
+        are acknowledged changes, see :meth:`add_renames`) to the new one.
+        """
+        super().open()
+        salvaged, self._salvaged = self._salvaged, []
+        if salvaged:
+            self.add_renames(salvaged)
+            log.info("index {path}: kept {count} recorded flag rename(s) from the index it "
+                     "replaced", path=self.path, count=len(salvaged))
+
+    def _remove_files(self) -> None:
+        try:
+            db = sqlite3.connect(self.path)
+            try:
+                rows = db.execute("SELECT names FROM renames ORDER BY batch").fetchall()
+            finally:
+                db.close()
+            self._salvaged = [n for (blob,) in rows if blob
+                              for n in bytes(blob).decode("utf-8", "surrogateescape").split("\0")]
+        except sqlite3.Error as e:
+            log.warn("index {path}: recorded flag renames unreadable ({error}); changes a "
+                     "crash cut short may be lost", path=self.path, error=str(e))
+        super()._remove_files()
 
     def rows(self) -> dict[int, tuple[str, int, int, int]]:
         """uid -> (base, date, size, modseq)."""
