@@ -273,12 +273,27 @@ class FolderIndex(SqliteIndex):
         """
         Forget the recorded flag renames of ``batches`` (every one of them
         is done and fsynced).  Only those: another process sharing the
-        folder may have recorded renames it has not done yet.
+        folder may have recorded renames it has not done yet.  Committed
+        with ``synchronous=FULL``: a later flag change of the same files may
+        be acknowledged right after this (renamed before its answer, with no
+        index write of its own), and a batch a power loss brought back would
+        be redone by the next open, reverting that change.
         """
         done = [(b,) for b in batches]
         with self._lock:
             if self._db is not None and done:
-                self._db.executemany("DELETE FROM renames WHERE batch=?", done)
+                db = self._db
+                db.execute("PRAGMA synchronous=FULL")
+                try:
+                    db.execute("BEGIN")
+                    try:
+                        db.executemany("DELETE FROM renames WHERE batch=?", done)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                finally:
+                    db.execute("PRAGMA synchronous=NORMAL")
 
     def sync_record(self) -> dict[str, int]:
         """The stamps of the last complete sync (empty when there is none)."""
