@@ -29,7 +29,7 @@ from harness import PymailProcess, free_port, tool
 selenium = pytest.importorskip("selenium") if not os.environ.get("CI") else __import__("selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -308,11 +308,18 @@ def test_folders_are_managed_and_searched(server: PymailProcess, browser: Any,
     browser.find_element(By.CSS_SELECTOR, "button[value=create]").click()
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
         (By.CSS_SELECTOR, "main"), "Folder created."))
-    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-folder="Projects"]')
-    new = row.find_element(By.NAME, "new")
-    new.clear()
-    new.send_keys("Archive.2026")
-    row.find_element(By.CSS_SELECTOR, "button[value=rename]").click()
+    def rename(b: Any) -> bool:
+        # Found afresh on every try: a node of a page the browser has just
+        # replaced is stale (seen once under load).
+        row = b.find_element(By.CSS_SELECTOR, 'tr[data-folder="Projects"]')
+        new = row.find_element(By.NAME, "new")
+        new.clear()
+        new.send_keys("Archive.2026")
+        row.find_element(By.CSS_SELECTOR, "button[value=rename]").click()
+        return True
+
+    WebDriverWait(browser, WAIT, ignored_exceptions=[StaleElementReferenceException]
+                  ).until(rename)
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element(
         (By.CSS_SELECTOR, "main"), "Folder renamed."))
     save(browser, shots, "folders")
@@ -331,11 +338,13 @@ def test_folders_are_managed_and_searched(server: PymailProcess, browser: Any,
            ).select_by_value("subject")
     browser.find_element(By.CSS_SELECTOR, "form.search input[name=q]").send_keys(
         "kickoff", Keys.ENTER)
-    cell = WebDriverWait(browser, WAIT).until(
-        EC.presence_of_element_located((By.CSS_SELECTOR, "table.search-all td.folder")))
-    assert cell.text == "INBOX"
-    assert browser.find_element(By.CSS_SELECTOR, "table.search-all td.subject").text == \
-        "Kickoff notes"
+    def first_result(b: Any) -> tuple[str, str]:
+        return (b.find_element(By.CSS_SELECTOR, "table.search-all td.folder").text,
+                b.find_element(By.CSS_SELECTOR, "table.search-all td.subject").text)
+
+    found = WebDriverWait(browser, WAIT, ignored_exceptions=[StaleElementReferenceException]
+                          ).until(first_result)
+    assert found == ("INBOX", "Kickoff notes")
     save(browser, shots, "search")
     # Delete asks first; dismissing keeps the folder, accepting deletes it.
     browser.get(url(server, "/folders"))
