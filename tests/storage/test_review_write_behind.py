@@ -180,3 +180,27 @@ class IndexReplacedTests(ReviewCase):
         index.open()
         self.addCleanup(index.close)
         assert index.renames() == []
+
+
+class ModseqAfterKillTests(ReviewCase):
+    def test_no_modseq_goes_back_when_the_index_writes_die_with_the_process(self) -> None:
+        """A kill -9 before the index got the answered MODSEQs leaves the next open above them."""
+        box = self.open_inbox()
+        [uid] = self.fill(box, 1)
+        seen = []
+        for flag in ("\\Seen", "\\Flagged", "\\Answered"):
+            d = box.set_flags([uid], [flag], "add")
+            # The STORE's own job only; the index writes stay queued.
+            job = next(i for i, (_, f, _, _) in enumerate(self.reactor.thread_work)
+                       if f.__name__ == "_set_flags")
+            self.reactor.run_job(job)
+            self.successResultOf(d)
+            seen.append(box.highestmodseq())
+        assert any(f.__name__ == "_drain" for _, f, _, _ in self.reactor.thread_work)
+        self.reactor.thread_work.clear()  # kill -9
+        again = self.open_inbox(ThreadlessReactor())
+        assert again.info(uid).flags == {"\\Seen", "\\Flagged", "\\Answered"}
+        assert again.highestmodseq() >= max(seen)
+        assert again.info(uid).modseq > max(seen) - 1
+        self.successResultOf(again.set_flags([uid], ["\\Seen"], "remove"))
+        assert again.info(uid).modseq > max(seen)

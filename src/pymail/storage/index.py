@@ -63,6 +63,10 @@ _WRITES = {
 }
 SCHEMA_VERSION = 2
 
+#: The ``meta`` key of the bound on MODSEQs handed out (see
+#: FolderIndex.raise_modseq_upper).
+MODSEQ_UPPER = "modseq_upper"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS msgs (
@@ -294,6 +298,23 @@ class FolderIndex(SqliteIndex):
                         raise
                 finally:
                     db.execute("PRAGMA synchronous=NORMAL")
+
+    def modseq_upper(self) -> int:
+        """The recorded bound on the MODSEQs handed out (0: none; see raise_modseq_upper)."""
+        return self.meta(MODSEQ_UPPER) or 0
+
+    def raise_modseq_upper(self, value: int) -> None:
+        """
+        Record that MODSEQs up to ``value`` may be handed out, before any
+        client is told of them: the rows and HIGHESTMODSEQ are written
+        behind the answers that show them, so an open after a ``kill -9``
+        that does not trust the rows numbers above this instead.  One
+        statement, not fsynced (a process's death loses no completed write).
+        """
+        with self._lock:
+            if self._db is not None:
+                self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) "
+                          "DO UPDATE SET value=max(value, excluded.value)", (MODSEQ_UPPER, value))
 
     def sync_record(self) -> dict[str, int]:
         """The stamps of the last complete sync (empty when there is none)."""

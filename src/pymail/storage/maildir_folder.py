@@ -188,6 +188,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: The index's batches that list them (see write_behind_min).
         self._renames_batches: list[int] = []
         self._flag_sets: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+        #: At least every MODSEQ the view may have handed out (under _lock;
+        #: see _reserve_modseqs_locked).
+        self._modseq_upper = 0
         self._index = FolderIndex(path)
         self._index_queue = IndexQueue(self._index, self._in_thread)
         self._view = MailboxView(self)
@@ -366,8 +369,28 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             finally:
                 self._unflock(fd)
             infos, highest = self._load_index_locked()
+            self._modseq_upper = highest
             self._index.set_sync(self._sync_record_locked())
             return infos, highest, None
+
+    def _reserve_modseqs_locked(self, count: int) -> None:
+        """
+        Before the view is told of a change that numbers at most ``count``
+        messages: record in the index that MODSEQs up to the new bound may
+        be handed out.  The index's rows and HIGHESTMODSEQ are written
+        behind the answers that show them (see :class:`IndexQueue`), so a
+        ``kill -9`` right after an answer could leave the index below a
+        MODSEQ a client saw; an open that does not trust the rows numbers
+        above the bound instead (RFC 7162: a MODSEQ never goes back).  A
+        failure is logged, not raised (the change is done or about to be).
+        """
+        if not count:
+            return
+        self._modseq_upper += count
+        try:
+            self._index.raise_modseq_upper(self._modseq_upper)
+        except Exception:
+            log.failure("Maildir {path}: could not record the MODSEQ bound", path=self.path)
 
     def _recover_renames_locked(self) -> None:
         """
@@ -460,6 +483,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         infos = LazyInfos(rows, self._info_of_row, itemgetter(0), self._flags_of_row)
         d.files = files
         highest = index.meta("highestmodseq") or 1
+        self._modseq_upper = max(top, highest)
         return infos, highest, (uids if top <= highest else None)
 
     def _flags_of_row(self, row: tuple[int, str, int, int, int]) -> frozenset[str]:
@@ -481,7 +505,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         """
         index = self._index
         files = self._disk.files
-        highest = index.meta("highestmodseq") or 1
+        # Not trusted: the last process may have handed out MODSEQs the rows
+        # never got (written behind); the recorded bound is above them all.
+        highest = max(index.meta("highestmodseq") or 1, index.modseq_upper())
         if index.meta("uidvalidity") != self._disk.uidvalidity:
             if index.rebuilt and (files or self._disk.next_uid > 1):
                 highest = rebuild_modseq()
@@ -639,6 +665,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             finally:
                 self._unflock(fd)
             record = self._sync_record_locked()
+            self._reserve_modseqs_locked((1 if gone else 0) + len(changed) + len(added))
             if gone:
                 self._to_reactor(self._view.apply_expunged, gone)
             if changed:
@@ -807,6 +834,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                         entries.append((uid, p.base))
                     p.uid = uid
                     files[uid] = p.relpath
+                self._reserve_modseqs_locked(len(batch))
 
                 def fsync_dirs() -> None:
                     for sub in sorted({p.relpath[:3] for p in batch}):
@@ -877,6 +905,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 self._index.reset(uidvalidity, self._view.highestmodseq)
             finally:
                 self._unflock(fd)
+            self._reserve_modseqs_locked(len(infos))
             self._to_reactor(self._view.apply_added, infos)
 
     def _move_all_to(self, target: str) -> None:
@@ -922,6 +951,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 self._unflock(fd)
             self._cache.clear()
             if moved:
+                self._reserve_modseqs_locked(1)
                 self._to_reactor(self._view.apply_expunged, moved)
 
     # -- flags and expunge -------------------------------------------------
@@ -1007,6 +1037,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 if new != old:
                     renames.append((uid, old, new))
                 done[uid] = flags
+            self._reserve_modseqs_locked(len(done))
             if renames:
                 behind = len(renames) >= self.write_behind_min
                 if behind:
@@ -1141,5 +1172,6 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             finally:
                 self._unflock(fd)
             if removed:
+                self._reserve_modseqs_locked(1)
                 self._to_reactor(self._view.apply_expunged, removed)
         return removed
