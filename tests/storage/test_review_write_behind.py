@@ -204,3 +204,33 @@ class ModseqAfterKillTests(ReviewCase):
         assert again.info(uid).modseq > max(seen) - 1
         self.successResultOf(again.set_flags([uid], ["\\Seen"], "remove"))
         assert again.info(uid).modseq > max(seen)
+
+
+class SyncfsDescriptorTests(ReviewCase):
+    def test_the_first_syncfs_is_asked_on_a_descriptor_opened_before_the_write(self) -> None:
+        """The group's first syncfs goes to its message's own file, open since before the write.
+
+        Linux reports a write-back error to syncfs only when it happened
+        after the descriptor was opened: a descriptor opened at commit time
+        would miss a failed write-back of the file in between.
+        """
+        data = self.mktemp()
+        box = self.successResultOf(MaildirStoreFactory(ThreadlessReactor())
+                                   .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        root = os.path.join(data, "mail", "example.org", "alice")
+        synced: list[tuple[bool, bool]] = []
+        real = box.syncfs
+
+        def recording(fd: int) -> None:
+            st = os.fstat(fd)
+            in_tmp = [os.stat(os.path.join(root, "tmp", n)) for n in
+                      os.listdir(os.path.join(root, "tmp"))]
+            synced.append((any(os.path.samestat(st, t) for t in in_tmp), st.st_size > 0))
+            if real is not None:
+                real(fd)
+
+        box.syncfs = recording
+        uid = self.successResultOf(box.append(MSG))
+        assert box.read(uid) == MSG
+        assert synced[0] == (True, True), synced
+        assert len(synced) == 2

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import threading
 import time
@@ -109,6 +110,11 @@ class _Pending:
     uid: int = 0
     done: bool = False
     error: BaseException | None = None
+    #: The tmp/ file's descriptor, open from before its write until its
+    #: group's first syncfs (-1: none), and when it was opened among the
+    #: folder's appends (see _publish_locked).
+    fd: int = -1
+    opened: int = 0
 
 
 @implementer(IMailboxListener)
@@ -181,6 +187,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: Base names of appends renamed into new/ or cur/ but not yet
         #: committed (under _pending_lock): a scan leaves them to their append.
         self._in_flight: set[str] = set()
+        #: Numbers the tmp/ files' opens in the order they happen.
+        self._opens = itertools.count(1)
+        self._opens_lock = threading.Lock()
         self._cache: dict[tuple[int, str], Any] = {}
         #: Flag renames acknowledged but not done yet: uid -> the old
         #: relative path (``_disk.files`` has the new one); under _lock.
@@ -716,7 +725,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             relpath = f"cur/{base}:2,{letters}"
         else:
             relpath = f"new/{base}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with self._opens_lock:
+            opened = next(self._opens)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -728,10 +739,26 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.close(fd)
             os.unlink(tmp)
             raise
-        os.close(fd)
+        if syncfs is None:
+            os.close(fd)
+            fd = -1
+        when = datetime.fromtimestamp(stamp, UTC)
+        entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)), tmp,
+                         fd=fd, opened=opened)
+        try:
+            return self._commit_grouped(entry, syncfs)
+        finally:
+            # Kept open for the group's syncfs (see _publish_locked) until
+            # this append's group is done.
+            if fd >= 0:
+                os.close(fd)
+
+    def _commit_grouped(self, entry: _Pending, syncfs: Callable[[int], None] | None) -> int:
+        """The rest of :meth:`_append`: wait for or lead the group commit."""
+        tmp, base, relpath = entry.tmp, entry.base, entry.relpath
+        assert tmp is not None
         with self._pending_lock:
             self._in_flight.add(base)
-        waiting: str | None = tmp
         if syncfs is None:
             try:
                 # The directory is fsynced by the group commit below, once
@@ -741,9 +768,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 with self._pending_lock:
                     self._in_flight.discard(base)
                 raise
-            waiting = None
-        when = datetime.fromtimestamp(stamp, UTC)
-        entry = _Pending(relpath, base, MessageInfo(0, base, flags, when, len(message)), waiting)
+            entry.tmp = None
         # Group commit, leader and followers: an append that finds no commit
         # running commits every queued append (its own included); appends
         # that queue meanwhile sleep until a commit has taken them, and the
@@ -783,12 +808,21 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         its own append only.  The group's second ``syncfs`` (after the
         uidlist lines are written) makes the new names and UIDs durable.
         """
+        # The call is made on the group's file opened first: Linux reports
+        # a write-back error to syncfs only if it happened after the
+        # descriptor was opened, and that one was opened before any file of
+        # the group was written (a descriptor opened now would miss the
+        # error of a file written back, and failed, meanwhile).
+        first = min((p for p in batch if p.fd >= 0), key=lambda p: p.opened, default=None)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                syncfs(fd)
-            finally:
-                os.close(fd)
+            if first is not None:
+                syncfs(first.fd)
+            else:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
         except BaseException:
             for p in batch:
                 with contextlib.suppress(OSError):
