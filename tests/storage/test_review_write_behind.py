@@ -234,3 +234,43 @@ class SyncfsDescriptorTests(ReviewCase):
         assert box.read(uid) == MSG
         assert synced[0] == (True, True), synced
         assert len(synced) == 2
+
+
+class FailedCommitTests(ReviewCase):
+    """An append whose commit fails after its file was renamed into new/."""
+
+    def fail_and_look(self, sync: str) -> None:
+        data = self.mktemp()
+        box = self.successResultOf(MaildirStoreFactory(ThreadlessReactor(), sync=sync)
+                                   .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        root = os.path.join(data, "mail", "example.org", "alice")
+        calls: list[int] = []
+
+        def second_syncfs_fails(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+
+        def uidlist_fails(*args: Any, **kw: Any) -> None:
+            raise OSError(5, "Input/output error")
+
+        if sync == "auto":
+            box.syncfs = second_syncfs_fails
+        else:
+            box._append_uidlist_locked = uidlist_fails
+        self.failureResultOf(box.append(MSG))
+        assert box.messages() == []
+        self.successResultOf(box.refresh())
+        assert box.messages() == []
+        assert self.names(root) == [] and os.listdir(os.path.join(root, "tmp")) == []
+        fresh = self.successResultOf(MaildirStoreFactory(ThreadlessReactor())
+                                     .open_store(ADDRESS, data).get_mailbox("INBOX"))
+        assert fresh.messages() == []
+
+    def test_a_failed_second_syncfs_leaves_no_message_to_appear_later(self) -> None:
+        """An append failed by its group's second syncfs takes its renamed file back."""
+        self.fail_and_look("auto")
+
+    def test_a_failed_uidlist_write_leaves_no_message_to_appear_later(self) -> None:
+        """An fsync-mode append failed by its uidlist write takes its renamed file back."""
+        self.fail_and_look("fsync")

@@ -767,6 +767,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             except BaseException:
                 with self._pending_lock:
                     self._in_flight.discard(base)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
                 raise
             entry.tmp = None
         # Group commit, leader and followers: an append that finds no commit
@@ -800,7 +802,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             raise StorageError(f"could not commit message to {self.name}: {entry.error}")
         return entry.uid
 
-    def _publish_locked(self, batch: list[_Pending], syncfs: Callable[[int], None]) -> list[_Pending]:
+    def _publish_locked(self, batch: list[_Pending],
+                        syncfs: Callable[[int], None]) -> list[_Pending]:
         """
         The first half of a syncfs group commit: one ``syncfs`` makes every
         file of the group durable in tmp/ (as an fsync of each would), then
@@ -838,6 +841,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 with contextlib.suppress(OSError):
                     os.unlink(p.tmp)
             else:
+                p.tmp = None
                 published.append(p)
         return published
 
@@ -888,6 +892,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         except BaseException as e:
             for p in batch:
                 p.error = e
+            self._withdraw_locked(batch)
             raise
         # Queued for the reactor before any append of the group is answered
         # (the caller marks them done after this), so the view holds a
@@ -895,6 +900,23 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         self._to_reactor(self._view.apply_added, [
             MessageInfo(p.uid, p.info.key, p.info.flags, p.info.internaldate, p.info.size)
             for p in batch])
+
+    def _withdraw_locked(self, batch: list[_Pending]) -> None:
+        """
+        Take back the files of a group whose commit failed after they were
+        renamed into new/ or cur/: their appends are answered with an error,
+        so a later scan must not find them and deliver them after all (the
+        sender retries: the message would arrive twice).  Uidlist lines
+        already written for them are ignored, as for any missing file.
+        """
+        files = self._disk.files
+        for p in batch:
+            if p.tmp is not None:
+                continue  # never renamed (a failed first syncfs removed it)
+            if p.uid and files.get(p.uid) == p.relpath:
+                del files[p.uid]
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, p.relpath))
 
     def restore(
         self,
