@@ -40,8 +40,8 @@ SYNCS = ("fsync(", "fdatasync(")
 
 
 class RenamesDoneDurabilityTests(SynchronousTestCase):
-    def traced(self) -> list[str]:
-        """The system calls of SCRIPT, one per line, with file descriptors' paths."""
+    def test_forgetting_done_renames_is_durable_before_the_next_change(self) -> None:
+        """The index's 'renames done' is on disk before a later flag change can be answered."""
         strace = shutil.which("strace")
         assert strace is not None, "strace is needed (scripts/test installs it)"
         data = os.path.abspath(self.mktemp())
@@ -52,26 +52,7 @@ class RenamesDoneDurabilityTests(SynchronousTestCase):
              sys.executable, "-c", SCRIPT, data],
             check=True, timeout=60)
         with open(trace, encoding="utf-8", errors="replace") as f:
-            return f.read().splitlines()
-
-    def test_renames_out_of_new_are_durable_in_both_directories_before_they_are_forgotten(
-            self) -> None:
-        """Flag renames from new/ to cur/ fsync new/ and cur/ before the index forgets them."""
-        lines = self.traced()
-        mark = next(i for i, line in enumerate(lines) if "MARK-renames-done" in line)
-        moved = [i for i, line in enumerate(lines[:mark])
-                 if "renameat(" in line and "/new>" in line and "/cur>" in line]
-        assert len(moved) == 2, lines[:mark]
-        forgotten = max(i for i, line in enumerate(lines[:mark])
-                        if "pwrite64(" in line and "pymail-index.sqlite-wal>" in line)
-        synced = {line.split("<", 1)[1].split(">", 1)[0].rsplit("/", 1)[1]
-                  for line in lines[moved[-1]:forgotten]
-                  if line.split(" ", 1)[1].startswith(SYNCS)}
-        assert {"new", "cur"} <= synced, synced
-
-    def test_forgetting_done_renames_is_durable_before_the_next_change(self) -> None:
-        """The index's 'renames done' is on disk before a later flag change can be answered."""
-        lines = self.traced()
+            lines = f.read().splitlines()
         mark = next(i for i, line in enumerate(lines) if "MARK-renames-done" in line)
         wal = [i for i, line in enumerate(lines[:mark])
                if "pymail-index.sqlite-wal>" in line]

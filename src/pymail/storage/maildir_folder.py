@@ -419,7 +419,6 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             for new in pending:
                 self._rename_found(on_disk, new, new)
             fsync_dir(os.path.join(self.path, "cur"))
-            fsync_dir(os.path.join(self.path, "new"))
         finally:
             self._unflock(fd)
         log.info("Maildir {path}: finished {count} flag rename(s) left by a stop or crash",
@@ -1152,18 +1151,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                     rename(old[4:], new[4:], src_dir_fd=src_dir, dst_dir_fd=cur)
                 except FileNotFoundError:
                     # Renamed by another program meanwhile: found by base
-                    # name (the folder listed once for all such files), maybe
-                    # in new/ (fsynced below too).
+                    # name (the folder listed once for all such files).
                     if on_disk is None:
                         on_disk = self._names_by_base()
-                    if new_dir < 0:
-                        new_dir = os.open(os.path.join(self.path, "new"),
-                                          os.O_RDONLY | os.O_DIRECTORY)
                     self._rename_found(on_disk, old, new)
             os.fsync(cur)
-            if new_dir >= 0:
-                # A rename changes both directories: new/ loses the name.
-                os.fsync(new_dir)
         finally:
             os.close(cur)
             if new_dir >= 0:
