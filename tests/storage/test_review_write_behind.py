@@ -274,3 +274,39 @@ class FailedCommitTests(ReviewCase):
     def test_a_failed_uidlist_write_leaves_no_message_to_appear_later(self) -> None:
         """An fsync-mode append failed by its uidlist write takes its renamed file back."""
         self.fail_and_look("fsync")
+
+
+class RecoveryRaceTests(ReviewCase):
+    def test_an_open_recovering_renames_never_reverts_a_later_change_of_the_live_process(
+            self) -> None:
+        """A second process's open redoes only renames still recorded once it holds the lock."""
+        box = self.open_inbox()
+        box.write_behind_min = 1
+        [uid] = self.fill(box, 1)
+        self.store_acknowledged(box, [uid], ["\\Seen"])
+        other = MaildirStoreFactory(ThreadlessReactor()).open_store(ADDRESS, self.data)
+        # While the other process opens the folder, this one finishes its
+        # renames and answers a STORE -\Seen (renamed before its answer).
+        from pymail.storage.maildir_folder import MaildirMailbox
+
+        real_new_mailbox = other._factory._new_mailbox
+
+        def new_mailbox(path: str, name: str) -> MaildirMailbox:
+            opening = real_new_mailbox(path, name)
+            flock = opening._flock
+
+            def meanwhile_then_lock() -> Any:
+                if box.write_behind_min == 1:
+                    self.reactor.run_thread_work()
+                    box.write_behind_min = 10
+                    self.settle(box.set_flags([uid], ["\\Seen"], "remove"))
+                return flock()
+
+            opening._flock = meanwhile_then_lock
+            return opening
+
+        other._factory._new_mailbox = new_mailbox
+        opened = self.successResultOf(other.get_mailbox("INBOX"))
+        assert box.info(uid).flags == set()
+        assert opened.info(uid).flags == set()
+        assert [n.partition(":2,")[2] for n in self.names()] == [""]

@@ -408,22 +408,30 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         fsynced.  The file of the same base name is renamed to it wherever
         it is (under its old name, or another program renamed it since); a
         file found nowhere was deleted by another program.
+
+        The rows are read again, and the renames done, under the folder's
+        file lock, which a live pymail process also holds while it does and
+        forgets its renames: read before it, a batch the other process has
+        since done could be redone after that process renamed the same
+        files again for a later change, reverting it.
         """
-        batches = self._index.renames_by_batch()
-        if not batches:
+        if not self._index.renames_by_batch():
             return
-        pending = [new for names in batches.values() for new in names]
         fd = self._flock()
         try:
-            on_disk = self._names_by_base()
-            for new in pending:
-                self._rename_found(on_disk, new, new)
-            fsync_dir(os.path.join(self.path, "cur"))
+            batches = self._index.renames_by_batch()
+            pending = [new for names in batches.values() for new in names]
+            if pending:
+                on_disk = self._names_by_base()
+                for new in pending:
+                    self._rename_found(on_disk, new, new)
+                fsync_dir(os.path.join(self.path, "cur"))
+            self._index.renames_done(batches)
         finally:
             self._unflock(fd)
-        log.info("Maildir {path}: finished {count} flag rename(s) left by a stop or crash",
-                 path=self.path, count=len(pending))
-        self._index.renames_done(batches)
+        if pending:
+            log.info("Maildir {path}: finished {count} flag rename(s) left by a stop or crash",
+                     path=self.path, count=len(pending))
 
     def _stamps(self) -> dict[str, int]:
         """What a sync record compares: directory mtimes, the uidlist's inode and size."""
@@ -586,7 +594,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         that appeared (UIDs assigned and written to the uidlist), the UIDs
         whose file name (flags) changed, and the UIDs whose file is gone.
         """
-        self._finish_renames_locked()
+        self._finish_renames_locked(flocked=True)
         self._disk.dir_stamp = self._dir_stamp()
         self._disk.scanned_ns = time.time_ns()
         # Whole relative paths are compared as sets first: a folder where
@@ -1120,15 +1128,25 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         with self._lock:
             self._finish_renames_locked()
 
-    def _finish_renames_locked(self) -> None:
+    def _finish_renames_locked(self, flocked: bool = False) -> None:
         """
         Do the recorded flag renames (``self._renames``: uid -> old relative
         path, ``files`` holding the new one), fsync cur/, then forget them
         in the index.  The hot loop of a STORE 1:*: renames relative to open
-        directory descriptors (no path lookups).
+        directory descriptors (no path lookups).  Under the folder's file
+        lock (``flocked``: the caller holds it), so another process's open
+        that redoes recorded renames (see :meth:`_recover_renames_locked`)
+        never interleaves with them.
         """
         pending = self._renames
         if not pending:
+            return
+        if not flocked:
+            lock = self._flock()
+            try:
+                self._finish_renames_locked(flocked=True)
+            finally:
+                self._unflock(lock)
             return
         files = self._disk.files
         rename = os.rename
