@@ -10,12 +10,16 @@ belongs to the reactor thread.  Every change to the disk state is handed to
 the reactor with ``callFromThread`` while the lock is still held, so the
 view applies changes in exactly the order they happened on disk.
 
-Durability and group commit: an append writes ``tmp/``, fsyncs, renames
-into ``new/`` (or ``cur/`` with flags) and fsyncs that directory in its own
-thread, in parallel with other appends.  It then queues itself; whichever
-thread next takes the lock commits every queued append at once: UIDs
-assigned, one uidlist append and one uidlist fsync.  An append's Deferred
-fires only after that commit.
+Durability and group commit: an append writes its ``tmp/`` file in its own
+thread, in parallel with other appends, then queues itself; the first
+append that finds no commit running commits every queued one at once
+(:meth:`MaildirMailbox._commit_locked`).  With ``syncfs`` (Linux 5.8+): one
+``syncfs`` for the group's files, their renames into ``new/`` (or ``cur/``
+with flags), the uidlist lines, a second ``syncfs``.  Without: each append
+fsyncs its file and renames it itself, and the commit writes the uidlist
+lines and fsyncs the directories and the uidlist.  An append's Deferred
+fires only after its group's commit; a commit that fails after the renames
+takes the files back (:meth:`MaildirMailbox._withdraw_locked`).
 
 Opening: a folder whose index holds a sync record that still matches the
 directories and the uidlist is loaded from the index in one query (see
