@@ -8,40 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
-from harness import PymailProcess, corpus_messages, read_imap_reply
+from harness import PymailProcess, corpus_messages
+from test_imap_store_renames import ALICE, Session, bodies, crlf
 
 from pymail.storage.maildir import MaildirStoreFactory
 
-ALICE = ("alice@localhost", "alice-pw")
 #: Copies of the corpus: 288 messages, above the write-behind
 #: threshold (256 renames).
 COPIES = 6
 RENAMES_DONE_WITHIN_S = 10.0
-
-
-class Client:
-    """A raw IMAP connection that checks every tagged reply is OK."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.sock.recv(4096)
-        self.n = 0
-        self.ok(f"LOGIN {ALICE[0]} {ALICE[1]}")
-
-    def ok(self, text: str) -> bytes:
-        self.n += 1
-        tag = b"r%d" % self.n
-        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        reply = read_imap_reply(self.sock, tag)
-        assert reply.rsplit(b"\r\n", 2)[-2].startswith(tag + b" OK"), reply[-300:]
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def fill(folder: Path) -> list[bytes]:
@@ -55,18 +33,6 @@ def fill(folder: Path) -> list[bytes]:
     return files
 
 
-def bodies(reply: bytes) -> list[bytes]:
-    """The literals of a FETCH 1:* BODY.PEEK[] reply, in order."""
-    out = []
-    pos = 0
-    while (start := reply.find(b"BODY[] {", pos)) >= 0:
-        end = reply.index(b"}\r\n", start)
-        size = int(reply[start + 8:end])
-        out.append(reply[end + 3:end + 3 + size])
-        pos = end + 3 + size
-    return out
-
-
 def test_a_write_behind_store_in_a_folder_renamed_while_open(tmp_path: Path) -> None:
     """STORE 1:* in a folder RENAMEd while it was open is answered OK and reaches the files."""
     server = PymailProcess(tmp_path, users=dict([ALICE]))
@@ -75,14 +41,13 @@ def test_a_write_behind_store_in_a_folder_renamed_while_open(tmp_path: Path) -> 
     (account / ".Work" / "maildirfolder").touch()
     server.start()
     try:
-        c = Client(server.ports["imap"])
-        c.ok("SELECT Work")  # the folder is open in the server from here
-        c.ok("SELECT INBOX")
-        c.ok("RENAME Work Play")
-        c.ok("SELECT Play")
-        c.ok("STORE 1:* +FLAGS.SILENT (\\Seen)")
-        lf = [d.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for d in files]
-        assert bodies(c.ok("FETCH 1:* BODY.PEEK[]")) == lf
+        c = Session(server.ports["imap"])
+        c.command("SELECT Work")  # the folder is open in the server from here
+        c.command("SELECT INBOX")
+        c.command("RENAME Work Play")
+        c.command("SELECT Play")
+        c.command("STORE 1:* +FLAGS.SILENT (\\Seen)")
+        assert bodies(c.command("FETCH 1:* BODY.PEEK[]")) == [crlf(d) for d in files]
         cur = account / ".Play" / "cur"
         deadline = time.monotonic() + RENAMES_DONE_WITHIN_S
         while (sum(n.endswith(":2,S") for n in os.listdir(cur)) < len(files)
@@ -109,20 +74,20 @@ def test_no_modseq_goes_back_after_a_kill_right_after_store(tmp_path: Path) -> N
     account = Path(MaildirStoreFactory.account_root(ALICE[0], str(server.data_dir)))
     fill(account)
     server.start()
-    c = Client(server.ports["imap"])
-    c.ok("SELECT INBOX (CONDSTORE)")
-    seen = max(modseqs(c.ok("STORE 1:* +FLAGS (\\Seen)")))
+    c = Session(server.ports["imap"])
+    c.command("SELECT INBOX (CONDSTORE)")
+    seen = max(modseqs(c.command("STORE 1:* +FLAGS (\\Seen)")))
     server.kill9()
     c.close()
     server.start()
     try:
-        c = Client(server.ports["imap"])
-        selected = c.ok("SELECT INBOX (CONDSTORE)")
+        c = Session(server.ports["imap"])
+        selected = c.command("SELECT INBOX (CONDSTORE)")
         found = re.search(rb"HIGHESTMODSEQ (\d+)", selected)
         assert found is not None, selected
         highest = int(found.group(1))
         assert highest >= seen, (highest, seen)
-        changed = modseqs(c.ok("STORE 1 -FLAGS (\\Seen)"))
+        changed = modseqs(c.command("STORE 1 -FLAGS (\\Seen)"))
         assert changed and min(changed) > seen, (changed, seen)
         c.close()
     finally:
