@@ -57,7 +57,7 @@ class RenamesDoneDurabilityTests(SynchronousTestCase):
         wal = [i for i, line in enumerate(lines[:mark])
                if "pymail-index.sqlite-wal>" in line]
         last_write = max(i for i in wal if "pwrite64(" in lines[i])
-        synced = [i for i in wal if i > last_write and lines[i].split(" ", 1)[1].startswith(SYNCS)]
+        synced = [i for i in wal if i > last_write and lines[i].split(None, 1)[1].startswith(SYNCS)]
         # Without it a power loss could bring the done batch back, and the
         # next open would rename the files back to +\Seen, reverting the
         # acknowledged -\Seen that followed.
