@@ -88,14 +88,17 @@ class MaildirTests(SynchronousTestCase):
         """mutt renaming a file (flags) or deleting it is seen at refresh."""
         box = self.open_inbox()
         a = self.successResultOf(box.append(MSG))
-        self.successResultOf(box.append(MSG))
+        b = self.successResultOf(box.append(MSG))
         md = mailbox.Maildir(self.root, factory=None, create=False)
-        keys = sorted(md.keys())
-        msg = md[keys[0]]
+        # The Maildir key is the file's base name (sorting the keys would not
+        # give delivery order: the microseconds in the name are not padded).
+        key_a, key_b = box.info(a).key, box.info(b).key
+        assert sorted(md.keys()) == sorted([key_a, key_b])
+        msg = md[key_a]
         msg.set_subdir("cur")
         msg.set_flags("FS")
-        md[keys[0]] = msg
-        md.remove(keys[1])
+        md[key_a] = msg
+        md.remove(key_b)
         self.successResultOf(box.refresh())
         assert [i.uid for i in box.messages()] == [a]
         assert box.info(a).flags == {"\\Flagged", "\\Seen"}
