@@ -14,6 +14,8 @@ from pymail.storage.index import FolderIndex
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.testing import SteppedReactor, ThreadlessReactor
 
+from maildir_support import SteppedMaildirCase
+
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
 
 
@@ -224,31 +226,11 @@ class BadNamesOnDiskTests(SynchronousTestCase):
         assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
 
 
-class FlagWriteBehindTests(SynchronousTestCase):
+class FlagWriteBehindTests(SteppedMaildirCase):
     """
     STORE is answered once the new file names are recorded in the index;
     the renames follow as the next thread-pool job (SteppedReactor holds it).
     """
-
-    def setUp(self) -> None:
-        self.reactor = SteppedReactor()
-        self.data = self.mktemp()
-        self.root = os.path.join(self.data, "mail", "example.org", "alice")
-
-    def settle(self, d: Any) -> Any:
-        self.reactor.run_thread_work()
-        return self.successResultOf(d)
-
-    def open_inbox(self, reactor: Any = None) -> Any:
-        if reactor is None:
-            store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
-            return self.settle(store.get_mailbox("INBOX"))
-        store = MaildirStoreFactory(reactor).open_store("alice@example.org", self.data)
-        return self.successResultOf(store.get_mailbox("INBOX"))
-
-    def names(self) -> list[str]:
-        return sorted(os.listdir(os.path.join(self.root, "cur"))
-                      + os.listdir(os.path.join(self.root, "new")))
 
     def store_acknowledged(self, box: Any, uids: list[int], flags: list[str]) -> Any:
         """set_flags, running its first job only: answered, renames still queued."""

@@ -10,7 +10,6 @@ import os
 import sqlite3
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
 from pymail.storage.index import FolderIndex
@@ -18,33 +17,12 @@ from pymail.storage.maildir import MaildirStoreFactory
 from pymail.storage.maildir_files import UIDLIST
 from pymail.testing import SteppedReactor, ThreadlessReactor
 
+from maildir_support import ADDRESS, SteppedMaildirCase
+
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
-ADDRESS = "alice@example.org"
 
 
-class ReviewCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = SteppedReactor()
-        self.data = self.mktemp()
-        self.root = os.path.join(self.data, "mail", "example.org", "alice")
-
-    def settle(self, d: Any) -> Any:
-        self.reactor.run_thread_work()
-        return self.successResultOf(d)
-
-    def store(self, reactor: Any = None) -> Any:
-        return MaildirStoreFactory(reactor or self.reactor).open_store(ADDRESS, self.data)
-
-    def open_inbox(self, reactor: Any = None) -> Any:
-        if reactor is None:
-            return self.settle(self.store().get_mailbox("INBOX"))
-        return self.successResultOf(self.store(reactor).get_mailbox("INBOX"))
-
-    def names(self, folder: str | None = None) -> list[str]:
-        folder = folder or self.root
-        return sorted(os.listdir(os.path.join(folder, "cur"))
-                      + os.listdir(os.path.join(folder, "new")))
-
+class ReviewCase(SteppedMaildirCase):
     def fill(self, box: Any, count: int) -> list[int]:
         return [self.settle(box.append(MSG.replace(b"hello", b"hello %d" % n)))
                 for n in range(count)]
