@@ -12,6 +12,7 @@ from typing import Any
 
 
 from pymail.errors import StorageError
+from pymail.storage import fsutil
 from pymail.storage.index import FolderIndex
 from pymail.storage.maildir import MaildirStoreFactory
 from pymail.storage.maildir_files import UIDLIST
@@ -63,7 +64,7 @@ class AppendErrorTests(ReviewCase):
         box = self.open_inbox()
         [uid] = self.fill(box, 1)
         self.settle(box.set_flags([uid], [f"kw{n}" for n in range(26)], "add"))
-        for sync in (box.syncfs, None):
+        for sync in (fsutil.syncfs, None):
             box.syncfs = sync
             failure = self.failureResultOf(self.settle_failure(box.append(MSG, ["kw26"])))
             failure.trap(StorageError)
@@ -132,7 +133,7 @@ class CommitWindowTests(ReviewCase):
 
     def test_a_message_numbered_by_another_process_keeps_its_uid_syncfs(self) -> None:
         """A syncfs group append keeps the UID another process's scan gave its file."""
-        self.append_with_a_scan_before_the_lock("auto")
+        self.append_with_a_scan_before_the_lock("syncfs")
 
     def test_a_message_numbered_by_another_process_keeps_its_uid_fsync(self) -> None:
         """An fsync-mode append keeps the UID another process's scan gave its file."""
@@ -197,7 +198,7 @@ class SyncfsDescriptorTests(ReviewCase):
                                    .open_store(ADDRESS, data).get_mailbox("INBOX"))
         root = os.path.join(data, "mail", "example.org", "alice")
         synced: list[tuple[bool, bool]] = []
-        real = box.syncfs
+        real = fsutil.syncfs
 
         def recording(fd: int) -> None:
             st = os.fstat(fd)
@@ -232,7 +233,7 @@ class FailedCommitTests(ReviewCase):
         def uidlist_fails(*args: Any, **kw: Any) -> None:
             raise OSError(5, "Input/output error")
 
-        if sync == "auto":
+        if sync == "syncfs":
             box.syncfs = second_syncfs_fails
         else:
             box._append_uidlist_locked = uidlist_fails
@@ -247,7 +248,7 @@ class FailedCommitTests(ReviewCase):
 
     def test_a_failed_second_syncfs_leaves_no_message_to_appear_later(self) -> None:
         """An append failed by its group's second syncfs takes its renamed file back."""
-        self.fail_and_look("auto")
+        self.fail_and_look("syncfs")
 
     def test_a_failed_uidlist_write_leaves_no_message_to_appear_later(self) -> None:
         """An fsync-mode append failed by its uidlist write takes its renamed file back."""

@@ -45,6 +45,7 @@ from pymail.storage.base import (
     encode_folder_name,
     rename_plan,
 )
+from pymail.storage import fsutil
 from pymail.storage.fsutil import fsync_dir
 from pymail.storage.maildir_files import (  # noqa: F401  (re-exported)
     KEYWORDS,
@@ -217,7 +218,7 @@ class MaildirStore(FileStoreMixin):
 
 
 #: The values of ``MaildirStoreFactory(sync=...)`` (``maildir.sync``).
-SYNC_MODES = ("auto", "fsync")
+SYNC_MODES = ("fsync", "syncfs")
 
 
 @implementer(IMailStoreFactory)
@@ -237,18 +238,23 @@ class MaildirStoreFactory:
     persistent_modseq = True
 
     def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None,
-                 sync: str = "auto") -> None:
+                 sync: str = "fsync") -> None:
         """
         :param sync: how a group of deliveries is made durable (see
-            docs/storage.md): ``"auto"`` uses one ``syncfs`` for the files
-            and one for their names where the system promises it covers every
-            file (Linux 5.8 and later), else fsyncs; ``"fsync"`` always
-            fsyncs each file, its directory and the uidlist (better when the
-            file system also carries other programs' heavy writes, which a
-            ``syncfs`` would wait for).
+            docs/storage.md): ``"fsync"`` (the default) fsyncs each file,
+            the directories it is renamed into and the uidlist;
+            ``"syncfs"`` makes the group durable with two ``syncfs`` calls
+            (Linux 5.8 and later), cheaper per message on a file system
+            that holds only mail, but each call also waits for every other
+            program's unwritten data on that file system.
+        :raises ValueError: an unknown mode, or ``"syncfs"`` where the
+            system has no ``syncfs`` that reports write-back errors.
         """
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        if sync == "syncfs" and fsutil.syncfs is None:
+            raise ValueError("sync = 'syncfs' needs Linux 5.8 or later (a syncfs that reports "
+                             "write-back errors); use 'fsync'")
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -283,6 +289,6 @@ class MaildirStoreFactory:
 
     def _new_mailbox(self, path: str, name: str) -> MaildirMailbox:
         box = MaildirMailbox(path, name, self.reactor)
-        if self.sync == "fsync":
-            box.syncfs = None
+        if self.sync == "syncfs":
+            box.syncfs = fsutil.syncfs
         return box

@@ -13,9 +13,9 @@ view applies changes in exactly the order they happened on disk.
 Durability and group commit: an append writes its ``tmp/`` file in its own
 thread, in parallel with other appends, then queues itself; the first
 append that finds no commit running commits every queued one at once
-(:meth:`MaildirMailbox._commit_locked`).  With ``syncfs`` (Linux 5.8+): one
+(:meth:`MaildirMailbox._commit_locked`).  With ``sync="syncfs"`` (Linux 5.8+, opt-in): one
 ``syncfs`` for the group's files, their renames into ``new/`` (or ``cur/``
-with flags), the uidlist lines, a second ``syncfs``.  Without: each append
+with flags), the uidlist lines, a second ``syncfs``.  By default: each append
 fsyncs its file and renames it itself, and the commit writes the uidlist
 lines and fsyncs the directories and the uidlist.  An append's Deferred
 fires only after its group's commit; a commit that fails after the renames
@@ -66,7 +66,6 @@ from pymail.storage.base import (
     normalise_flags,
     paused_gc,
 )
-from pymail.storage import fsutil
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
     INDEX_FILE,
@@ -157,12 +156,12 @@ class _IndexWriter:
 class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     """One Maildir folder."""
 
-    #: How a group of appends is made durable: ``syncfs`` twice per group
-    #: (the files, then their names and UIDs: see _publish_locked) where
-    #: the system gives it fsync's promise, else (``None``) an fsync of every
-    #: file, its directory and the uidlist.  Set per folder (tests do).
-    syncfs: Callable[[int], None] | None = (
-        staticmethod(fsutil.syncfs) if fsutil.syncfs is not None else None)
+    #: How a group of appends is made durable: ``None`` (the default) fsyncs
+    #: every file, its directory and the uidlist; a ``syncfs`` function
+    #: (``MaildirStoreFactory(sync="syncfs")`` sets :data:`fsutil.syncfs`)
+    #: makes the group durable with two calls (the files, then their names
+    #: and UIDs: see _publish_locked).  Set per folder.
+    syncfs: Callable[[int], None] | None = None
 
     #: A flag change that renames at least this many files is answered once
     #: the new names are in the index, and renamed right after (see
