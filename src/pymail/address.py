@@ -178,6 +178,12 @@ def split_path(text: str) -> tuple[str, str]:
     if not text.startswith("<"):
         path, _, rest = text.partition(" ")
         return path, rest.strip(" ")
+    if '"' not in text:
+        # No quoted local part (the usual ``<a@b> ...``): the path ends at
+        # the first ">", found without walking the text in Python.
+        end = text.find(">")
+        if end > 0:
+            return text[: end + 1], text[end + 1 :].strip(" ")
     in_quotes = False
     escaped = False
     for i, c in enumerate(text):

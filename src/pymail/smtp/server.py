@@ -263,7 +263,7 @@ class SMTPServer(LineReceiver):
         # Replies made while input is being handled wait in _pending and go
         # out together when it is done (one send for a pipelined group, as
         # Twisted's write buffer would make); any other reply goes out at
-        # once (see _send).
+        # once (see _flush).
         self._input_depth = 0
         self._pending: list[bytes] = []
         self._under: Any = None
@@ -657,7 +657,7 @@ class SMTPServer(LineReceiver):
         if arg[:5].upper() != "FROM:":
             return self._reply(R.SYNTAX_ERROR.format(usage="MAIL FROM:<address> [parameters]"))
         try:
-            path, rest = _split_path(arg[5:].lstrip(" "))
+            path, rest = split_path(arg[5:].lstrip(" "))
             params = _parse_parameters(rest)
             smtputf8 = "SMTPUTF8" in params
             sender = Address.parse(path, allow_null=True, smtputf8=smtputf8)
@@ -717,7 +717,7 @@ class SMTPServer(LineReceiver):
             self._reply(R.SYNTAX_ERROR.format(usage="RCPT TO:<address>"))
             return None
         try:
-            path, rest = _split_path(arg[3:].lstrip(" "))
+            path, rest = split_path(arg[3:].lstrip(" "))
             params = _parse_parameters(rest)
             if path.lower() == "<postmaster>":
                 # RFC 5321 section 4.1.1.3: "Postmaster" without a domain
@@ -1086,16 +1086,6 @@ class SMTPServer(LineReceiver):
     def _auth_failed(self) -> None:
         maillog.auth_failed(self._client, self._auth_mechanism)
         self._reply(R.AUTH_FAILED)
-
-
-def _split_path(text: str) -> tuple[str, str]:
-    """:func:`~pymail.address.split_path`, with a fast path for the usual ``<a@b> ...``."""
-    if text.startswith("<") and '"' not in text:
-        # No quoted local part: the path ends at the first ">".
-        end = text.find(">")
-        if end > 0:
-            return text[: end + 1], text[end + 1 :].strip(" ")
-    return split_path(text)
 
 
 def _b64(text: str) -> str:
