@@ -220,3 +220,20 @@ class HostileDraftTests(DraftWorld):
         self.assertEqual(reply.status, 404)
         self.assertEqual(len(self.drafts.messages()), 1)
         self.assertEqual(self.world.mailbox("bob@example.org").messages(), [])
+
+
+class LongDraftTests(SynchronousTestCase):
+    def test_resumed_draft_keeps_a_text_longer_than_the_page_shows(self) -> None:
+        """A draft's text over TEXT_SHOWN_LIMIT characters comes back whole, not cut for display."""
+        from email.message import EmailMessage
+
+        from pymail.web.drafts import resume
+        from pymail.web.messages import TEXT_SHOWN_LIMIT
+
+        text = "".join(f"line {n} of a long draft\n" for n in range(TEXT_SHOWN_LIMIT // 10))
+        assert len(text) > TEXT_SHOWN_LIMIT
+        draft = EmailMessage()
+        draft["To"] = "bob@example.org"
+        draft["Subject"] = "long"
+        draft.set_content(text)
+        self.assertEqual(resume(draft.as_bytes()).body, text[:-1])

@@ -82,7 +82,7 @@ def resume(data: bytes) -> ResumedDraft:
     encoded CR or LF becomes a space) and the reply link is only a claim:
     the caller checks it names a message of the account.
     """
-    parsed = take_apart(data)
+    parsed = take_apart(data, text_limit=None)  # the whole text goes back into the form
     message = parsed.message
     mode, _, reply = header_text(message, REPLY_HEADER).partition(" ")
     if mode not in REPLY_MODES or not reply:

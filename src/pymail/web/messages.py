@@ -424,8 +424,13 @@ def walk_parts(message: EmailMessage) -> Iterator[tuple[int, Message]]:
                 stack[0:0] = [c for c in children if isinstance(c, Message)]
 
 
-def take_apart(message: bytes) -> ParsedMessage:
-    """Find the text and HTML bodies, the attachments and the embedded images."""
+def take_apart(message: bytes, text_limit: int | None = TEXT_SHOWN_LIMIT) -> ParsedMessage:
+    """
+    Find the text and HTML bodies, the attachments and the embedded images.
+
+    :param text_limit: characters of the text kept for showing (None: all,
+        as a draft being edited needs).
+    """
     parsed = parse(message)
     headers = []
     for name in SHOWN_HEADERS:
@@ -449,8 +454,8 @@ def take_apart(message: bytes) -> ParsedMessage:
                 and not part.get_filename():
             text = _text_of(part)
             text_index = index
-            if len(text) > TEXT_SHOWN_LIMIT:
-                text, truncated = text[:TEXT_SHOWN_LIMIT], True
+            if text_limit is not None and len(text) > text_limit:
+                text, truncated = text[:text_limit], True
             continue
         if disposition != "attachment" and ctype == "text/html" and html is None \
                 and not html_too_long and not part.get_filename():
