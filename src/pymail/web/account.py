@@ -8,7 +8,7 @@ Thunderbird autoconfig file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape as xml_escape
 
 from twisted.logger import Logger
@@ -27,7 +27,6 @@ log = Logger()
 #: Shortest new password accepted on the web, in characters.
 MIN_PASSWORD_LENGTH = 10
 
-_T = TypeVar("_T")
 
 #: Where Thunderbird looks for its autoconfig file on the mail domain's web server.
 AUTOCONFIG_PATH = "/.well-known/autoconfig/mail/config-v1.1.xml"
@@ -46,11 +45,6 @@ ADMIN_NOTICES = {
 
 def add_routes(app: WebApp) -> None:
     r = app.router
-
-    async def in_thread(work: Callable[[], _T]) -> _T:
-        # Hashing (argon2id) and the directory's fsynced rewrites stay off the reactor.
-        result: _T = await app.in_thread(work)
-        return result
 
     async def account_page(ctx: Context, error: str | None = None, done: str | None = None,
                            status: int = 200) -> Response:
@@ -87,7 +81,8 @@ def add_routes(app: WebApp) -> None:
         if checked is None:
             return await account_page(ctx, "The current password is wrong.", status=400)
         checked[1]()  # the avatar from the check is not kept
-        await in_thread(lambda: app.directory.set_password(
+        # Hashing (argon2id) and the directory's fsynced rewrite stay off the reactor.
+        await app.in_thread(lambda: app.directory.set_password(
             session.address, hash_password(new), scram_credential(new)))
         ended = app.sessions.end_others(session.address, session.id)
         log.info("web: {account} changed their password ({ended} other sessions ended)",
@@ -148,7 +143,7 @@ def add_routes(app: WebApp) -> None:
 
     async def admin_change(ctx: Context, work: Callable[[], object], done: str) -> Response:
         try:
-            await in_thread(work)
+            await app.in_thread(work)
         except DirectoryError as e:
             session = ctx.require_session()
             return await app.page(ctx, "Administration", admin_body(session.csrf, str(e), None),

@@ -57,11 +57,11 @@ _T = TypeVar("_T")
 #: The static files and their types.
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
-#: Largest request body accepted (compose with attachments), by default.
 #: Messages taken apart in the thread pool at once: the reactor's pool also
 #: checks IMAP, POP3 and SMTP passwords, so webmail views never fill it.
 MAX_PARSES = 2
 
+#: Largest request body accepted (compose with attachments), by default.
 DEFAULT_MAX_BODY = 35 * 1024 * 1024
 
 #: Largest body parsed for a route that needs no session (the sign-in form):

@@ -325,8 +325,9 @@ def add_routes(app: WebApp) -> None:
                 if mode == "forward":
                     forwarding = answered
         elif reply:
-            original = await _original(app, ctx, reply)
-            original_folder = (await _locate(app, ctx, reply))[0].name
+            box, uid = await _locate(app, ctx, reply)
+            original = await _parsed(app, box, uid)
+            original_folder = box.name
             subject = header_text(original, "Subject")
             if mode == "forward":
                 fields["subject"] = subject if subject.lower().startswith("fwd:") \
@@ -558,11 +559,6 @@ async def _locate_draft(app: WebApp, ctx: Context, reference: str) -> tuple[IMai
     if "\\Draft" not in mailbox.info(uid).flags:
         raise HTTPError(404, "That message is not a draft.")
     return mailbox, uid
-
-
-async def _original(app: WebApp, ctx: Context, reference: str):  # type: ignore[no-untyped-def]
-    mailbox, uid = await _locate(app, ctx, reference)
-    return await _parsed(app, mailbox, uid)
 
 
 async def _parsed(app: WebApp, mailbox: IMailbox, uid: int) -> EmailMessage:
