@@ -321,13 +321,14 @@ class SMTPServer(LineReceiver):
         # Whatever is still buffered is an unfinished line or message:
         # with no more input to come it can never be answered.
         if self._read_closed and not self._busy and not self._closing and not self._lost:
-            self._flush()
-            self._closing = True
-            self._cancel_timeout()
-            self._transport.loseConnection()
+            self._hang_up()
 
     def _close(self, reply: Reply) -> None:
         self._reply(reply, count=False)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Send the replies made so far, then close."""
         self._flush()
         self._closing = True
         self._cancel_timeout()
