@@ -142,6 +142,9 @@ def _number(token: bytes) -> int:
 
 
 def _numbers(args: bytes, least: int, most: int) -> list[int]:
+    if least <= 1 <= most and _NUMBER.fullmatch(args):
+        # "RETR 17", "DELE 17" as clients send them, without split() and a list.
+        return [int(args)]
     parts = args.split()
     if not least <= len(parts) <= most:
         raise _SyntaxError()
@@ -185,9 +188,10 @@ class POP3Server(Protocol):
     #: Octets of one message sent in one reactor turn when the transport
     #: does not push back; then other connections get a turn.
     MAX_BURST: ClassVar[int] = 1024 * 1024
-    #: Read-ahead (:meth:`_read_ahead`): once a client has retrieved two
-    #: consecutive messages, the next one, if no bigger than this, is read
-    #: and framed after the reply has left, while the client reads it.
+    #: Read-ahead (:meth:`_read_ahead`): after a RETR that follows the
+    #: previous one in order (the first RETR 1 of a session counts), the
+    #: next message, if no bigger than this, is read and framed after the
+    #: reply has left, while the client reads it.
     READ_AHEAD_MAX: ClassVar[int] = 128 * 1024
 
     commands: ClassVar[dict[bytes, Command]]
@@ -223,7 +227,6 @@ class POP3Server(Protocol):
         self._closed = False
         self._errors = 0
         self._timer: IDelayedCall | None = None
-        self._active_at = 0.0
         self._user: bytes | None = None
         self._address: str | None = None
         self._maildrop: Maildrop | None = None
@@ -521,10 +524,11 @@ class POP3Server(Protocol):
     # -- the autologout timer (RFC 1939 section 3) ---------------------------
 
     def _restart_timer(self) -> None:
-        # Only the time is noted; the timer, when it fires, looks at it and
-        # waits on if the client was active since (no reset per command).
-        self._active_at = self._reactor.seconds()
-        if self._timer is None:
+        # Moving a pending call later only notes the delay (no heap work),
+        # as in the SMTP server.
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+        else:
             self._timer = self._reactor.callLater(self._timeout, self._timed_out)
 
     def _stop_timer(self) -> None:
@@ -536,10 +540,6 @@ class POP3Server(Protocol):
         # RFC 1939 section 3: close without a response and without entering
         # UPDATE.  Abort: a client idle this long is not reading replies.
         self._timer = None
-        left = self._active_at + self._timeout - self._reactor.seconds()
-        if left > 0:
-            self._timer = self._reactor.callLater(left, self._timed_out)
-            return
         log.info("POP3 autologout of {peer}", peer=self._peer())
         self._closing = True
         self._channel.abortConnection()
@@ -830,11 +830,7 @@ class POP3Server(Protocol):
         self._ok_pieces(multiline_listing(replies.line(replies.UIDL_FOLLOWS), lines))
 
     def do_retr(self, args: bytes) -> Deferred[None] | None:
-        # "RETR 17" as clients send it, without split() and a list.
-        if _NUMBER.fullmatch(args):
-            number = int(args)
-        else:
-            (number,) = _numbers(args, 1, 1)
+        (number,) = _numbers(args, 1, 1)
         size = self._drop.info(number).size
         ahead, self._ahead = self._ahead, None
         sequential = number == self._last_retr + 1
