@@ -49,7 +49,6 @@ INDEX_FILE = "pymail-index.sqlite"
 #: Kinds of row writes for :meth:`FolderIndex.apply` and :class:`IndexQueue`.
 UPSERT = "upsert"
 RENAMED = "renamed"
-MODSEQS = "modseqs"
 DELETE = "delete"
 
 # Writes may arrive out of order from the thread pool: a row only ever
@@ -59,7 +58,6 @@ _WRITES = {
             "base=excluded.base, date=excluded.date, size=excluded.size, "
             "modseq=excluded.modseq WHERE excluded.modseq >= msgs.modseq",
     RENAMED: "UPDATE msgs SET base=?1, modseq=?2 WHERE uid=?3 AND modseq <= ?2",
-    MODSEQS: "UPDATE msgs SET modseq=max(modseq, ?) WHERE uid=?",
 }
 SCHEMA_VERSION = 2
 
@@ -348,26 +346,14 @@ class FolderIndex(SqliteIndex):
                       (highestmodseq,))
             self._db.execute("COMMIT")
 
-    def update(self, upsert: Iterable[tuple[int, str, int, int, int]] = (),
-               modseqs: Iterable[tuple[int, int]] = (), delete: Iterable[int] = (),
-               highestmodseq: int | None = None,
-               sync: dict[str, int] | None = None) -> None:
-        """
-        One transaction: add or replace rows, change MODSEQs, delete UIDs,
-        and (when ``sync`` is given) replace the sync record after them.
-        """
-        self.apply([(UPSERT, upsert), (MODSEQS, [(m, u) for u, m in modseqs]),
-                    (DELETE, delete)], highestmodseq, sync)
-
     def apply(self, ops: Iterable[tuple[str, Iterable[Any]]],
               highestmodseq: int | None = None,
               sync: dict[str, int] | None = None) -> None:
         """
         One transaction: the operations in order, each a kind and its rows
         (:data:`UPSERT` ``(uid, base, date, size, modseq)``; :data:`RENAMED`
-        ``(base, modseq, uid)``; :data:`MODSEQS` ``(modseq, uid)``;
-        :data:`DELETE` uids), then HIGHESTMODSEQ and (when given) the sync
-        record.
+        ``(base, modseq, uid)``; :data:`DELETE` uids), then HIGHESTMODSEQ and
+        (when given) the sync record.
         """
         with self._lock:
             if self._db is None:

@@ -68,7 +68,9 @@ from pymail.storage.base import (
 )
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
+    DELETE,
     INDEX_FILE,
+    UPSERT,
     FolderIndex,
     IndexQueue,
     decode_value,
@@ -556,7 +558,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 infos.append(info)
         stale = [uid for uid in rows if uid not in files]
         if upsert or stale:
-            index.update(upsert=upsert, delete=stale, highestmodseq=highest)
+            index.apply([(UPSERT, upsert), (DELETE, stale)], highest)
         return infos, highest
     # -- scanning ----------------------------------------------------------
 
