@@ -19,13 +19,10 @@ from datetime import datetime, UTC
 
 import attrs
 
-from pymail.storage.mbox_index import Row
+from pymail.storage.mbox_index import PACKED_FIELDS, Row
 
 #: In an index row's ``quoted`` column: the message is clean (see Entry.clean).
 CLEAN_BIT = 2
-
-#: Integers per packed row: uid, start, body_start, end, date, size, quoted, modseq.
-PACKED_FIELDS = 8
 
 _FLAG_TEXT: dict[frozenset[str], str] = {}
 
@@ -165,10 +162,11 @@ class Entries(MutableMapping[int, Entry]):
         best: Entry | None = max(self._live.values(), key=lambda e: e.start, default=None)
         packed, dropped = self._packed, self._dropped
         starts = packed[1::PACKED_FIELDS]
-        if len(starts) and (best is None or max(starts) > best.start):
+        latest = max(starts, default=-1)
+        if len(starts) and (best is None or latest > best.start):
             # Packed rows are in UID order, not file order: the largest start
             # that is still valid (usually simply the largest).
-            top = starts.index(max(starts))
+            top = starts.index(latest)
             if packed[top * PACKED_FIELDS] not in dropped:
                 return self[packed[top * PACKED_FIELDS]]
             order = sorted(range(len(starts)), key=starts.__getitem__, reverse=True)

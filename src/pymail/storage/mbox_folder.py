@@ -507,15 +507,18 @@ class MboxMailbox(ViewBacked):
         unchanged keep their MODSEQs; an expunge, each changed and each new
         message take the next ones (in the order the view is told).
         """
-        gone = [u for u in before if u not in entries or before is not self._disk.entries]
         if before is not self._disk.entries:
+            gone = list(before)
             before = {}
+        else:
+            gone = [u for u in before if u not in entries]
         changed: dict[int, frozenset[str]] = {}
         touched = []
         added = []
         for uid in sorted(entries):
             entry = entries[uid]
-            old = before.get(uid)
+            # Read without making a lasting Entry of every packed row.
+            old = peek_entry(before, uid)
             if old is None:
                 added.append(entry)
             elif old.flags != entry.flags:

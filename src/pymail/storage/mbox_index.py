@@ -45,9 +45,10 @@ CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), ints BLOB NOT NULL, flags TEXT NOT NULL);
 """
 
-#: A snapshot row's integers: uid, start, body_start, end, date, size, quoted, modseq.
-_PACKED = struct.Struct("<8q")
-_PACKED_FIELDS = 8
+#: Integers per packed row (a snapshot row, and mbox_entries.Entries):
+#: uid, start, body_start, end, date, size, quoted, modseq.
+PACKED_FIELDS = 8
+_PACKED = struct.Struct(f"<{PACKED_FIELDS}q")
 
 #: One row: uid, start, body_start, end, flags (space-separated), date, size,
 #: quoted, modseq.
@@ -103,9 +104,9 @@ class MboxIndex(SqliteIndex):
                 ints.byteswap()
             texts = snap[0][1].split("\n")
         for row in extra:
-            ints.extend(row[:_PACKED_FIELDS])
-            texts.append(row[_PACKED_FIELDS])
-        if len(ints) != _PACKED_FIELDS * len(texts):
+            ints.extend(row[:PACKED_FIELDS])
+            texts.append(row[PACKED_FIELDS])
+        if len(ints) != PACKED_FIELDS * len(texts):
             return None  # a damaged snapshot: the file is parsed instead
         return ints, texts
 
