@@ -17,7 +17,7 @@ from pymail.errors import BadMailboxName, MailboxExists, NoSuchMailbox
 from pymail.interfaces import IMailStore
 from pymail.storage.base import check_mailbox_name
 from pymail.web.http import Context, HTTPError, Response
-from pymail.web.messages import FolderEntry, folder_list
+from pymail.web.messages import FolderEntry, folder_list, special_use_roles
 from pymail.web.views import attr, csrf_field, esc, folder_url, notice
 
 if TYPE_CHECKING:
@@ -36,10 +36,13 @@ class FolderRefused(ValueError):
 
 def protected(store: IMailStore, name: str) -> str | None:
     """Why ``name`` may not be renamed or deleted, or ``None`` when it may."""
+    return _refusal(name, special_use_roles(store).get(name))
+
+
+def _refusal(name: str, role: str | None) -> str | None:
+    """:func:`protected` for a folder whose special-use ``role`` is known."""
     if name.upper() == "INBOX":
         return "INBOX cannot be renamed or deleted."
-    special_use = getattr(store, "special_use", None)
-    role = dict(special_use()).get(name) if special_use is not None else None
     if role is not None:
         return f"{name} is the {role.lstrip(chr(92))} folder; it cannot be renamed or deleted."
     return None
@@ -95,7 +98,8 @@ def folders_body(folders: list[FolderEntry], store: IMailStore, csrf: str,
                  error: str | None, done: str | None) -> str:
     rows = []
     for f in folders:
-        why = protected(store, f.name)
+        # The rows carry their roles: no roles file read per row.
+        why = _refusal(f.name, f.role)
         if why is not None:
             tools = f'<span class="meta">{esc("INBOX" if f.role is None else f.role)}</span>'
         else:

@@ -245,24 +245,30 @@ async def folder_list(store: IMailStore, counts: UnseenCounts | None = None
                       ) -> list[FolderEntry]:
     """Every folder with its unread and total counts, INBOX and special-use first."""
     counts = counts if counts is not None else UnseenCounts()
-    roles = _special_use(store)
+    roles = special_use_roles(store)
     entries = []
-    for name in folder_names(store):
+    for name in folder_names(store, roles):
         mailbox = await store.get_mailbox(name)
         entries.append(FolderEntry(name, counts.unseen(mailbox), len(mailbox.messages()),
                                    roles.get(name)))
     return entries
 
 
-def folder_names(store: IMailStore) -> list[str]:
-    """The folder names in the order the folder list shows: INBOX, special-use, the rest."""
-    roles = _special_use(store)
+def folder_names(store: IMailStore, roles: dict[str, str] | None = None) -> list[str]:
+    """
+    The folder names in the order the folder list shows: INBOX, special-use,
+    the rest.  ``roles``: :func:`special_use_roles` of ``store``, when the
+    caller has them already.
+    """
+    if roles is None:
+        roles = special_use_roles(store)
     order = {name: i for i, (name, _) in enumerate(sorted(roles.items(), key=lambda x: x[1]))}
     return sorted(store.list_mailboxes(),
                   key=lambda n: (n.upper() != "INBOX", n not in roles, order.get(n, 0), n))
 
 
-def _special_use(store: IMailStore) -> dict[str, str]:
+def special_use_roles(store: IMailStore) -> dict[str, str]:
+    """Folder name -> special-use role (``\\Sent``...), for stores that keep them."""
     special_use = getattr(store, "special_use", None)
     return dict(special_use()) if special_use is not None else {}
 
@@ -272,7 +278,7 @@ async def role_folder(store: IMailStore, role: str, default: str) -> IMailbox:
     The folder with a special-use role (``\\Sent``, ``\\Trash``), or the
     folder named ``default``, created if missing.
     """
-    for name, found in _special_use(store).items():
+    for name, found in special_use_roles(store).items():
         if found == role:
             return await store.get_mailbox(name)
     if default not in store.list_mailboxes():
