@@ -23,7 +23,7 @@ from pymail.interfaces import IMailbox, IMailStore
 from pymail.web.compose import Draft, Upload, build_message, check_header_value
 from pymail.web.messages import (
     Attachment,
-    attachment,
+    attachment_contents,
     header_addresses,
     header_text,
     role_folder,
@@ -100,12 +100,8 @@ def resume(data: bytes) -> ResumedDraft:
 def kept_attachments(data: bytes, keep: list[str]) -> tuple[Upload, ...]:
     """The draft's attachments whose part indexes are in ``keep`` (the form's checkboxes)."""
     wanted = {int(k) for k in keep if k.isascii() and k.isdigit()}  # not "²"
-    uploads = []
-    for part in take_apart(data).attachments:
-        if part.index in wanted:
-            found, content = attachment(data, part.index)
-            uploads.append(Upload(found.filename, found.content_type, content))
-    return tuple(uploads)
+    return tuple(Upload(found.filename, found.content_type, content)
+                 for found, content in attachment_contents(take_apart(data), wanted))
 
 
 __all__ = ["DRAFT_FLAGS", "REPLY_HEADER", "REPLY_MODES", "ResumedDraft", "draft_message",

@@ -309,7 +309,8 @@ def add_routes(app: WebApp) -> None:
         original_folder = None
         if draft_ref:
             box, uid = await _locate_draft(app, ctx, draft_ref)
-            resumed = resume(_read(box, uid))
+            data = _read(box, uid)
+            resumed = await app.parse_in_thread(lambda: resume(data))
             fields.update(to=resumed.to, cc=resumed.cc, bcc=resumed.bcc,
                           subject=resumed.subject, body=resumed.body)
             reply, mode, kept = resumed.reply, resumed.mode, resumed.attachments
@@ -363,18 +364,23 @@ def add_routes(app: WebApp) -> None:
         saving = form.get("action") == "draft"
 
         async def again(error: str) -> Response:
-            kept = tuple(a for a in take_apart(old_data).attachments
-                         if str(a.index) in form.all("keep")) if old_data else ()
+            listed = await app.parse_in_thread(lambda: take_apart(old_data).attachments) \
+                if old_data else []
+            kept = tuple(a for a in listed if str(a.index) in form.all("keep"))
             body = views.compose_page(
                 session.csrf, to=form.get("to"), cc=form.get("cc"), bcc=form.get("bcc"),
                 subject=form.get("subject"), body=form.get("body"), reply=reply, mode=mode,
                 error=error, draft=draft_ref, kept=kept, max_bytes=app.max_message_size)
             return await app.page(ctx, "Compose", body, status=400)
 
+        # A draft may be tens of megabytes: taken apart in the pool.
+        keep = form.all("keep")
+        kept_files = await app.parse_in_thread(lambda: kept_attachments(old_data, keep)) \
+            if old_data else ()
         try:
             draft = check_form(form.get("to"), form.get("cc"), form.get("bcc"),
                                form.get("subject"), form.get("body"),
-                               kept_attachments(old_data, form.all("keep")) + tuple(form.files),
+                               kept_files + tuple(form.files),
                                need_recipients=not saving)
         except ComposeError as e:
             return await again(str(e))

@@ -480,6 +480,22 @@ def take_apart(message: bytes, text_limit: int | None = TEXT_SHOWN_LIMIT) -> Par
                          html_too_long)
 
 
+def attachment_contents(parsed: ParsedMessage, indexes: set[int]
+                        ) -> list[tuple[Attachment, bytes]]:
+    """
+    The attachments of ``parsed`` (from :func:`take_apart`) whose indexes are
+    in ``indexes``, with their decoded contents, in one walk of the parts.
+    """
+    listed = {a.index for a in parsed.attachments} & indexes
+    out = []
+    for index, part in walk_parts(parsed.message):
+        if index in listed:
+            data = _decoded(part)
+            out.append((Attachment(index, part_filename(part, index), part.get_content_type(),
+                                   len(data)), data))
+    return out
+
+
 def attachment(message: bytes, index: int) -> tuple[Attachment, bytes]:
     """
     The part at ``index`` (as listed by :func:`take_apart`) and its decoded content.
