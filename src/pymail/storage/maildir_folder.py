@@ -1228,9 +1228,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _expunge(self, doomed: list[int]) -> list[int]:
         removed = []
         with self._lock:
-            self._finish_renames_locked()
             fd = self._flock()
             try:
+                # Under the file lock this expunge takes anyway (not twice).
+                self._finish_renames_locked(flocked=True)
                 self._read_uidlist_locked()
                 for uid in doomed:
                     rel = self._disk.files.get(uid)
