@@ -348,44 +348,38 @@ def make_service(config: Config, reactor: Any) -> PymailService:
 
     root = PymailService(components)
     relay.setServiceParent(IServiceCollection(root))
+    def listen(label: str, plain: Any, implicit: Any, factory: Any, refusal: bytes,
+               refusal_timeout: bytes | None = None, preauth: bool = True) -> None:
+        # Plain endpoints, then implicit-TLS ones (the same certificates and
+        # SIGHUP reload for IMAPS, POP3S, 465 and HTTPS), each behind the
+        # connection limits.
+        for description, secure in [(d, False) for d in plain] + [(d, True) for d in implicit]:
+            endpoint = serverFromString(reactor, description)
+            wrapped = factory
+            if secure:
+                assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
+                wrapped = tls.wrap(factory)
+            limited = LimitedFactory(
+                limits, wrapped, label=label + (" tls" if secure else ""),
+                refusal=b"" if secure else refusal, refusal_timeout=refusal_timeout,
+                preauth=preauth,
+            )
+            EndpointListener(label, description, endpoint, limited).setServiceParent(
+                IServiceCollection(root)
+            )
+
     for section in ("smtp", "submission", "imap", "pop3"):
         label = f"[{section}]"
         refusal, refusal_timeout = REFUSALS[section]
-        implicit = getattr(getattr(config, section), "listen_tls", ())
-        for description, secure in [(d, False) for d in getattr(config, section).listen] + [
-            (d, True) for d in implicit
-        ]:
-            endpoint = serverFromString(reactor, description)
-            factory: Any = factories[label]
-            if secure:
-                assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
-                factory = tls.wrap(factory)
-            factory = LimitedFactory(
-                limits, factory, label=label + (" tls" if secure else ""),
-                refusal=b"" if secure else refusal, refusal_timeout=refusal_timeout,
-                preauth=section != "smtp",
-            )
-            EndpointListener(label, description, endpoint, factory).setServiceParent(
-                IServiceCollection(root)
-            )
+        listen(label, getattr(config, section).listen,
+               getattr(getattr(config, section), "listen_tls", ()), factories[label],
+               refusal, refusal_timeout, preauth=section != "smtp")
     if config.web.listen or config.web.listen_tls:
         from pymail.web.site import WEB_REFUSAL, make_web_site
 
         site = make_web_site(config, portal, directory, delivery, reactor, throttle=throttle)
-        for description, secure in [(d, False) for d in config.web.listen] + [
-            (d, True) for d in config.web.listen_tls
-        ]:
-            # HTTPS: the same certificates (and SIGHUP reload) as IMAPS/POP3S/465.
-            web_site: Any = site
-            if secure:
-                assert tls is not None, "config.from_mapping requires [tls] for listen_tls"
-                web_site = tls.wrap(site)
-            web_factory = LimitedFactory(limits, web_site,
-                                         label="[web]" + (" tls" if secure else ""),
-                                         refusal=b"" if secure else WEB_REFUSAL,
-                                         preauth=False)
-            EndpointListener("[web]", description, serverFromString(reactor, description),
-                             web_factory).setServiceParent(IServiceCollection(root))
+        listen("[web]", config.web.listen, config.web.listen_tls, site, WEB_REFUSAL,
+               preauth=False)
     return root
 
 
