@@ -163,10 +163,10 @@ class DirectReadsTests(SynchronousTestCase):
         self.assertEqual(self.limits.open_from("127.0.0.1"), 1)
 
     def test_refused_connection_keeps_the_wrapper(self) -> None:
-        """A connection over the limit is not counted, so it gets no direct reads."""
+        """A connection over the limit is not counted, so its reads stay with the wrapper."""
         self.connect()
         refused, transport = self.connect()
         self.assertTrue(transport.value().startswith(b"-ERR busy"))
-        self.assertFalse(refused.direct_reads())
+        self.assertNotEqual(refused.dataReceived, refused.wrappedProtocol.dataReceived)
         refused.dataReceived(b"CAPA\r\n")  # dropped by the wrapper, nothing answered
         self.assertEqual(transport.value(), b"-ERR busy\r\n")

@@ -119,6 +119,11 @@ class LimitedProtocol(ProtocolWrapper):
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             # After makeConnection, which replaces what this instance provides.
             alsoProvides(self, IHalfCloseableProtocol)
+        if self._counted:
+            # Step out of the data path of a counted connection: the
+            # transport's reads reach the wrapped protocol without this
+            # wrapper's two frames; the accounting stays in connectionLost.
+            self.dataReceived = self.wrappedProtocol.dataReceived  # type: ignore[method-assign]
 
     def readConnectionLost(self) -> None:
         """Passed on to a wrapped protocol that answers after the client's EOF (SMTP)."""
@@ -130,20 +135,6 @@ class LimitedProtocol(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._counted:
             super().dataReceived(data)
-
-    def direct_reads(self) -> bool:
-        """
-        Step out of the data path of a counted connection: from now on the
-        transport's ``dataReceived`` calls reach the wrapped protocol's
-        (bound at this call) without this wrapper's two frames.  Everything
-        else, the accounting in :meth:`connectionLost` included, stays.
-        For a wrapped protocol whose ``dataReceived`` is fixed (POP3 asks,
-        on its busiest path); returns whether it was done.
-        """
-        if not self._counted:
-            return False
-        self.dataReceived = self.wrappedProtocol.dataReceived  # type: ignore[method-assign]
-        return True
 
     def _preauth_expired(self) -> None:
         self._timer = None

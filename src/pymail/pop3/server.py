@@ -288,12 +288,6 @@ class POP3Server(Protocol):
             # the client waits for: never hold them back (Nagle).
             self._channel.setTcpNoDelay(True)
         self._channel.registerProducer(self, True)
-        # The connection-limits wrapper steps out of the data path (its
-        # accounting stays on connectionLost): two Python frames less per
-        # command line.
-        direct_reads = getattr(self.transport, "direct_reads", None)
-        if direct_reads is not None:
-            direct_reads()
         self._socket_transport = through_relays(self.transport)
         self._restart_timer()
         log.info("POP3 connection from {peer}", peer=self._peer())
