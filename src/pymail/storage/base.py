@@ -286,23 +286,24 @@ class MailboxView:
             ascending, when the caller has them (then ``infos`` must be a
             list or a :class:`LazyInfos`, which the view takes as it is: no
             copy, no order check).
-        :param highestmodseq: the highest MODSEQ among ``infos`` when known
-            (else computed).
+        :param highestmodseq: the folder's recorded HIGHESTMODSEQ: the view's
+            is at least this; with ``uids`` it is also taken as the highest
+            MODSEQ among ``infos`` (not computed).
         """
         with paused_gc():
             if uids is not None and isinstance(infos, (list, LazyInfos)):
                 self._infos, self._uids = infos, uids
+                top = highestmodseq
             else:
                 self._infos = list(infos)
                 self._uids = [i.uid for i in self._infos]
                 if any(a >= b for a, b in zip(self._uids, self._uids[1:], strict=False)):
                     self._infos.sort(key=lambda i: i.uid)
                     self._uids = [i.uid for i in self._infos]
-                highestmodseq = 0
-            if self._infos:
-                if not highestmodseq:
-                    highestmodseq = max(i.modseq for i in self._infos)
-                self.highestmodseq = max(self.highestmodseq, highestmodseq)
+                top = 0
+            if self._infos and not top:
+                top = max(i.modseq for i in self._infos)
+            self.highestmodseq = max(self.highestmodseq, top, highestmodseq)
 
     def apply_added(self, infos: Iterable[MessageInfo]) -> None:
         added = []

@@ -360,8 +360,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             infos, highest, uids = result
             # A trusted load comes by ascending UID with every MODSEQ at most
             # the index's HIGHESTMODSEQ: the view takes it as it is.
-            self._view.load(infos, uids, highest if uids is not None else 0)
-            self._view.highestmodseq = max(self._view.highestmodseq, highest)
+            self._view.load(infos, uids, highest)
             return self
 
         return self._in_thread(self._load).addCallback(loaded)

@@ -170,7 +170,6 @@ class MboxMailbox(ViewBacked):
             if result is not None:
                 infos, uids, highest = result
                 self._view.load(infos, uids, highest)
-                self._view.highestmodseq = max(self._view.highestmodseq, highest)
             return self
 
         return self._in_thread(self._open_now).addCallback(loaded)
