@@ -30,12 +30,13 @@ rows (:class:`IndexQueue`), so it never claims rows that have not landed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from twisted.logger import Logger
@@ -181,6 +182,35 @@ class SqliteIndex:
             row = self._run("SELECT value FROM meta WHERE key=?", (key,))
         return row[0][0] if row else None
 
+    def _raise_meta_locked(self, key: str, value: int) -> None:
+        """Set the ``meta`` value ``key`` to ``value`` unless it is higher already."""
+        self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) "
+                  "DO UPDATE SET value=max(value, excluded.value)", (key, value))
+
+    @contextlib.contextmanager
+    def _transaction_locked(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN, then COMMIT, or ROLLBACK and re-raise on any error."""
+        db = self._db
+        assert db is not None, "index not open"
+        db.execute("BEGIN")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _full_sync_locked(self) -> Iterator[sqlite3.Connection]:
+        """Commits inside are fsynced before they return (``synchronous=FULL``)."""
+        db = self._db
+        assert db is not None, "index not open"
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield db
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+
 
 class FolderIndex(SqliteIndex):
     """The index of one Maildir folder, in ``<folder>/pymail-index.sqlite``."""
@@ -242,20 +272,14 @@ class FolderIndex(SqliteIndex):
         :meth:`pymail.storage.maildir_folder.MaildirMailbox.set_flags`.
         """
         blob = "\0".join(names).encode("utf-8", "surrogateescape")
-        with self._lock:
-            assert self._db is not None, "index not open"
-            db = self._db
-            db.execute("PRAGMA synchronous=FULL")
+        with self._lock, self._full_sync_locked() as db:
+            batch = db.execute("INSERT INTO renames (names) VALUES (?)", (blob,)).lastrowid
+            assert batch is not None
             try:
-                batch = db.execute("INSERT INTO renames (names) VALUES (?)", (blob,)).lastrowid
-                assert batch is not None
-                try:
-                    fsync_dir(os.path.dirname(self.path) or ".")
-                except BaseException:
-                    db.execute("DELETE FROM renames WHERE batch=?", (batch,))
-                    raise
-            finally:
-                db.execute("PRAGMA synchronous=NORMAL")
+                fsync_dir(os.path.dirname(self.path) or ".")
+            except BaseException:
+                db.execute("DELETE FROM renames WHERE batch=?", (batch,))
+                raise
         return batch
 
     def renames(self) -> list[str]:
@@ -284,18 +308,8 @@ class FolderIndex(SqliteIndex):
         done = [(b,) for b in batches]
         with self._lock:
             if self._db is not None and done:
-                db = self._db
-                db.execute("PRAGMA synchronous=FULL")
-                try:
-                    db.execute("BEGIN")
-                    try:
-                        db.executemany("DELETE FROM renames WHERE batch=?", done)
-                        db.execute("COMMIT")
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
-                finally:
-                    db.execute("PRAGMA synchronous=NORMAL")
+                with self._full_sync_locked(), self._transaction_locked() as db:
+                    db.executemany("DELETE FROM renames WHERE batch=?", done)
 
     def modseq_upper(self) -> int:
         """The recorded bound on the MODSEQs handed out (0: none; see raise_modseq_upper)."""
@@ -311,8 +325,7 @@ class FolderIndex(SqliteIndex):
         """
         with self._lock:
             if self._db is not None:
-                self._run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) "
-                          "DO UPDATE SET value=max(value, excluded.value)", (MODSEQ_UPPER, value))
+                self._raise_meta_locked(MODSEQ_UPPER, value)
 
     def sync_record(self) -> dict[str, int]:
         """The stamps of the last complete sync (empty when there is none)."""
@@ -358,25 +371,18 @@ class FolderIndex(SqliteIndex):
         with self._lock:
             if self._db is None:
                 return
-            self._db.execute("BEGIN")
-            try:
+            with self._transaction_locked() as db:
                 for kind, rows in ops:
                     if kind == DELETE:
                         gone = [(u,) for u in rows]
-                        self._db.executemany("DELETE FROM msgs WHERE uid=?", gone)
-                        self._db.executemany("DELETE FROM cache WHERE uid=?", gone)
+                        db.executemany("DELETE FROM msgs WHERE uid=?", gone)
+                        db.executemany("DELETE FROM cache WHERE uid=?", gone)
                     else:
-                        self._db.executemany(_WRITES[kind], rows)
+                        db.executemany(_WRITES[kind], rows)
                 if highestmodseq is not None:
-                    self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
-                              "DO UPDATE SET value=max(value, excluded.value)",
-                              (highestmodseq,))
+                    self._raise_meta_locked("highestmodseq", highestmodseq)
                 if sync is not None:
                     self._write_sync(sync)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def get_cached(self, uid: int, name: str) -> Any:
         """The cached value, or ``KeyError``."""
@@ -416,13 +422,8 @@ class FolderIndex(SqliteIndex):
         with self._lock:
             if self._db is None:
                 return
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            with self._transaction_locked() as db:
+                db.executemany("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", rows)
 
 
 class IndexQueue:

@@ -130,8 +130,7 @@ class MboxIndex(SqliteIndex):
         with self._lock:
             if self._db is None:
                 return
-            self._db.execute("BEGIN")
-            try:
+            with self._transaction_locked():
                 if replace:
                     ordered = sorted(rows)
                     ints = b"".join(_PACKED.pack(u, s, b, e, d, z, q, m)
@@ -146,11 +145,7 @@ class MboxIndex(SqliteIndex):
                         list(rows))
                 meta = dict(zip(_STAMP_KEYS, stamp, strict=True))
                 self._set_meta({"uidvalidity": uidvalidity, **meta})
-                self._raise_highestmodseq(highestmodseq)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._raise_meta_locked("highestmodseq", highestmodseq)
 
     def snapshot(self, uidvalidity: int, rows: Iterable[Row],
                  stamp: tuple[int, int, int], highestmodseq: int) -> None:
@@ -175,12 +170,8 @@ class MboxIndex(SqliteIndex):
                 return 0
             return int(self._run("SELECT count(*) FROM msgs")[0][0])
 
-    def _raise_highestmodseq(self, value: int) -> None:
-        self._run("INSERT INTO meta VALUES ('highestmodseq', ?) ON CONFLICT(key) "
-                  "DO UPDATE SET value=max(value, excluded.value)", (value,))
-
     def raise_highestmodseq(self, value: int) -> None:
         """Record HIGHESTMODSEQ (it only ever goes up)."""
         with self._lock:
             if self._db is not None:
-                self._raise_highestmodseq(value)
+                self._raise_meta_locked("highestmodseq", value)
