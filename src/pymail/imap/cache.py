@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pymail.interfaces import IMailbox
-from pymail.storage.base import LazyInfos
+from pymail.storage.base import uids_of
 
 _T = TypeVar("_T")
 
@@ -175,8 +175,7 @@ class DerivedCache:
             return known[1]
         # A folder opened from its index gives the UIDs without making a
         # MessageInfo per message.
-        uids = (messages.uids() if isinstance(messages, LazyInfos)
-                else [info.uid for info in messages])
+        uids = uids_of(messages)
         self._uid_lists[mailbox] = (key, uids)
         return uids
 

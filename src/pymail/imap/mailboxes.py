@@ -33,7 +33,7 @@ from pymail.imap.errors import bad, no, reply_for_storage_error
 from pymail.imap.responses import astring, encode_mailbox
 from pymail.imap.session import SelectedMailbox
 from pymail.interfaces import SYSTEM_FLAGS, IMailbox
-from pymail.storage.base import LazyInfos
+from pymail.storage.base import flag_sets_of
 
 if TYPE_CHECKING:
     from pymail.imap.server import IMAPServerProtocol
@@ -77,8 +77,7 @@ async def handle_select(conn: IMAPServerProtocol, cmd: Command) -> Reply | None:
     infos = mailbox.messages()
     # A folder opened from its index gives the flags without making a
     # MessageInfo per message (pymail.storage.base.LazyInfos).
-    flag_sets = (infos.flag_sets() if isinstance(infos, LazyInfos)
-                 else (info.flags for info in infos))
+    flag_sets = flag_sets_of(infos)
     first_unseen = 0
     for seq, flags in enumerate(flag_sets, 1):
         if "\\Seen" not in flags:

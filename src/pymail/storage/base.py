@@ -531,13 +531,24 @@ def decode_roles(data: bytes) -> dict[str, str]:
     return roles
 
 
+def uids_of(infos: Iterable[MessageInfo]) -> list[int]:
+    """The UIDs of ``infos`` in order; from a LazyInfos' rows, no MessageInfo made."""
+    if isinstance(infos, LazyInfos):
+        return infos.uids()
+    return [info.uid for info in infos]
+
+
+def flag_sets_of(infos: Iterable[MessageInfo]) -> Iterable[frozenset[str]]:
+    """The flags of ``infos`` in order; from a LazyInfos' rows, no MessageInfo made."""
+    if isinstance(infos, LazyInfos):
+        return infos.flag_sets()
+    return (info.flags for info in infos)
+
+
 def keywords_of(infos: Iterable[MessageInfo]) -> frozenset[str]:
     """The keywords used by any of these messages."""
-    if isinstance(infos, LazyInfos):
-        # From the rows: no MessageInfo is made (a SELECT asks for these).
-        flag_sets: Iterable[frozenset[str]] = set(infos.flag_sets())
-    else:
-        flag_sets = {info.flags for info in infos}
+    # A SELECT asks for these: from the rows when the folder came from its index.
+    flag_sets = set(flag_sets_of(infos))
     out: set[str] = set()
     for flags in flag_sets:
         for flag in flags:
