@@ -235,10 +235,10 @@ def renderer(item: FetchItem) -> Renderer:
     if name == "MODSEQ":
         # RFC 7162 3.1.4.1; asking for it turns CONDSTORE on (the caller does).
         return lambda v, i, m: b"MODSEQ (%d)" % i.modseq
-    derivation = _DERIVATIONS.get(name)
-    if derivation is not None:
+    derived = derivation(item)
+    if derived is not None:
         label = name.encode() + b" "
-        key, compute = derivation.name, derivation.compute
+        key, compute = derived.name, derived.compute
         return lambda v, i, m: label + v.derived(i.uid, key, compute, m)
     if name == "RFC822":
         return lambda v, i, m: b"RFC822 " + literal(m or b"")

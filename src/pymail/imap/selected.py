@@ -401,7 +401,6 @@ def _store_responses(
     # others wait for the dispatcher): then a message's sequence number is
     # its place in the list, else it is looked up.
     same = view.uids is uids
-    uid_part = b"UID %d " if uid_mode else b""
     render = view.render_flags
     for index in indexes:
         uid = uids[index]
@@ -416,7 +415,7 @@ def _store_responses(
                 continue
             if silent:
                 yield b"* %d FETCH (%sMODSEQ (%d))\r\n" % (
-                    seq, uid_part % uid if uid_mode else b"", info.modseq)
+                    seq, b"UID %d " % uid if uid_mode else b"", info.modseq)
             else:
                 yield view.flag_update(seq, info, uid_mode)
             continue
