@@ -85,12 +85,12 @@ def _socket_write(call: tuple[str, str, str], marker: str) -> bool:
     return name in ("sendto", "write", "sendmsg", "writev") and "TCP" in args and marker in text
 
 
-def check(calls: list[tuple[str, str, str]], after_marker: str,
-          reply_marker: str) -> dict[str, object]:
+def _span(calls: list[tuple[str, str, str]], after_marker: str,
+          reply_marker: str) -> tuple[int, int] | dict[str, object]:
     """
-    Was everything durable before the first socket write holding
-    ``reply_marker`` that follows the one holding ``after_marker`` (the 354
-    or the literal's continuation)?
+    The indexes of the first socket write holding ``after_marker`` and of
+    the first one after it holding ``reply_marker``, or the failed check
+    saying which is missing.
     """
     start = next((i for i, c in enumerate(calls) if _socket_write(c, after_marker)), None)
     if start is None:
@@ -99,6 +99,27 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
                   if _socket_write(calls[i], reply_marker)), None)
     if reply is None:
         return {"ok": False, "why": f"no socket write containing {reply_marker!r} in the trace"}
+    return start, reply
+
+
+def _fsynced_paths(calls: list[tuple[str, str, str]], start: int, end: int) -> list[str]:
+    """The paths fsynced (or fdatasynced) successfully by calls[start:end], in order."""
+    return [m.group(1) for n, a, t in calls[start:end]
+            if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0")
+            and (m := _FD_PATH.match(a)) is not None]
+
+
+def check(calls: list[tuple[str, str, str]], after_marker: str,
+          reply_marker: str) -> dict[str, object]:
+    """
+    Was everything durable before the first socket write holding
+    ``reply_marker`` that follows the one holding ``after_marker`` (the 354
+    or the literal's continuation)?
+    """
+    span = _span(calls, after_marker, reply_marker)
+    if isinstance(span, dict):
+        return span
+    start, reply = span
     renames = [(i, t) for i, (n, a, t) in enumerate(calls[start:reply], start)
                if n.startswith("rename") and "/tmp/" in t and ("/new/" in t or "/cur/" in t)]
     if not renames:
@@ -134,14 +155,12 @@ def check_store(calls: list[tuple[str, str, str]], after_marker: str,
     fsynced, or the new names in the index (fsynced) and the folder fsynced
     (write-behind); for mbox the folder file fsynced?
     """
-    start = next((i for i, c in enumerate(calls) if _socket_write(c, after_marker)), None)
-    reply = next((i for i in range(start + 1, len(calls))
-                  if _socket_write(calls[i], reply_marker)), None) if start is not None else None
-    if start is None or reply is None:
-        return {"ok": False, "why": f"no socket writes {after_marker!r} then {reply_marker!r}"}
-    synced = [m.group(1) for n, a, t in calls[start:reply]
-              if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0")
-              and (m := _FD_PATH.match(a)) is not None]
+    span = _span(calls, after_marker, reply_marker)
+    if isinstance(span, dict):
+        return span
+    start, reply = span
+    synced = _fsynced_paths(calls, start, reply)
+
     def in_cur(text: str) -> bool:
         return "/cur/" in text or "/cur>" in text  # full paths, or dir fds shown by -yy
 
@@ -178,9 +197,7 @@ def _same_tree(path: str, folder: str) -> bool:
 
 def check_mbox(calls: list[tuple[str, str, str]], start: int, reply: int) -> dict[str, object]:
     """mbox: the folder file was fsynced between the 354/continuation and the reply."""
-    synced = [m.group(1) for n, a, t in calls[start:reply]
-              if n in ("fsync", "fdatasync") and t.rstrip().endswith("= 0")
-              and (m := _FD_PATH.match(a)) is not None and "/mbox/" in m.group(1)]
+    synced = [p for p in _fsynced_paths(calls, start, reply) if "/mbox/" in p]
     folder_files = [p for p in synced if os.path.isfile(p)
                     and not os.path.basename(p).startswith(".")]
     return {"ok": bool(folder_files), "mbox_fsync_before_reply": bool(folder_files),
