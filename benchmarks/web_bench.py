@@ -23,7 +23,6 @@ import json
 import os
 import re
 import smtplib
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from harness import PymailProcess, free_port  # noqa: E402
+
+import anchors  # noqa: E402
 
 USER, PASSWORD = "bench@localhost", "bench-password"
 LIST_TARGET_MS, VIEW_TARGET_MS = 100.0, 50.0
@@ -67,14 +68,11 @@ def fill_maildir(root: Path, count: int) -> None:
     progress("")
 
 
-def wait_for_port(port: int) -> None:
-    """Wait until the server accepts connections on loopback ``port``."""
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
+def wait_for_port(proc: PymailProcess, port: int) -> None:
+    """Wait (bounded) until the server accepts connections on loopback ``port``."""
+    assert proc.proc is not None
+    server = proc.proc
+    anchors.wait_listening([port], anchors.START_TIMEOUT_S, lambda: server.poll() is None)
 
 
 class Client:
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_maildir(proc.data_dir / "mail" / "localhost" / "bench", args.count)
         proc.start()
         try:
-            wait_for_port(port)
+            wait_for_port(proc, port)
             client = Client(port)
             client.sign_in()
             progress("first request (the server scans the folder)...")

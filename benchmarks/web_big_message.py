@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert proc.proc is not None
             pid = proc.proc.pid
-            wait_for_port(port)
+            wait_for_port(proc, port)
             viewer, other = Client(port), Client(port)
             viewer.sign_in()
             other.sign_in()
