@@ -124,7 +124,7 @@ async def run(host: str, port: int, count: int, size: int, concurrency: int,
     next_index = [0]
     done = [0]
     cpu0 = procstat.cpu_seconds(server_pid) if server_pid else 0.0
-    main0 = main_thread_cpu_seconds(server_pid) if server_pid else 0.0
+    main0 = procstat.thread_cpu_seconds(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     deadline = time.monotonic() + max_seconds
     results = await asyncio.gather(*(
@@ -134,7 +134,7 @@ async def run(host: str, port: int, count: int, size: int, concurrency: int,
     elapsed = time.perf_counter() - start
     errors = [r for r in results if isinstance(r, BaseException)]
     cpu = procstat.cpu_seconds(server_pid) - cpu0 if server_pid else float("nan")
-    main = main_thread_cpu_seconds(server_pid) - main0 if server_pid else float("nan")
+    main = procstat.thread_cpu_seconds(server_pid) - main0 if server_pid else float("nan")
     accepted = len(latencies)
     out = {
         "accepted": accepted,
@@ -152,16 +152,6 @@ async def run(host: str, port: int, count: int, size: int, concurrency: int,
     if errors:
         out["first_error"] = repr(errors[0])  # type: ignore[assignment]
     return out
-
-
-def main_thread_cpu_seconds(pid: int) -> float:
-    """User + system CPU of the main thread (a Twisted server's reactor thread) alone."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -50,6 +50,19 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """
+    User + system CPU of one thread of ``pid`` (default its main thread: a
+    Twisted server's reactor thread); NaN once the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid if tid is None else tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """RSS and PSS (KiB) of the tree, and how many processes it has."""
     rss = pss = count = 0

@@ -34,14 +34,9 @@ from web_bench import (  # noqa: E402
     wait_for_port,
 )
 
+import procstat  # noqa: E402
+
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu(pid: int, tid: int) -> float:
-    """User + system CPU seconds of one thread of ``pid``."""
-    with open(f"/proc/{pid}/task/{tid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def process_cpu(pid: int) -> float:
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the huge message was not found")
             rows = []
             for _ in range(args.views):
-                reactor0, all0 = thread_cpu(pid, pid), process_cpu(pid)
+                reactor0, all0 = procstat.thread_cpu_seconds(pid), process_cpu(pid)
                 waits: list[float] = []
                 started = time.monotonic()
                 worker = threading.Thread(target=lambda: viewer.request(
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     waits.append((time.monotonic() - t) * 1000)
                 worker.join()
                 took = time.monotonic() - started
-                rows.append((thread_cpu(pid, pid) - reactor0, process_cpu(pid) - all0, took,
+                rows.append((procstat.thread_cpu_seconds(pid) - reactor0, process_cpu(pid) - all0, took,
                              max(waits) if waits else 0.0, len(waits)))
         finally:
             proc.stop()
