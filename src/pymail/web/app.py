@@ -47,7 +47,13 @@ from pymail.web.http import (
     same_origin,
     security_headers,
 )
-from pymail.web.messages import FolderOrder, SummaryCache, UnseenCounts, folder_list
+from pymail.web.messages import (
+    FolderEntry,
+    FolderOrder,
+    SummaryCache,
+    UnseenCounts,
+    folder_list,
+)
 from pymail.web.sessions import SESSION_COOKIE, SessionStore, WebSession
 
 log = Logger()
@@ -215,10 +221,17 @@ class WebApp:
 
     async def page(self, ctx: Context, title: str, body: str, current: str | None = None,
                    body_data: dict[str, str] | None = None, status: int = 200,
-                   search: views.SearchState | None = None) -> Response:
-        """``body`` in the signed-in layout (folder list with unread counts)."""
+                   search: views.SearchState | None = None,
+                   folders: list[FolderEntry] | None = None) -> Response:
+        """
+        ``body`` in the signed-in layout (folder list with unread counts).
+
+        :param folders: the folder list, when the caller built it for the
+            body already (each build opens and counts every folder).
+        """
         session = ctx.require_session()
-        folders = await folder_list(session.account.store, self.counts)
+        if folders is None:
+            folders = await folder_list(session.account.store, self.counts)
         html = views.layout(title, body, address=session.address, csrf=session.csrf,
                             folders=folders, current=current,
                             is_admin=session.address in self.admins, body_data=body_data,

@@ -94,7 +94,7 @@ async def change_folder(store: IMailStore, action: str, name: str, new: str = ""
     raise HTTPError(400, "Unknown action.")
 
 
-def folders_body(folders: list[FolderEntry], store: IMailStore, csrf: str,
+def folders_body(folders: list[FolderEntry], csrf: str,
                  error: str | None, done: str | None) -> str:
     rows = []
     for f in folders:
@@ -133,8 +133,9 @@ def add_routes(app: WebApp) -> None:
         session = ctx.require_session()
         store = session.account.store
         folders = await folder_list(store, app.counts)
-        return await app.page(ctx, "Folders", folders_body(folders, store, session.csrf,
-                                                           error, done), status=status)
+        return await app.page(ctx, "Folders", folders_body(folders, session.csrf,
+                                                           error, done), status=status,
+                              folders=folders)
 
     async def show(ctx: Context) -> Response:
         return await page(ctx, done=FOLDER_NOTICES.get(ctx.query.get("done")))

@@ -120,7 +120,7 @@ def add_routes(app: WebApp) -> None:
                                   views_notice(ctx))
         data = {"folder": mailbox.name, "page": str(page.number),
                 "events": "/events/" + quote(mailbox.name, safe="")}
-        return await app.page(ctx, mailbox.name, body, mailbox.name, data)
+        return await app.page(ctx, mailbox.name, body, mailbox.name, data, folders=folders)
 
     async def rows(ctx: Context) -> Response:
         """Just the rows of one page (the live update fetches this)."""
@@ -292,10 +292,10 @@ def add_routes(app: WebApp) -> None:
         folders = await folder_list(store, app.counts)
         if mailbox is None:  # every folder
             body = views.search_results(None, field, query, found, folders, session.csrf)
-            return await app.page(ctx, "Search", body,
+            return await app.page(ctx, "Search", body, folders=folders,
                                   search=views.SearchState(field, query, everywhere=True))
         body = views.search_results(mailbox.name, field, query, found, folders, session.csrf)
-        return await app.page(ctx, "Search", body, mailbox.name,
+        return await app.page(ctx, "Search", body, mailbox.name, folders=folders,
                               search=views.SearchState(field, query))
 
     async def compose_form(ctx: Context) -> Response:
