@@ -371,8 +371,9 @@ def make_service(config: Config, reactor: Any) -> PymailService:
     for section in ("smtp", "submission", "imap", "pop3"):
         label = f"[{section}]"
         refusal, refusal_timeout = REFUSALS[section]
+        # A section without endpoints has no factory (and listens nowhere).
         listen(label, getattr(config, section).listen,
-               getattr(getattr(config, section), "listen_tls", ()), factories[label],
+               getattr(getattr(config, section), "listen_tls", ()), factories.get(label),
                refusal, refusal_timeout, preauth=section != "smtp")
     if config.web.listen or config.web.listen_tls:
         from pymail.web.site import WEB_REFUSAL, make_web_site
