@@ -17,6 +17,8 @@ structure two programs can disagree about is never stored or passed on.
 from __future__ import annotations
 
 _TERMINATOR = b"\r\n.\r\n"
+#: What starts both the terminator and a dot-stuffed line.
+_DOT_LINE = b"\r\n."
 _CRLF = b"\r\n"
 #: RFC 5321 section 4.5.3.1.6: a text line is at most 1000 octets with
 #: its CRLF (on the wire, before dot-unstuffing).
@@ -62,21 +64,32 @@ class DataReader:
             the octets that followed the terminator (pipelined commands).
         """
         data = self._carry + chunk
-        end = data.find(_TERMINATOR)
-        if end >= 0:
-            self._take(data[: end + 2])
-            self._carry = b""
-            return data[end + len(_TERMINATOR) :]
+        # One search finds both the terminator and the stuffed dots: each is
+        # a "CRLF ." (RFC 5321 section 4.5.2), told apart by what follows.
+        # In most mail no line starts with ".", so this one pass replaces a
+        # search for CRLF.CRLF plus a replace() of the whole segment.
+        dots: list[int] = []
+        find = data.find
+        hit = find(_DOT_LINE)
+        while hit >= 0:
+            if data[hit + 3 : hit + 5] == _CRLF:
+                self._take(data[: hit + 2], dots)
+                self._carry = b""
+                return data[hit + len(_TERMINATOR) :]
+            # A "CRLF ." too near the end to tell is at or after the cut
+            # below (it starts with a CRLF), so it is carried and seen again.
+            dots.append(hit)
+            hit = find(_DOT_LINE, hit + 3)
         cut = data.rfind(_CRLF)
         if cut > 0:
             # Everything before the last CRLF is complete; an unstuffing
             # "CRLF ." cannot straddle the cut because the cut is a CRLF.
-            self._take(data[:cut])
+            self._take(data[:cut], [d for d in dots if d < cut] if dots else dots)
             self._carry = data[cut:]
         elif len(data) > _HOLD_LIMIT:
             # One long line: keep only its last octet, which may be the CR
             # of the CRLF that ends it.
-            self._take(data[:-1])
+            self._take(data[:-1], [d for d in dots if d + 3 < len(data)])
             self._carry = data[-1:]
         else:
             self._carry = data
@@ -94,7 +107,7 @@ class DataReader:
         first = memoryview(self._parts[0])[2:]
         return b"".join([prefix, first, *self._parts[1:]])
 
-    def _take(self, segment: bytes) -> None:
+    def _take(self, segment: bytes, dots: list[int]) -> None:
         # A segment is whole lines, each preceded by its CRLF, except that
         # its first piece continues the line the previous segment ended in.
         # One splitlines() pass answers both checks; split(b"\r\n") and
@@ -115,15 +128,22 @@ class DataReader:
                 self.line_too_long = True
             self._tail = 0 if ends_in_break else len(lines[-1]) + (
                 self._tail if len(lines) == 1 else 0)
-        segment = segment.replace(b"\r\n.", _CRLF)
-        self._seen += len(segment)
+        # ``dots`` are the "CRLF ." in the segment, in order and apart (as
+        # replace(b"\r\n.", b"\r\n") would find them): each loses its dot.
+        self._seen += len(segment) - len(dots)
         if self.too_big:
             return
         if self.size > self._max_size:
             self.too_big = True
             self._parts = []
-        else:
+        elif not dots:
             self._parts.append(segment)
+        else:
+            start = 0
+            for dot in dots:
+                self._parts.append(segment[start : dot + 2])
+                start = dot + 3
+            self._parts.append(segment[start:])
 
 
 class ChunkCollector:
