@@ -475,6 +475,10 @@ class SMTPServer(LineReceiver):
 
     def _wait_for(self, d: Deferred[Any]) -> None:
         """Hold later input until ``d`` (the current command's work) is done."""
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # Already done (a synchronous backend, its callbacks run): there
+            # is nothing to wait for, and no callbacks need adding.
+            return
         self._busy = True
 
         def unexpected(failure: Failure) -> None:
@@ -756,12 +760,19 @@ class SMTPServer(LineReceiver):
             maillog.rejected(self._client, transaction.sender, [address], reply, stage="RCPT")
             self._reply(reply)
 
-        d = maybeDeferred(
-            self.factory.delivery.check_recipient,
-            address,
-            authenticated_as=self._authenticated_as,
-        )
-        return d.addCallbacks(accepted, refused)
+        # Called directly rather than through maybeDeferred: a directory
+        # answers at once, and then no Deferred is made or waited for.
+        try:
+            targets = self.factory.delivery.check_recipient(
+                address, authenticated_as=self._authenticated_as
+            )
+        except Exception:
+            refused(Failure())
+            return None
+        if isinstance(targets, Deferred):
+            return targets.addCallbacks(accepted, refused)
+        accepted(targets)
+        return None
 
     def _data(self, arg: str) -> None:
         if arg:
