@@ -57,6 +57,22 @@ MAX_ALIAS_DEPTH = 20
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 
 
+class LocalTarget(str):
+    """
+    A target that routing found to be a local account.  It is an ordinary
+    ``str`` everywhere; :meth:`LocalDelivery.deliver` takes the answer given
+    at ``RCPT`` from it instead of asking the directory again per message.
+    """
+
+    __slots__ = ()
+
+
+class RemoteTarget(str):
+    """A target that routing found to be a remote address (see :class:`LocalTarget`)."""
+
+    __slots__ = ()
+
+
 @attrs.frozen
 class StoredCopy:
     """One durable copy of a delivered message: which account, folder and UID."""
@@ -187,7 +203,7 @@ class LocalDelivery:
             raise ReplyError(replies.ROUTED_ADDRESS_DENIED.format(address=address))
         if self.queue is None:
             raise ReplyError(replies.OUTBOUND_RELAY_DISABLED.format(address=address))
-        return [str(address)]
+        return [RemoteTarget(str(address))]
 
     # Routing ----------------------------------------------------------------
 
@@ -202,7 +218,7 @@ class LocalDelivery:
         base = f"{local.split('+', 1)[0].lower()}@{domain}"
         if self._directory.has_user(base):
             # The common case, answered without copying the alias table.
-            return [base]
+            return [LocalTarget(base)]
         aliases = self._directory.alias_table()
         found = self._expand(base, aliases, set(), 0)
         if found is None and f"@{domain}" in aliases:
@@ -216,7 +232,7 @@ class LocalDelivery:
             return []
         seen.add(address)
         if self._directory.has_user(address):
-            return [address]
+            return [LocalTarget(address)]
         if address in aliases:
             return self._expand_alias(address, aliases, seen, depth)
         # Role addresses (postmaster@, abuse@) and anything else the
@@ -236,7 +252,7 @@ class LocalDelivery:
                 base = f"{local.split('+', 1)[0].lower()}@{domain.lower()}"
                 got = self._expand(base, aliases, seen, depth + 1) or []
             else:
-                got = [target]
+                got = [RemoteTarget(target)]
             for a in got:
                 if a not in out:
                     out.append(a)
@@ -273,10 +289,16 @@ class LocalDelivery:
         """
         if count_received(message) > self.max_received:
             return fail(ReplyError(replies.MAIL_LOOP.format(limit=self.max_received)))
-        # One directory look-up per target (each may stat the account files).
+        # A target routed at RCPT says where it goes; any other costs one
+        # directory look-up (which may stat the account files).
         targets: dict[str, bool] = {}
         for a in accounts:
-            is_local = self._is_local(a)
+            kind = type(a)
+            is_local = (
+                True if kind is LocalTarget
+                else False if kind is RemoteTarget
+                else self._is_local(a)
+            )
             targets.setdefault(a.lower() if is_local else a, is_local)
         local = [t for t, is_local in targets.items() if is_local]
         remote = [t for t, is_local in targets.items() if not is_local]
