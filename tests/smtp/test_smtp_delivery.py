@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from smtp_support import SlowStoreFactory
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.address import Address
 from pymail.errors import StorageError
 from pymail.smtp import replies as R
-from pymail.smtp.delivery import LocalDelivery, StoredCopy
+from pymail.smtp.delivery import LocalDelivery, QueuedCopy, StoredCopy
 from pymail.smtp.replies import ReplyError
 from pymail.storage.memory import MemoryStoreFactory
 from pymail.testing import MemoryDirectory
@@ -193,3 +193,26 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(self.policy.check_recipient("<fwd@example.com>"),
                          ["bob@example.com", "x@remote.example"])
         self.failureResultOf(self.policy.deliver(["x@remote.example"], b"m\r\n"), ReplyError)
+
+    def test_routed_targets_are_not_looked_up_again(self) -> None:
+        """Targets from check_recipient are delivered as routed at RCPT, not looked up again."""
+        local, remote = self.policy.check_recipient("<fwd@example.com>")
+        queued: list[list[str]] = []
+
+        class Queue:
+            def submit(self, envelope: object, params: list[tuple[str, object]],
+                       message: bytes) -> Deferred[None]:
+                queued.append([target for target, _ in params])
+                return succeed(None)
+
+        from pymail.address import Envelope, EnvelopeRecipient
+
+        # A directory that has forgotten everything: a further look-up would
+        # make bob@example.com remote and x@remote.example unknown.
+        policy = LocalDelivery(MemoryDirectory(), self.stores, "/data", queue=Queue())
+        env = Envelope("Q1", Address.parse("<x@y.example>"),
+                       (EnvelopeRecipient(Address.parse("<fwd@example.com>"), (local, remote)),))
+        copies = self.successResultOf(policy.deliver([local, remote], b"m\r\n", envelope=env))
+        self.assertEqual(copies, [StoredCopy("bob@example.com", "INBOX", 1),
+                                  QueuedCopy("Q1", ("x@remote.example",))])
+        self.assertEqual(queued, [["x@remote.example"]])
