@@ -95,6 +95,37 @@ class DataReader:
             self._carry = data
         return None
 
+    def _check_line_lengths(self, segment: bytes) -> None:
+        """Flag a line longer than MAX_TEXT_LINE in ``segment``, which has no bare CR or LF."""
+        limit = MAX_TEXT_LINE
+        size = len(segment)
+        first = segment.find(b"\n")
+        if first < 0:
+            # No line ends here: the segment lengthens the current line.
+            self._tail += size
+            self.line_too_long = self._tail > limit
+            return
+        # The first piece ends the current line (its CR is at first - 1).
+        if self._tail + first - 1 > limit:
+            self.line_too_long = True
+            return
+        # A line of at most ``limit`` octets that starts at ``start`` has
+        # its LF at ``start + limit + 1`` at the latest: the last LF up to
+        # there says every line before it is short enough, and the search
+        # goes on after it, about ``limit`` octets at a time rather than
+        # line by line.
+        start = first + 1
+        rfind = segment.rfind
+        while size - start > limit + 1:
+            end = rfind(b"\n", start, start + limit + 2)
+            if end < 0:
+                self.line_too_long = True
+                return
+            start = end + 1
+        # What follows the last LF begins the next line.
+        self._tail = size - rfind(b"\n") - 1
+        self.line_too_long = self._tail > limit
+
     def message(self, prefix: bytes = b"") -> bytes:
         """
         ``prefix`` and the message, dot-unstuffed, in wire form (empty if
@@ -109,25 +140,19 @@ class DataReader:
 
     def _take(self, segment: bytes, dots: list[int]) -> None:
         # A segment is whole lines, each preceded by its CRLF, except that
-        # its first piece continues the line the previous segment ended in.
-        # One splitlines() pass answers both checks; split(b"\r\n") and
-        # count() walk the octets several times more slowly on 100 KiB.
-        lines = segment.splitlines()
-        ends_in_break = segment[-1:] in (b"\r", b"\n")
-        # splitlines() breaks at CRLF, bare CR and bare LF (for bytes, at
-        # nothing else): every break is a CRLF exactly when the breaks take
-        # two octets each.
-        breaks = len(lines) if ends_in_break else len(lines) - 1
-        if len(segment) != sum(map(len, lines)) + 2 * breaks:
-            self.bare_line_ending = True
-        if not self.line_too_long and lines:
-            # Without bare CR or LF (else the message is refused anyway) the
-            # pieces are exactly the CRLF-separated lines.
-            first = len(lines[0]) + self._tail
-            if first > MAX_TEXT_LINE or max(map(len, lines)) > MAX_TEXT_LINE:
-                self.line_too_long = True
-            self._tail = 0 if ends_in_break else len(lines[-1]) + (
-                self._tail if len(lines) == 1 else 0)
+        # its first piece continues the line the previous segment ended in;
+        # a CRLF is never split between two segments (see feed).
+        if not self.bare_line_ending:
+            # Every CR and LF is part of a CRLF exactly when dropping the CRs
+            # and then writing each LF as CRLF gives the segment back.  Both
+            # replace() calls jump between the few CRs or LFs (memchr), so
+            # this is about twice as fast as splitting into lines.
+            if segment.replace(b"\r", b"").replace(b"\n", _CRLF) != segment:
+                self.bare_line_ending = True
+            elif not self.line_too_long:
+                # Without bare CR or LF (else the message is refused anyway),
+                # the lines are exactly what lies between the LFs.
+                self._check_line_lengths(segment)
         # ``dots`` are the "CRLF ." in the segment, in order and apart (as
         # replace(b"\r\n.", b"\r\n") would find them): each loses its dot.
         self._seen += len(segment) - len(dots)
@@ -177,6 +202,37 @@ class ChunkCollector:
         data = b"".join(self._parts)
         crlf = data.count(_CRLF)
         return data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+    def _check_line_lengths(self, segment: bytes) -> None:
+        """Flag a line longer than MAX_TEXT_LINE in ``segment``, which has no bare CR or LF."""
+        limit = MAX_TEXT_LINE
+        size = len(segment)
+        first = segment.find(b"\n")
+        if first < 0:
+            # No line ends here: the segment lengthens the current line.
+            self._tail += size
+            self.line_too_long = self._tail > limit
+            return
+        # The first piece ends the current line (its CR is at first - 1).
+        if self._tail + first - 1 > limit:
+            self.line_too_long = True
+            return
+        # A line of at most ``limit`` octets that starts at ``start`` has
+        # its LF at ``start + limit + 1`` at the latest: the last LF up to
+        # there says every line before it is short enough, and the search
+        # goes on after it, about ``limit`` octets at a time rather than
+        # line by line.
+        start = first + 1
+        rfind = segment.rfind
+        while size - start > limit + 1:
+            end = rfind(b"\n", start, start + limit + 2)
+            if end < 0:
+                self.line_too_long = True
+                return
+            start = end + 1
+        # What follows the last LF begins the next line.
+        self._tail = size - rfind(b"\n") - 1
+        self.line_too_long = self._tail > limit
 
     def message(self, prefix: bytes = b"") -> bytes:
         """``prefix`` and the message as sent (empty if too big), in one copy."""
