@@ -203,37 +203,6 @@ class ChunkCollector:
         crlf = data.count(_CRLF)
         return data.count(b"\r") != crlf or data.count(b"\n") != crlf
 
-    def _check_line_lengths(self, segment: bytes) -> None:
-        """Flag a line longer than MAX_TEXT_LINE in ``segment``, which has no bare CR or LF."""
-        limit = MAX_TEXT_LINE
-        size = len(segment)
-        first = segment.find(b"\n")
-        if first < 0:
-            # No line ends here: the segment lengthens the current line.
-            self._tail += size
-            self.line_too_long = self._tail > limit
-            return
-        # The first piece ends the current line (its CR is at first - 1).
-        if self._tail + first - 1 > limit:
-            self.line_too_long = True
-            return
-        # A line of at most ``limit`` octets that starts at ``start`` has
-        # its LF at ``start + limit + 1`` at the latest: the last LF up to
-        # there says every line before it is short enough, and the search
-        # goes on after it, about ``limit`` octets at a time rather than
-        # line by line.
-        start = first + 1
-        rfind = segment.rfind
-        while size - start > limit + 1:
-            end = rfind(b"\n", start, start + limit + 2)
-            if end < 0:
-                self.line_too_long = True
-                return
-            start = end + 1
-        # What follows the last LF begins the next line.
-        self._tail = size - rfind(b"\n") - 1
-        self.line_too_long = self._tail > limit
-
     def message(self, prefix: bytes = b"") -> bytes:
         """``prefix`` and the message as sent (empty if too big), in one copy."""
         return b"".join([prefix, *self._parts])
