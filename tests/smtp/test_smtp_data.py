@@ -141,3 +141,12 @@ def test_flags_match_a_whole_message_reference(pieces: list[bytes], cuts: list[i
     if not bare:
         too_long = max(len(line) for line in wire.split(b"\r\n")) > MAX_TEXT_LINE
         assert reader.line_too_long is too_long
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"x", b"\r\r\n", b"\n\r"])).map(b"".join))
+def test_bare_line_ending_matches_counting(data: bytes) -> None:
+    """has_bare_line_ending says what counting CRs, LFs and CRLFs says, for any octets."""
+    from pymail.smtp.data import has_bare_line_ending
+
+    crlf = data.count(b"\r\n")
+    assert has_bare_line_ending(data) is (data.count(b"\r") != crlf or data.count(b"\n") != crlf)
