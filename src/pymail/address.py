@@ -71,6 +71,10 @@ class Address:
     local: str
     domain: str
     source_route: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+    # str(self), made on first use: the SMTP server writes an address into
+    # the Received header, the log and the envelope, each time through a
+    # regular expression (local_quoted).
+    _text: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def null(cls) -> Address:
@@ -117,9 +121,11 @@ class Address:
         return f"<{self}>"
 
     def __str__(self) -> str:
-        if self.is_null:
-            return ""
-        return f"{self.local_quoted}@{self.domain}"
+        text = self._text
+        if text is None:
+            text = "" if self.is_null else f"{self.local_quoted}@{self.domain}"
+            object.__setattr__(self, "_text", text)
+        return text
 
     @classmethod
     def parse(cls, text: str, *, allow_null: bool = False, smtputf8: bool = False) -> Address:

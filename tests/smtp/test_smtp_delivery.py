@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from smtp_support import SlowStoreFactory
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -216,3 +218,23 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(copies, [StoredCopy("bob@example.com", "INBOX", 1),
                                   QueuedCopy("Q1", ("x@remote.example",))])
         self.assertEqual(queued, [["x@remote.example"]])
+
+
+_HEADER_LINES = st.lists(st.sampled_from([
+    b"Received: x", b"received:x", b"RECEIVED \t: y", b"ReCeIvEd\t:", b"X-Received: z",
+    b" Received: folded", b"Receivedx: no", b"Received", b"Subject: Received: no", b"",
+]))
+
+
+@given(head=_HEADER_LINES, body=_HEADER_LINES)
+def test_count_received_counts_header_fields_only(head: list[bytes], body: list[bytes]) -> None:
+    """count_received counts the Received fields of the header section, in any letter case."""
+    import re
+
+    from pymail.smtp.delivery import count_received
+
+    message = b"".join(line + b"\r\n" for line in head) + b"\r\n" + b"\r\n".join(body)
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    reference = len(re.findall(rb"(?im)^received[ \t]*:", head))
+    assert count_received(message) == reference

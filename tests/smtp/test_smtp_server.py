@@ -192,6 +192,22 @@ class TransactionTests(SynchronousTestCase):
         second = transaction(h)[0]
         self.assertNotEqual(first, second)
 
+    def test_queue_id_is_base32hex_of_time_counter_and_random_bits(self) -> None:
+        """A queue id is the base32hex of 48 bits of milliseconds, a counter and 16 random bits."""
+        import base64
+        import itertools
+
+        from twisted.internet.task import Clock
+
+        from pymail.smtp.server import QueueIdGenerator
+
+        clock = Clock()
+        clock.advance(1_700_000_000.123)
+        for counter, rnd in ((0, b"\x00\x00"), (0xFFFF, b"\xff\xff"), (0x1234F, b"\xa5\x5a")):
+            ids = QueueIdGenerator(clock, lambda n, rnd=rnd: rnd, itertools.count(counter))
+            raw = (1_700_000_000_123).to_bytes(6, "big") + (counter & 0xFFFF).to_bytes(2, "big")
+            self.assertEqual(ids(), base64.b32hexencode(raw + rnd).decode("ascii"))
+
     def test_rset_ends_transaction(self) -> None:
         """After RSET, RCPT needs a new MAIL."""
         h = make_server()

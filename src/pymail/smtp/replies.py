@@ -47,13 +47,15 @@ class Reply:
         """Whether this is a permanent (5xx) failure."""
         return self.code >= 500
 
+    # Made directly rather than with attrs.evolve, which inspects the class
+    # on every call (a Reply is formatted for every message: "queued as").
     def with_text(self, text: str) -> Reply:
         """The same codes with other text."""
-        return attrs.evolve(self, text=text)
+        return Reply(self.code, self.enhanced, text)
 
     def format(self, **fields: object) -> Reply:
         """The same codes with ``{name}`` fields of the text filled in."""
-        return attrs.evolve(self, text=self.text.format(**fields))
+        return Reply(self.code, self.enhanced, self.text.format(**fields))
 
     def lines(self) -> list[str]:
         """The reply as it goes on the wire, one string per line, no CRLF."""

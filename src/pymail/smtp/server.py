@@ -112,12 +112,22 @@ class QueueIdGenerator:
 
     def __call__(self) -> str:
         millis = int(self._reactor.seconds() * 1000) & 0xFFFF_FFFF_FFFF
-        raw = (
-            millis.to_bytes(6, "big")
-            + (next(self._counter) & 0xFFFF).to_bytes(2, "big")
-            + self._random(2)
+        value = (
+            millis << 32
+            | (next(self._counter) & 0xFFFF) << 16
+            | int.from_bytes(self._random(2), "big")
         )
-        return base64.b32hexencode(raw).decode("ascii")
+        # The base32hex of those 80 bits (RFC 4648 section 7: 16 digits, no
+        # padding), ten bits at a time: base64.b32hexencode is pure Python
+        # and took twice as long.
+        pairs = _BASE32HEX_PAIRS
+        return "".join([pairs[value >> shift & 0x3FF] for shift in _PAIR_SHIFTS])
+
+
+#: Every pair of base32hex digits, indexed by the ten bits they stand for.
+_BASE32HEX_PAIRS = [a + b for a in "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+                    for b in "0123456789ABCDEFGHIJKLMNOPQRSTUV"]
+_PAIR_SHIFTS = (70, 60, 50, 40, 30, 20, 10, 0)
 
 
 class SMTPFactory(ServerFactory):
