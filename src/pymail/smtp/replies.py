@@ -60,11 +60,11 @@ class Reply:
     def lines(self) -> list[str]:
         """The reply as it goes on the wire, one string per line, no CRLF."""
         texts = self.text.split("\n")
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        last = len(texts) - 1
         out = []
         for i, text in enumerate(texts):
-            sep = " " if i == len(texts) - 1 else "-"
-            prefix = f"{self.enhanced} " if self.enhanced else ""
-            line = f"{self.code}{sep}{prefix}{text}"
+            line = f"{self.code}{' ' if i == last else '-'}{prefix}{text}"
             # RFC 4954 section 4: a challenge is "334" SP [base64], even
             # when empty (s-nail drops the connection on a bare "334").
             out.append(line if self.code == 334 else line.rstrip(" "))

@@ -277,6 +277,8 @@ class SMTPServer(LineReceiver):
         self._input_depth = 0
         self._pending: list[bytes] = []
         self._under: Any = None
+        self._received_key: tuple[object, ...] | None = None
+        self._received_start = ""
         self._commands: dict[str, Callable[[str], Deferred[Any] | None]] = {
             "EHLO": self._ehlo,
             "HELO": self._helo_command,
@@ -952,6 +954,23 @@ class SMTPServer(LineReceiver):
 
     def _trace_headers(self, transaction: _Transaction, queue_id: str, now: datetime) -> bytes:
         """Return-Path and Received (RFC 5321 section 4.4, RFC 3848 protocol names)."""
+        # The part up to the queue id is the same for every message of a
+        # session until EHLO, STARTTLS or AUTH changes it: made once.
+        key = (self._helo, transaction.smtputf8, self._esmtp, self._started_tls,
+               self._account is not None)
+        if self._received_key != key:
+            self._received_key = key
+            self._received_start = self._received_prefix(transaction)
+        received = f"{self._received_start}{queue_id}"
+        if len(transaction.recipients) == 1:
+            # Only for a single recipient: naming one of several would tell
+            # each what the others (Bcc) were.
+            received += f"\r\n\tfor {transaction.recipients[0].address.path}"
+        received += f"; {self.factory.date_text(now)}\r\n"
+        return f"Return-Path: {transaction.sender.path}\r\n{received}".encode()
+
+    def _received_prefix(self, transaction: _Transaction) -> str:
+        """The Received field up to the queue id."""
         protocol = "UTF8SMTP" if transaction.smtputf8 else "ESMTP" if self._esmtp else "SMTP"
         if self._tls:
             protocol += "S"
@@ -964,16 +983,10 @@ class SMTPServer(LineReceiver):
             literal = f"[{client}]"
         else:
             literal = client
-        received = (
+        return (
             f"Received: from {self._helo} ({literal})\r\n"
-            f"\tby {self.factory.hostname} (pymail) with {protocol} id {queue_id}"
+            f"\tby {self.factory.hostname} (pymail) with {protocol} id "
         )
-        if len(transaction.recipients) == 1:
-            # Only for a single recipient: naming one of several would tell
-            # each what the others (Bcc) were.
-            received += f"\r\n\tfor {transaction.recipients[0].address.path}"
-        received += f"; {self.factory.date_text(now)}\r\n"
-        return f"Return-Path: {transaction.sender.path}\r\n{received}".encode()
 
     def _missing_headers(self, body: bytes, queue_id: str, now: datetime) -> bytes:
         """Date and Message-ID for a submitted message that lacks them (RFC 6409 section 8)."""
