@@ -12,6 +12,12 @@ that the 250 (and the APPEND OK) is written to the socket only after
 where a ``syncfs`` on the folder (Maildir's group commit on Linux: one for
 the group's files before their renames, one for the names and the uidlist
 after them) counts as the fsync of every file and directory below it.
+With the Maildir journal (``maildir.sync = "journal"``, the default) the
+check is instead that the message's record (its name in the record's
+header) was written to the folder's ``pymail-journal`` and that file
+fdatasynced before the rename out of tmp/ and before the reply: the record
+holds the whole message, and an open after a crash writes back any file it
+covers that is missing or incomplete.
 
     python benchmarks/durability_audit.py     # starts its own pymail, once per backend
     python benchmarks/durability_audit.py --keep-trace /tmp/trace   # trace.maildir, trace.mbox
@@ -130,6 +136,10 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
     folder = target.rsplit("/", 2)[0]
     subdir = target.rsplit("/", 2)[1]
 
+    journaled = check_journal(calls, start, ri, base, folder)
+    if journaled is not None:
+        return {**journaled, "message": target}
+
     def fsynced(pred: object, start: int, end: int, syncfs_start: int = 0) -> bool:
         for i, (n, a, t) in enumerate(calls[start:end], start):
             if not t.rstrip().endswith("= 0") or (m := _FD_PATH.match(a)) is None:
@@ -146,6 +156,25 @@ def check(calls: list[tuple[str, str, str]], after_marker: str,
     return {"ok": file_ok and dir_ok and uidlist_ok, "file_fsync_before_rename": file_ok,
             "dir_fsync_before_reply": dir_ok, "uidlist_fsync_before_reply": uidlist_ok,
             "message": target}
+
+
+def check_journal(calls: list[tuple[str, str, str]], start: int, rename: int, base: str,
+                  folder: str) -> dict[str, object] | None:
+    """
+    The journal check, or None when the message was not journaled: a write
+    to ``<folder>/pymail-journal`` holding ``base``, then an fsync or
+    fdatasync of that file, both before the rename at ``rename`` (which
+    comes before the reply).
+    """
+    journal = f"{folder}/pymail-journal"
+    written = next((i for i, (n, a, t) in enumerate(calls[start:rename], start)
+                    if n == "write" and (m := _FD_PATH.match(a)) is not None
+                    and m.group(1) == journal and base in t), None)
+    if written is None:
+        return None
+    synced = journal in _fsynced_paths(calls, written + 1, rename)
+    return {"ok": synced, "journal_written_before_rename": True,
+            "journal_synced_before_rename": synced}
 
 
 def check_store(calls: list[tuple[str, str, str]], after_marker: str,
@@ -235,7 +264,7 @@ def audit(server: anchors.Server, keep: str | None = None) -> dict[str, object]:
     """Trace ``server`` (a started PymailServer) through one SMTP delivery and one APPEND."""
     with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
         tracer = subprocess.Popen(
-            ["strace", "-f", "-tt", "-yy", "-s", "120", "-e", f"trace={SYSCALLS}",
+            ["strace", "-f", "-tt", "-yy", "-s", "300", "-e", f"trace={SYSCALLS}",
              "-o", out.name, "-p", str(server.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(ATTACH_WAIT_S)

@@ -21,7 +21,8 @@ class SyncfsGroupCommitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data = self.mktemp()
         self.root = Path(self.data, "mail", "example.org", "alice")
-        store = MaildirStoreFactory(ThreadlessReactor()).open_store("alice@example.org", self.data)
+        store = MaildirStoreFactory(ThreadlessReactor(), sync="syncfs" if fsutil.syncfs else "fsync"
+                                    ).open_store("alice@example.org", self.data)
         self.box: MaildirMailbox = self.successResultOf(store.get_mailbox("INBOX"))
         self.syncs: list[dict[str, Any]] = []
 

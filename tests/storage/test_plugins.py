@@ -45,12 +45,12 @@ class PluginTests(SynchronousTestCase):
         assert mbox.inbox_path == f"{data}/spool/b"
 
     def test_maildir_sync_option(self) -> None:
-        """Maildir fsyncs file by file unless maildir.sync=syncfs asks for the syncfs group commit."""
+        """Maildir journals deliveries unless maildir.sync asks for fsync or the syncfs group commit."""
         from pymail.storage import fsutil
 
         data = os.path.abspath(self.mktemp())
         reactor = ThreadlessReactor()
-        cases = [([], "fsync", None)]
+        cases = [([], "journal", None), (["maildir.sync=fsync"], "fsync", None)]
         if fsutil.syncfs is not None:
             cases.append((["maildir.sync=syncfs"], "syncfs", fsutil.syncfs))
         for options, expected, syncfs in cases:
@@ -59,6 +59,7 @@ class PluginTests(SynchronousTestCase):
             box = self.successResultOf(store.get_mailbox("INBOX"))
             assert store._factory.sync == expected
             assert box.syncfs is syncfs
+            assert box.journaled is (expected == "journal")
 
     def test_bad_storage_settings_are_config_errors(self) -> None:
         """Unknown backends, malformed entries and unknown options name the key."""

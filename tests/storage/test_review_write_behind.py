@@ -194,7 +194,7 @@ class SyncfsDescriptorTests(ReviewCase):
         would miss a failed write-back of the file in between.
         """
         data = self.mktemp()
-        box = self.successResultOf(MaildirStoreFactory(ThreadlessReactor())
+        box = self.successResultOf(MaildirStoreFactory(ThreadlessReactor(), sync="fsync")
                                    .open_store(ADDRESS, data).get_mailbox("INBOX"))
         root = os.path.join(data, "mail", "example.org", "alice")
         synced: list[tuple[bool, bool]] = []

@@ -170,6 +170,7 @@ class MaildirStore(FileStoreMixin):
         def tell(_: None) -> None:
             if live is not None:
                 live._view.apply_expunged([i.uid for i in live.messages()])
+                live.close_journal()
 
         return self._in_thread(delete).addCallback(tell)
 
@@ -218,7 +219,7 @@ class MaildirStore(FileStoreMixin):
 
 
 #: The values of ``MaildirStoreFactory(sync=...)`` (``maildir.sync``).
-SYNC_MODES = ("fsync", "syncfs")
+SYNC_MODES = ("journal", "fsync", "syncfs")
 
 
 @implementer(IMailStoreFactory)
@@ -238,10 +239,12 @@ class MaildirStoreFactory:
     persistent_modseq = True
 
     def __init__(self, reactor: IReactorThreads | IReactorFromThreads | None = None,
-                 sync: str = "fsync") -> None:
+                 sync: str = "journal") -> None:
         """
         :param sync: how a group of deliveries is made durable (see
-            docs/storage.md): ``"fsync"`` (the default) fsyncs each file,
+            docs/storage.md): ``"journal"`` (the default) appends the
+            group to the folder's journal with one ``fdatasync`` (see
+            :mod:`pymail.storage.maildir_journal`); ``"fsync"`` fsyncs each file,
             the directories it is renamed into and the uidlist;
             ``"syncfs"`` makes the group durable with two ``syncfs`` calls
             (Linux 5.8 and later), cheaper per message on a file system
@@ -291,4 +294,5 @@ class MaildirStoreFactory:
         box = MaildirMailbox(path, name, self.reactor)
         if self.sync == "syncfs":
             box.syncfs = fsutil.syncfs
+        box.journaled = self.sync == "journal"
         return box

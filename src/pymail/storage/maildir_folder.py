@@ -66,6 +66,7 @@ from pymail.storage.base import (
     normalise_flags,
     paused_gc,
 )
+from pymail.storage import fsutil, maildir_journal
 from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
 from pymail.storage.index import (
     DELETE,
@@ -77,6 +78,7 @@ from pymail.storage.index import (
     encode_value,
     rebuild_modseq,
 )
+from pymail.storage.maildir_journal import JOURNAL
 from pymail.storage.maildir_files import (
     _HOST,
     _MAX_KEYWORDS,
@@ -122,6 +124,33 @@ class _Pending:
     opened: int = 0
 
 
+@attrs.define
+class _Queued:
+    """An append waiting for the journal committer (see MaildirMailbox.journaled)."""
+
+    message: bytes
+    flags: frozenset[str]
+    internaldate: datetime | None
+    answer: Deferred[int]
+
+
+@attrs.define
+class _Staged:
+    """An append whose file the committer has written in tmp/."""
+
+    queued: _Queued
+    data: bytes
+    base: str
+    tmp: str
+    stamp: int
+    relpath: str = ""
+    uid: int = 0
+
+
+def _no_sync(fd: int) -> None:
+    """The uidlist of a journaled group is made durable by the journal, not by itself."""
+
+
 @implementer(IMailboxListener)
 class _IndexWriter:
     """Writes each change the view applied (with its MODSEQ) to the folder's index."""
@@ -165,6 +194,20 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     #: and UIDs: see _publish_locked).  Set per folder.
     syncfs: Callable[[int], None] | None = None
 
+    #: Deliveries are made durable through the folder's journal
+    #: (:mod:`pymail.storage.maildir_journal`; ``maildir.sync = "journal"``,
+    #: the default of :class:`~pymail.storage.maildir.MaildirStoreFactory`):
+    #: one committer thread takes every append queued meanwhile, writes
+    #: their files, appends them to the journal with one ``fdatasync``,
+    #: renames them into place and answers them all with one call into the
+    #: reactor.  ``syncfs`` is then unused.  Set per folder.
+    journaled: bool = False
+
+    #: A journaled folder is checkpointed once this process appended this
+    #: many octets or records to its journal (set per folder or on the class).
+    checkpoint_bytes: int = maildir_journal.CHECKPOINT_BYTES
+    checkpoint_records: int = maildir_journal.CHECKPOINT_RECORDS
+
     #: A flag change that renames at least this many files is answered once
     #: the new names are in the index, and renamed right after (see
     #: _set_flags); fewer are renamed before the answer (one fsync of cur/
@@ -195,6 +238,17 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: Numbers the tmp/ files' opens in the order they happen.
         self._opens = itertools.count(1)
         self._opens_lock = threading.Lock()
+        #: Journaled appends waiting for the committer, and whether one runs
+        #: (both under _queue_lock).
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        self._committer_running = False
+        #: The journal, open from before the first file it covers was
+        #: written (-1: not yet), the octets and records this process
+        #: appended to it since it was last emptied (under _lock).
+        self._journal_fd = -1
+        self._journal_own = 0
+        self._journal_records = 0
         self._cache: dict[tuple[int, str], Any] = {}
         #: Flag renames acknowledged but not done yet: uid -> the old
         #: relative path (``_disk.files`` has the new one); under _lock.
@@ -370,6 +424,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         with self._lock, paused_gc():
             self._index.open()
+            self._replay_journal_locked()
             self._recover_renames_locked()
             trusted = self._load_trusted_locked()
             if trusted is not None:
@@ -714,6 +769,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             flagset = normalise_flags(flags)
         except ValueError as e:
             return fail(e)
+        if self.journaled:
+            return self._append_journaled(bytes(message), flagset, internaldate)
         return self._in_thread(self._append, bytes(message), flagset, internaldate)
 
     def _append(
@@ -930,6 +987,348 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.path, p.relpath))
 
+    # -- append through the journal (journaled = True) ---------------------
+
+    def _append_journaled(self, message: bytes, flags: frozenset[str],
+                          internaldate: datetime | None) -> Deferred[int]:
+        """
+        Queue the append for the folder's committer, starting it when none
+        runs: one pool thread then takes every append queued meanwhile
+        (see :meth:`_run_commits`), so a busy folder costs one thread hand
+        off and one call into the reactor per group, not per message.
+        """
+        answer: Deferred[int] = Deferred()
+        with self._queue_lock:
+            self._queue.append(_Queued(message, flags, internaldate, answer))
+            start = not self._committer_running
+            self._committer_running = True
+        if start:
+            self._in_thread(self._run_commits)
+        return answer
+
+    def _run_commits(self) -> None:
+        """The committer: commit queued groups until none is left."""
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._committer_running = False
+                    return
+            try:
+                self._commit_journaled(batch)
+            except BaseException as e:
+                # A bug, not a disk error (those fail the group's appends
+                # inside): fail what this group left unanswered.
+                log.failure("Maildir {path}: journal commit failed", path=self.path)
+                self._to_reactor(self._answer, [], [(q, e) for q in batch if not q.answer.called])
+            try:
+                self._checkpoint_if_due()
+            except Exception:
+                log.failure("Maildir {path}: journal checkpoint failed (retried later)",
+                            path=self.path)
+
+    def _answer(self, infos: list[MessageInfo],
+                results: list[tuple[_Queued, int | BaseException]]) -> None:
+        """In the reactor: show the group's messages, then answer its appends."""
+        if infos:
+            self._view.apply_added(infos)
+        for q, result in results:
+            if q.answer.called:
+                continue
+            if isinstance(result, BaseException):
+                error = result if isinstance(result, StorageError) else StorageError(
+                    f"could not commit message to {self.name}: {result}")
+                q.answer.errback(error)
+            else:
+                q.answer.callback(result)
+
+    def _stage(self, q: _Queued) -> _Staged:
+        """Write ``q``'s file in tmp/ (not synced: the journal is)."""
+        data = to_lf(q.message)
+        now = time.time()
+        unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+        base = f"{unique},S={len(data)},W={len(q.message)}"
+        tmp = os.path.join(self.path, "tmp", base)
+        stamp = int(q.internaldate.timestamp() if q.internaldate is not None else now)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.utime(fd, (stamp, stamp))
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return _Staged(q, data, base, tmp, stamp)
+
+    def _open_journal_locked(self) -> int:
+        """The journal's descriptor, created (and its name made durable) if need be."""
+        if self._journal_fd < 0:
+            path = os.path.join(self.path, JOURNAL)
+            try:
+                self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._journal_fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fsync_dir(self.path)
+        return self._journal_fd
+
+    def _commit_journaled(self, batch: list[_Queued]) -> None:
+        """
+        One group: write the files in tmp/, then under the folder's locks
+        number them, append them to the journal and ``fdatasync`` it (now
+        they are durable), rename them into new/ (cur/ with flags) and
+        append their uidlist lines; answer every append with one call into
+        the reactor.  An append whose file cannot be written fails alone; a
+        failure from the journal write on fails the group and takes back
+        what it did (files, journal records), so a refused message never
+        turns up later.
+        """
+        results: list[tuple[_Queued, int | BaseException]] = []
+        with self._lock:
+            # Opened before the files are written: a later syncfs on it
+            # reports their write-back errors (see _checkpoint_locked).
+            jfd = self._open_journal_locked()
+        staged = []
+        for q in batch:
+            try:
+                staged.append(self._stage(q))
+            except Exception as e:
+                results.append((q, e))
+        infos: list[MessageInfo] = []
+        with self._lock:
+            try:
+                lock_fd = self._flock()
+            except BaseException as e:
+                self._unlink_staged(staged)
+                self._to_reactor(self._answer, [], results + [(s.queued, e) for s in staged])
+                return
+            try:
+                self._read_uidlist_locked()
+                numbered = []
+                for s in staged:
+                    try:
+                        letters = self._letters_locked(s.queued.flags) if s.queued.flags else None
+                    except Exception as e:
+                        self._unlink_staged([s])
+                        results.append((s.queued, e))
+                        continue
+                    s.relpath = f"new/{s.base}" if letters is None else f"cur/{s.base}:2,{letters}"
+                    s.uid = self._disk.next_uid
+                    self._disk.next_uid += 1
+                    numbered.append(s)
+                if numbered:
+                    try:
+                        infos = self._journal_and_publish_locked(jfd, numbered)
+                    except BaseException as e:
+                        results.extend((s.queued, e) for s in numbered)
+                    else:
+                        results.extend((s.queued, s.uid) for s in numbered)
+                        self._reserve_modseqs_locked(len(numbered))
+                # Queued while the lock is held: the view learns of the
+                # messages in the order they reached the disk.
+                self._to_reactor(self._answer, infos, results)
+            finally:
+                self._unflock(lock_fd)
+
+    def _journal_and_publish_locked(self, jfd: int, group: list[_Staged]) -> list[MessageInfo]:
+        """The durable half of :meth:`_commit_journaled`; undone whole on failure."""
+        records = [maildir_journal.Record(s.uid, s.stamp, s.relpath, s.data) for s in group]
+        blob = maildir_journal.encode(records)
+        start = os.fstat(jfd).st_size
+        renamed: list[_Staged] = []
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(jfd, view):]
+            os.fdatasync(jfd)
+            files = self._disk.files
+            for s in group:
+                os.rename(s.tmp, os.path.join(self.path, s.relpath))
+                renamed.append(s)
+                files[s.uid] = s.relpath
+            self._append_uidlist_locked([(s.uid, s.base) for s in group], sync=_no_sync)
+        except BaseException:
+            files = self._disk.files
+            for s in renamed:
+                files.pop(s.uid, None)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, s.relpath))
+            self._unlink_staged([s for s in group if s not in renamed])
+            # The records go too (a replay would deliver them after all);
+            # should that fail, a replay could only add a duplicate.
+            with contextlib.suppress(OSError):
+                os.ftruncate(jfd, start)
+                os.fdatasync(jfd)
+            raise
+        self._journal_own += len(blob)
+        self._journal_records += len(group)
+        return [MessageInfo(s.uid, s.base, s.queued.flags,
+                            datetime.fromtimestamp(s.stamp, UTC), len(s.queued.message))
+                for s in group]
+
+    @staticmethod
+    def _unlink_staged(staged: Iterable[_Staged]) -> None:
+        for s in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(s.tmp)
+
+    # -- the journal: checkpoint and replay --------------------------------
+
+    def _checkpoint_if_due(self) -> None:
+        """A checkpoint once this process's journal writes pass a threshold."""
+        if (self._journal_own < self.checkpoint_bytes
+                and self._journal_records < self.checkpoint_records):
+            return
+        with self._lock:
+            fd = self._flock()
+            try:
+                self._checkpoint_locked()
+            finally:
+                self._unflock(fd)
+
+    def checkpoint(self) -> Deferred[None]:
+        """Make every journaled delivery durable in its own file and empty the journal."""
+        def run() -> None:
+            with self._lock:
+                fd = self._flock()
+                try:
+                    self._checkpoint_locked()
+                finally:
+                    self._unflock(fd)
+
+        return self._in_thread(run)
+
+    def _checkpoint_locked(self) -> None:
+        """
+        Under both locks: make the files the journal covers durable, then
+        empty it.  One ``syncfs`` when every record in it was written by
+        this process through the descriptor it is called on (open since
+        before those files were written, so it reports their write-back
+        errors); otherwise each recorded file, new/, cur/ and the uidlist
+        are fsynced.  Called before anything removes or moves a message
+        file, so a replay never brings back a message that was expunged.
+        """
+        path = os.path.join(self.path, JOURNAL)
+        own = self._journal_fd >= 0
+        try:
+            jfd = self._journal_fd if own else os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(jfd).st_size
+            if size:
+                if own and size == self._journal_own and fsutil.syncfs is not None:
+                    fsutil.syncfs(jfd)
+                else:
+                    self._fsync_journaled_locked(maildir_journal.read(path)[0])
+                os.ftruncate(jfd, 0)
+                os.fsync(jfd)
+            self._journal_own = self._journal_records = 0
+        finally:
+            if not own:
+                os.close(jfd)
+
+    def close_journal(self) -> None:
+        """Close the journal's descriptor (the folder was deleted); reopened if used again."""
+        with self._lock:
+            if self._journal_fd >= 0:
+                os.close(self._journal_fd)
+                self._journal_fd = -1
+
+    def _fsync_journaled_locked(self, records: list[maildir_journal.Record]) -> None:
+        """fsync every recorded message's file, wherever it is now, and what names it."""
+        on_disk = self._names_by_base()
+        for r in records:
+            rel = on_disk.get(r.base)
+            if rel is None:
+                continue  # another program removed it
+            fd = os.open(os.path.join(self.path, rel), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for sub in ("new", "cur"):
+            fsync_dir(os.path.join(self.path, sub))
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(os.path.join(self.path, UIDLIST), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _replay_journal_locked(self) -> None:
+        """
+        At open, under the folder lock: finish what a crash left of the
+        journaled deliveries.  Every whole record whose file is missing, or
+        holds other octets (its data never reached the disk), is written
+        again, durably, under the name the file has now or the one it was
+        delivered under; a uidlist line lost with it is written again with
+        the record's UID.  Then the journal is checkpointed.  A torn last
+        record was never acknowledged and is dropped.
+        """
+        path = os.path.join(self.path, JOURNAL)
+        try:
+            if not os.stat(path).st_size:
+                return
+        except FileNotFoundError:
+            return
+        fd = self._flock()
+        try:
+            records, good, size = maildir_journal.read(path)
+            restored = self._restore_records_locked(records)
+            self._checkpoint_locked()
+        finally:
+            self._unflock(fd)
+        log.info("Maildir {path}: replayed the delivery journal: {count} message(s) checked, "
+                 "{restored} written again, {torn} octet(s) of an unfinished write dropped",
+                 path=self.path, count=len(records), restored=restored, torn=size - good)
+
+    def _restore_records_locked(self, records: list[maildir_journal.Record]) -> int:
+        if not records:
+            return 0
+        on_disk = self._names_by_base()
+        restored = 0
+        for r in records:
+            rel = on_disk.get(r.base)
+            if rel is not None and self._file_holds(rel, r.data):
+                continue
+            target = rel or r.relpath
+            tmp = os.path.join(self.path, "tmp", r.base + ".replay")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(r.data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.utime(fd, (r.mtime, r.mtime))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(self.path, target))
+            on_disk[r.base] = target
+            restored += 1
+        if restored:
+            for sub in ("new", "cur"):
+                fsync_dir(os.path.join(self.path, sub))
+        self._read_uidlist_locked(force=True)
+        by_base = self._disk.uid_by_base or {}
+        used = set(by_base.values())
+        lost = sorted((r.uid, r.base) for r in records
+                      if r.base not in by_base and r.uid not in used)
+        if lost:
+            self._append_uidlist_locked(lost)
+            self._disk.next_uid = max(self._disk.next_uid, lost[-1][0] + 1)
+        return restored
+
+    def _file_holds(self, relpath: str, data: bytes) -> bool:
+        try:
+            with open(os.path.join(self.path, relpath), "rb") as f:
+                return f.read(len(data) + 1) == data
+        except FileNotFoundError:
+            return False
+
     def restore(
         self,
         uidvalidity: int,
@@ -985,6 +1384,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         with self._lock:
             fd = self._flock()
             try:
+                # The journal stays here; its files leave durable.
+                self._checkpoint_locked()
                 self._read_uidlist_locked()
                 self._scan_locked()
                 os.mkdir(target, 0o700)
@@ -1231,6 +1632,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             try:
                 # Under the file lock this expunge takes anyway (not twice).
                 self._finish_renames_locked(flocked=True)
+                # A replay must not bring back what is removed here.
+                self._checkpoint_locked()
                 self._read_uidlist_locked()
                 for uid in doomed:
                     rel = self._disk.files.get(uid)

@@ -31,7 +31,7 @@ def _maildir(reactor: Any, options: Mapping[str, str]) -> IMailStoreFactory:
     unknown = set(options) - {"sync"}
     if unknown:
         raise ValueError(f"unknown maildir option(s) {', '.join(sorted(unknown))}; known: sync")
-    sync = options.get("sync", "fsync")
+    sync = options.get("sync", "journal")
     if sync not in SYNC_MODES:
         raise ValueError(f"maildir.sync = {sync!r} must be one of {', '.join(SYNC_MODES)}")
     return MaildirStoreFactory(reactor, sync=sync)
