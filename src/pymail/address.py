@@ -16,6 +16,7 @@ directory decides).  A quoted local part whose quotes were not needed
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -266,8 +267,19 @@ def _quoted_char(c: str, original: str, smtputf8: bool, *, pair: bool) -> str:
     return c
 
 
+#: Domains kept checked (see _parse_domain).
+CHECKED_DOMAINS_CACHE = 4096
+
+
+# Mail for the same few domains comes again and again: each is checked once
+# (the lru_cache keeps only valid ones: an error is raised again each time).
+@functools.lru_cache(maxsize=CHECKED_DOMAINS_CACHE)
 def _parse_domain(text: str, smtputf8: bool) -> str:
     """Validate a domain or address literal; give its canonical form."""
+    return _check_domain(text, smtputf8)
+
+
+def _check_domain(text: str, smtputf8: bool) -> str:
     if text.startswith("["):
         return _parse_address_literal(text)
     if len(text.encode("utf-8")) > MAX_DOMAIN:
