@@ -222,3 +222,20 @@ class JournalFormatTests(SynchronousTestCase):
             records, length = maildir_journal.decode(good + bad + good)
             assert [r.data for r in records] == [b"first"], bad
             assert length == len(good)
+
+
+class FolderGoneTests(JournalCase):
+    def test_appends_to_a_deleted_folder_fail_with_a_storage_error(self) -> None:
+        """A folder removed under a live mailbox fails its appends, nothing logged as a bug."""
+        import shutil
+
+        from pymail.errors import StorageError
+
+        store = self.store()
+        self.settle(store.create_mailbox("Gone"))
+        box = self.settle(store.get_mailbox("Gone"))
+        shutil.rmtree(os.path.join(self.root, ".Gone"))
+        d = box.append(message(1))
+        self.reactor.run_thread_work()
+        self.failureResultOf(d).trap(StorageError)
+        assert self.flushLoggedErrors() == []

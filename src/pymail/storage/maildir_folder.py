@@ -1087,10 +1087,14 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         turns up later.
         """
         results: list[tuple[_Queued, int | BaseException]] = []
-        with self._lock:
-            # Opened before the files are written: a later syncfs on it
-            # reports their write-back errors (see _checkpoint_locked).
-            jfd = self._open_journal_locked()
+        try:
+            with self._lock:
+                # Opened before the files are written: a later syncfs on it
+                # reports their write-back errors (see _checkpoint_locked).
+                jfd = self._open_journal_locked()
+        except OSError as e:  # the folder was deleted, the disk is full...
+            self._to_reactor(self._answer, [], [(q, e) for q in batch])
+            return
         staged = []
         for q in batch:
             try:
