@@ -600,6 +600,20 @@ class DurabilityTests(SynchronousTestCase):
         self.assertEqual(final, ["451 4.3.0 Could not store the message, try again later"])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
+    def test_unexpected_recipient_check_error_gives_451(self) -> None:
+        """A policy that raises at RCPT gives 451 4.3.0, is logged, and the session goes on."""
+
+        class Exploding(LocalDelivery):
+            def check_recipient(self, address, *, authenticated_as=None):  # type: ignore[no-untyped-def]
+                raise ZeroDivisionError("bug")
+
+        h = make_server()
+        h.factory.delivery = Exploding(h.directory, h.stores, "/data")
+        h.replies()
+        h.send(ENVELOPE + b"RCPT TO:<alice@example.com>\r\nNOOP\r\n")
+        self.assertEqual(h.codes(), ["250", "250 2.1.0", "451 4.3.0", "250 2.0.0"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
 
 class TimeoutTests(SynchronousTestCase):
     def test_idle_timeout(self) -> None:
