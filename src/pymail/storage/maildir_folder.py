@@ -776,14 +776,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _append(
         self, message: bytes, flags: frozenset[str], internaldate: datetime | None
     ) -> int:
-        data = to_lf(message)
-        now = time.time()
-        unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-        base = f"{unique},S={len(data)},W={len(message)}"
-        tmp = os.path.join(self.path, "tmp", base)
-        # INTERNALDATE is the file's mtime, in whole seconds (IMAP's
-        # resolution), so it reads back the same after a restart.
-        stamp = int(internaldate.timestamp() if internaldate is not None else now)
+        data, base, tmp, stamp = self._new_file(message, internaldate)
         syncfs = self.syncfs
         # The name first: a keyword refused (27 per folder) or a keywords
         # file that cannot be written fails the append before tmp/ holds a
@@ -797,17 +790,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         with self._opens_lock:
             opened = next(self._opens)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.utime(fd, (stamp, stamp))
-            if syncfs is None:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
+        self._fill(fd, tmp, data, stamp, sync=syncfs is None)
         if syncfs is None:
             os.close(fd)
             fd = -1
@@ -1044,24 +1027,42 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def _stage(self, q: _Queued) -> _Staged:
         """Write ``q``'s file in tmp/ (not synced: the journal is)."""
-        data = to_lf(q.message)
+        data, base, tmp, stamp = self._new_file(q.message, q.internaldate)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fill(fd, tmp, data, stamp, sync=False)
+        os.close(fd)
+        return _Staged(q, data, base, tmp, stamp)
+
+    def _new_file(self, message: bytes,
+                  internaldate: datetime | None) -> tuple[bytes, str, str, int]:
+        """
+        A new message's stored form (LF line ends), its unique base name,
+        its path in tmp/ and its mtime: INTERNALDATE is the file's mtime, in
+        whole seconds (IMAP's resolution), so it reads back the same after
+        a restart.
+        """
+        data = to_lf(message)
         now = time.time()
         unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-        base = f"{unique},S={len(data)},W={len(q.message)}"
-        tmp = os.path.join(self.path, "tmp", base)
-        stamp = int(q.internaldate.timestamp() if q.internaldate is not None else now)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        base = f"{unique},S={len(data)},W={len(message)}"
+        stamp = int(internaldate.timestamp() if internaldate is not None else now)
+        return data, base, os.path.join(self.path, "tmp", base), stamp
+
+    @staticmethod
+    def _fill(fd: int, tmp: str, data: bytes, stamp: int, sync: bool) -> None:
+        """Write ``data`` to the new file ``tmp`` open on ``fd``, set its mtime, fsync it if
+        ``sync``; on failure close and remove it."""
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.utime(fd, (stamp, stamp))
+            if sync:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
-        os.close(fd)
-        return _Staged(q, data, base, tmp, stamp)
 
     def _open_journal_locked(self) -> int:
         """The journal's descriptor, created (and its name made durable) if need be."""
@@ -1183,27 +1184,21 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def _checkpoint_if_due(self) -> None:
         """A checkpoint once this process's journal writes pass a threshold."""
-        if (self._journal_own < self.checkpoint_bytes
-                and self._journal_records < self.checkpoint_records):
-            return
+        if (self._journal_own >= self.checkpoint_bytes
+                or self._journal_records >= self.checkpoint_records):
+            self._checkpoint_now()
+
+    def checkpoint(self) -> Deferred[None]:
+        """Make every journaled delivery durable in its own file and empty the journal."""
+        return self._in_thread(self._checkpoint_now)
+
+    def _checkpoint_now(self) -> None:
         with self._lock:
             fd = self._flock()
             try:
                 self._checkpoint_locked()
             finally:
                 self._unflock(fd)
-
-    def checkpoint(self) -> Deferred[None]:
-        """Make every journaled delivery durable in its own file and empty the journal."""
-        def run() -> None:
-            with self._lock:
-                fd = self._flock()
-                try:
-                    self._checkpoint_locked()
-                finally:
-                    self._unflock(fd)
-
-        return self._in_thread(run)
 
     def _checkpoint_locked(self) -> None:
         """
