@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymail.errors import StorageError
 from pymail.storage import maildir_journal
 from pymail.storage.maildir_files import UIDLIST
 from pymail.storage.maildir_journal import JOURNAL, Record
@@ -48,6 +49,13 @@ class JournalCase(SteppedMaildirCase):
 
     def file_of(self, box: Any, uid: int) -> str:
         return os.path.join(self.root, box._disk.files[uid])
+
+    def as_if_rebooted(self) -> None:
+        """Mark every record as written before the machine last started (a power loss)."""
+        with open(self.journal(), "rb") as f:
+            data = f.read()
+        with open(self.journal(), "wb") as f:
+            f.write(data.replace(maildir_journal.BOOT_ID.encode(), b"an-earlier-boot"))
 
     def uidlist_lines(self) -> list[str]:
         with open(os.path.join(self.root, UIDLIST)) as f:
@@ -118,6 +126,7 @@ class ReplayTests(JournalCase):
             lines = f.read().splitlines(keepends=True)
         with open(path, "w") as f:
             f.writelines(lines[:-1])
+        self.as_if_rebooted()
         fresh = self.reopen()
         assert [i.uid for i in fresh.messages()] == uids
         assert [fresh.read(u) for u in uids] == [message(n) for n in range(3)]
@@ -133,6 +142,7 @@ class ReplayTests(JournalCase):
         flagged = self.file_of(box, uids[0])
         assert flagged.endswith(":2,S")
         os.truncate(flagged, 0)
+        self.as_if_rebooted()
         fresh = self.reopen()
         assert fresh.read(uids[0]) == message(0)
         assert fresh.info(uids[0]).flags == {"\\Seen"}
@@ -208,34 +218,115 @@ class JournalFormatTests(SynchronousTestCase):
                    Record(2, 5, "cur/c.d,S=0:2,FS", b""),
                    Record(3, 7, "new/\udcff.x", bytes(range(256)) * 4)]
         data = maildir_journal.encode(records)
-        assert maildir_journal.decode(data) == (records, len(data))
+        assert maildir_journal.decode(data) == (records, 0)
 
-    def test_reading_stops_at_the_first_damaged_record(self) -> None:
-        """A changed octet (CRC), a bad path or a missing end keeps only what precedes it."""
+    def test_damaged_records_are_skipped_and_reading_goes_on(self) -> None:
+        """A changed octet (CRC), a bad path or a missing end: that record is skipped, not what follows."""
         good = maildir_journal.encode([Record(1, 0, "new/a", b"first")])
+        later = maildir_journal.encode([Record(3, 0, "new/c", b"third")])
         for bad in (maildir_journal.encode([Record(2, 0, "new/b", b"second")]).replace(
                         b"second", b"sec0nd"),
                     maildir_journal.encode([Record(2, 0, "tmp/b", b"second")]),
                     maildir_journal.encode([Record(2, 0, "new/../b", b"second")]),
                     maildir_journal.encode([Record(2, 0, "new/b", b"second")])[:-1],
-                    b"PJ1 x 0 1 0 new/b\nz\n"):
-            records, length = maildir_journal.decode(good + bad + good)
-            assert [r.data for r in records] == [b"first"], bad
-            assert length == len(good)
+                    maildir_journal.encode([Record(2, 0, "new/b", b"second")])[:30],
+                    b"PJ1 x y 0 1 0 new/b\nz\n"):
+            records, skipped = maildir_journal.decode(good + bad + later)
+            assert [r.data for r in records] == [b"first", b"third"], bad
+            assert skipped == len(bad)
 
 
-class FolderGoneTests(JournalCase):
-    def test_appends_to_a_deleted_folder_fail_with_a_storage_error(self) -> None:
-        """A folder removed under a live mailbox fails its appends, nothing logged as a bug."""
-        import shutil
+class ReviewTests(JournalCase):
+    """What an adversarial review of the journal found, each failing before its fix."""
 
-        from pymail.errors import StorageError
+    def test_a_message_another_program_deleted_stays_deleted_after_a_restart(self) -> None:
+        """Same boot (no power loss): a file a mail client removed is not brought back."""
+        box = self.open_inbox()
+        uids = self.append_all(box, 2)
+        os.unlink(self.file_of(box, uids[0]))
+        fresh = self.reopen()
+        assert [i.uid for i in fresh.messages()] == [uids[1]]
+        assert os.path.getsize(self.journal()) == 0
 
+    def test_a_checkpoint_after_a_failed_one_does_not_trust_syncfs(self) -> None:
+        """syncfs reports a write-back error once: the retry rewrites the files instead."""
+        box = self.open_inbox()
+        calls: list[int] = []
+
+        def once_failing_syncfs(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 1:
+                raise OSError(5, "syncfs: Input/output error")
+
+        box.journal_syncfs = once_failing_syncfs
+        [uid] = self.append_all(box, 1)
+        d = box.checkpoint()
+        self.reactor.run_thread_work()
+        self.failureResultOf(d)
+        assert os.path.getsize(self.journal()) > 0
+        rewritten: list[str] = []
+        real = box._rewrite_journaled_locked
+
+        def recording(records: list[Record]) -> None:
+            rewritten.extend(r.base for r in records)
+            real(records)
+
+        box._rewrite_journaled_locked = recording
+        self.settle(box.checkpoint())
+        assert len(calls) == 1 and rewritten == [box.info(uid).key]
+        assert os.path.getsize(self.journal()) == 0
+        assert box.read(uid) == message(0)
+        # Trusted again once the journal was emptied.
+        self.append_all(box, 1)
+        self.settle(box.checkpoint())
+        assert len(calls) == 2
+
+    def test_records_after_a_torn_one_are_replayed(self) -> None:
+        """Another process killed in mid-write: the groups appended after its torn record count."""
+        box = self.open_inbox()
+        self.append_all(box, 1)
+        torn = maildir_journal.encode([Record(99, 0, "new/p2.base", b"x" * 10000)])[:5000]
+        with open(self.journal(), "ab") as f:
+            f.write(torn)
+        uids = [self.append_all(box, 1)[0] for _ in range(2)]
+        for u in uids:
+            os.truncate(self.file_of(box, u), 0)
+        self.as_if_rebooted()
+        fresh = self.reopen()
+        assert [fresh.read(u) for u in uids] == [message(0), message(0)]
+
+    def test_a_folder_replaced_by_another_process_gets_no_record_in_the_old_journal(
+            self) -> None:
+        """Deleted and made again elsewhere: the group fails, the next one uses the new journal."""
         store = self.store()
-        self.settle(store.create_mailbox("Gone"))
-        box = self.settle(store.get_mailbox("Gone"))
-        shutil.rmtree(os.path.join(self.root, ".Gone"))
-        d = box.append(message(1))
+        self.settle(store.create_mailbox("Work"))
+        box = self.settle(store.get_mailbox("Work"))
+        self.append_all(box, 1)
+        other = self.store(ThreadlessReactor())
+        self.successResultOf(other.delete_mailbox("Work"))
+        self.successResultOf(other.create_mailbox("Work"))
+        d = box.append(message(5))
         self.reactor.run_thread_work()
         self.failureResultOf(d).trap(StorageError)
-        assert self.flushLoggedErrors() == []
+        assert box._journal_fd == -1
+        assert maildir_journal.read(os.path.join(box.path, JOURNAL))[0] == []
+
+    def test_close_journal_during_a_commit_fails_the_group(self) -> None:
+        """A DELETE closing the journal while the committer writes its files: no write to a
+        descriptor that may now be another file's."""
+        store = self.store()
+        self.settle(store.create_mailbox("Work"))
+        box = self.settle(store.get_mailbox("Work"))
+        self.append_all(box, 1)
+        stage = box._stage
+
+        def stage_then_delete(q: Any) -> Any:
+            staged = stage(q)
+            box.close_journal()
+            return staged
+
+        box._stage = stage_then_delete
+        d = box.append(message(3))
+        self.reactor.run_thread_work()
+        self.failureResultOf(d)
+        assert [r.uid for r in maildir_journal.read(os.path.join(box.path, JOURNAL))[0]] == [1]

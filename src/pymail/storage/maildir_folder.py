@@ -247,8 +247,16 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: written (-1: not yet), the octets and records this process
         #: appended to it since it was last emptied (under _lock).
         self._journal_fd = -1
+        self._journal_id: tuple[int, int] = (0, 0)
         self._journal_own = 0
         self._journal_records = 0
+        #: False once a checkpoint failed or the descriptor was replaced:
+        #: the next checkpoint rewrites the files instead of a syncfs.
+        self._journal_trusted = True
+        #: How a checkpoint makes this process's journaled files durable at
+        #: once (``syncfs`` where Linux reports write-back errors to it;
+        #: None: file by file).
+        self.journal_syncfs: Callable[[int], None] | None = fsutil.syncfs
         self._cache: dict[tuple[int, str], Any] = {}
         #: Flag renames acknowledged but not done yet: uid -> the old
         #: relative path (``_disk.files`` has the new one); under _lock.
@@ -1065,16 +1073,46 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             raise
 
     def _open_journal_locked(self) -> int:
-        """The journal's descriptor, created (and its name made durable) if need be."""
+        """
+        The journal's descriptor: opened once, created if need be; its
+        directory is fsynced once per process (another process may have
+        just created the file and not yet made its name durable).
+        """
         if self._journal_fd < 0:
             path = os.path.join(self.path, JOURNAL)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            except FileNotFoundError:
-                self._journal_fd = os.open(
-                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 fsync_dir(self.path)
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._journal_fd, self._journal_id = fd, (st.st_dev, st.st_ino)
         return self._journal_fd
+
+    def _journal_still_ours_locked(self, jfd: int) -> bool:
+        """
+        Under both locks: ``jfd`` is still the open journal and still the
+        file named ``pymail-journal`` in this folder.  Not so when the
+        folder was deleted meanwhile (``close_journal``: the number may
+        already belong to another file) or deleted, or renamed, and made
+        again by another process: then the descriptor is dropped and the
+        group fails (the sender retries; the next group opens the new file).
+        """
+        if self._journal_fd != jfd:
+            return False
+        try:
+            st = os.stat(os.path.join(self.path, JOURNAL))
+            if (st.st_dev, st.st_ino) == self._journal_id:
+                return True
+        except FileNotFoundError:
+            pass
+        os.close(jfd)
+        self._journal_fd = -1
+        # Records this process wrote went to the old file: the next
+        # checkpoint cannot count on a syncfs through a new descriptor.
+        self._journal_trusted = False
+        return False
 
     def _commit_journaled(self, batch: list[_Queued]) -> None:
         """
@@ -1111,6 +1149,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 self._to_reactor(self._answer, [], results + [(s.queued, e) for s in staged])
                 return
             try:
+                if not self._journal_still_ours_locked(jfd):
+                    self._unlink_staged(staged)
+                    gone = StorageError(f"{self.name} was deleted or replaced meanwhile")
+                    staged, results = [], results + [(s.queued, gone) for s in staged]
                 self._read_uidlist_locked()
                 numbered = []
                 for s in staged:
@@ -1156,23 +1198,36 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 files[s.uid] = s.relpath
             self._append_uidlist_locked([(s.uid, s.base) for s in group], sync=_no_sync)
         except BaseException:
-            files = self._disk.files
-            for s in renamed:
-                files.pop(s.uid, None)
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.path, s.relpath))
-            self._unlink_staged([s for s in group if s not in renamed])
-            # The records go too (a replay would deliver them after all);
-            # should that fail, a replay could only add a duplicate.
-            with contextlib.suppress(OSError):
-                os.ftruncate(jfd, start)
-                os.fdatasync(jfd)
+            self._take_back_locked(jfd, start, group, renamed)
             raise
         self._journal_own += len(blob)
         self._journal_records += len(group)
         return [MessageInfo(s.uid, s.base, s.queued.flags,
                             datetime.fromtimestamp(s.stamp, UTC), len(s.queued.message))
                 for s in group]
+
+    def _take_back_locked(self, jfd: int, start: int, group: list[_Staged],
+                          renamed: list[_Staged]) -> None:
+        """
+        Undo a failed group before its appends are answered with an error:
+        first its journal records (a replay would deliver them after all),
+        durably; then its files, with the directories they were renamed
+        into fsynced (else a power loss could bring a rename back and a
+        scan deliver the refused message).  Should any of it fail, the
+        sender's retry could only add a duplicate.
+        """
+        with contextlib.suppress(OSError):
+            os.ftruncate(jfd, start)
+            os.fdatasync(jfd)
+        files = self._disk.files
+        for s in renamed:
+            files.pop(s.uid, None)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, s.relpath))
+        for sub in sorted({s.relpath[:3] for s in renamed}):
+            with contextlib.suppress(OSError):
+                fsync_dir(os.path.join(self.path, sub))
+        self._unlink_staged([s for s in group if s not in renamed])
 
     @staticmethod
     def _unlink_staged(staged: Iterable[_Staged]) -> None:
@@ -1204,10 +1259,14 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         """
         Under both locks: make the files the journal covers durable, then
         empty it.  One ``syncfs`` when every record in it was written by
-        this process through the descriptor it is called on (open since
-        before those files were written, so it reports their write-back
-        errors); otherwise each recorded file, new/, cur/ and the uidlist
-        are fsynced.  Called before anything removes or moves a message
+        this process through the descriptor it is called on, open since
+        before those files were written (Linux reports their write-back
+        errors to it) and through which no error was reported before;
+        otherwise every recorded file is written again in place from its
+        record and fsynced, then new/, cur/ and the uidlist (an fsync alone
+        would not do: Linux reports a write-back error once, and whoever
+        saw it first may have been another descriptor, or this checkpoint's
+        failed attempt).  Called before anything removes or moves a message
         file, so a replay never brings back a message that was expunged.
         """
         path = os.path.join(self.path, JOURNAL)
@@ -1219,16 +1278,22 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         try:
             size = os.fstat(jfd).st_size
             if size:
-                if own and size == self._journal_own and fsutil.syncfs is not None:
-                    fsutil.syncfs(jfd)
+                syncfs = self.journal_syncfs
+                if (own and self._journal_trusted and size == self._journal_own
+                        and syncfs is not None):
+                    syncfs(jfd)
                 else:
-                    self._fsync_journaled_locked(maildir_journal.read(path)[0])
+                    self._rewrite_journaled_locked(maildir_journal.read(path)[0])
                 os.ftruncate(jfd, 0)
                 os.fsync(jfd)
-            self._journal_own = self._journal_records = 0
+        except BaseException:
+            self._journal_trusted = False
+            raise
         finally:
             if not own:
                 os.close(jfd)
+        self._journal_own = self._journal_records = 0
+        self._journal_trusted = True
 
     def close_journal(self) -> None:
         """Close the journal's descriptor (the folder was deleted); reopened if used again."""
@@ -1237,18 +1302,36 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 os.close(self._journal_fd)
                 self._journal_fd = -1
 
-    def _fsync_journaled_locked(self, records: list[maildir_journal.Record]) -> None:
-        """fsync every recorded message's file, wherever it is now, and what names it."""
+    def _rewrite_journaled_locked(self, records: list[maildir_journal.Record]) -> None:
+        """
+        Write every recorded message's octets again into its file, wherever
+        it is now (the same octets: readers see no change), and fsync it;
+        then fsync new/, cur/ and the uidlist.  A file found nowhere was
+        removed by another program.
+        """
         on_disk = self._names_by_base()
         for r in records:
-            rel = on_disk.get(r.base)
-            if rel is None:
-                continue  # another program removed it
-            fd = os.open(os.path.join(self.path, rel), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for attempt in (1, 2):
+                rel = on_disk.get(r.base)
+                if rel is None:
+                    break
+                try:
+                    fd = os.open(os.path.join(self.path, rel), os.O_WRONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    # Renamed by another program since the listing: list again, once.
+                    if attempt == 1:
+                        on_disk = self._names_by_base()
+                    continue
+                try:
+                    view = memoryview(r.data)
+                    offset = 0
+                    while offset < len(view):
+                        offset += os.pwrite(fd, view[offset:], offset)
+                    os.utime(fd, (r.mtime, r.mtime))  # the write moved it
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                break
         for sub in ("new", "cur"):
             fsync_dir(os.path.join(self.path, sub))
         with contextlib.suppress(FileNotFoundError):
@@ -1261,12 +1344,15 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _replay_journal_locked(self) -> None:
         """
         At open, under the folder lock: finish what a crash left of the
-        journaled deliveries.  Every whole record whose file is missing, or
-        holds other octets (its data never reached the disk), is written
-        again, durably, under the name the file has now or the one it was
-        delivered under; a uidlist line lost with it is written again with
-        the record's UID.  Then the journal is checkpointed.  A torn last
-        record was never acknowledged and is dropped.
+        journaled deliveries, then checkpoint.  A record from an earlier
+        boot of the machine whose file is missing, or holds other octets
+        (its data never reached the disk), has it written again, durably,
+        under the name the file has now or the one it was delivered under,
+        and a uidlist line lost with it written again with the record's UID.
+        A record from this boot is only made durable: the kernel lost
+        nothing since it was written, so a missing file was removed by
+        another program (a delete, a move) and stays removed.  Torn records
+        were never acknowledged and are dropped.
         """
         path = os.path.join(self.path, JOURNAL)
         try:
@@ -1276,14 +1362,15 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             return
         fd = self._flock()
         try:
-            records, good, size = maildir_journal.read(path)
-            restored = self._restore_records_locked(records)
+            records, skipped = maildir_journal.read(path)
+            restored = self._restore_records_locked(
+                [r for r in records if not r.this_boot])
             self._checkpoint_locked()
         finally:
             self._unflock(fd)
         log.info("Maildir {path}: replayed the delivery journal: {count} message(s) checked, "
-                 "{restored} written again, {torn} octet(s) of an unfinished write dropped",
-                 path=self.path, count=len(records), restored=restored, torn=size - good)
+                 "{restored} written again, {torn} octet(s) of unfinished writes dropped",
+                 path=self.path, count=len(records), restored=restored, torn=skipped)
 
     def _restore_records_locked(self, records: list[maildir_journal.Record]) -> int:
         if not records:
@@ -1297,14 +1384,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             target = rel or r.relpath
             tmp = os.path.join(self.path, "tmp", r.base + ".replay")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(r.data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.utime(fd, (r.mtime, r.mtime))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._fill(fd, tmp, r.data, r.mtime, sync=True)
+            os.close(fd)
             os.rename(tmp, os.path.join(self.path, target))
             on_disk[r.base] = target
             restored += 1

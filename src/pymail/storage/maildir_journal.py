@@ -18,15 +18,22 @@ name and UID.  Databases call this a write-ahead log.
 The file, ``pymail-journal`` in the folder directory, is a sequence of
 records, each a header line and the message::
 
-    PJ1 <uid> <mtime> <length> <crc32 in hex> <relative path>\\n
+    PJ1 <boot id> <uid> <mtime> <length> <crc32 in hex> <relative path>\\n
     <length octets: the file's content, LF line ends as stored>\\n
 
 A record is whole only if its header parses, its octets are all there, the
-trailing newline follows and the CRC-32 of the octets matches: a crash in
-the middle of a group's write leaves a torn tail, which was never
-acknowledged and is ignored.  Records are appended under the folder's file
-lock (the one the uidlist is written under), so several pymail processes
-may share a folder.
+trailing newline follows and the CRC-32 of the octets matches.  A crash in
+the middle of a group's write leaves a torn record, which was never
+acknowledged: it is skipped, and reading goes on at the next header that
+starts a whole record (another process may have appended after it).
+Records are appended under the folder's file lock (the one the uidlist is
+written under), so several pymail processes may share a folder.
+
+The boot id (Linux's ``/proc/sys/kernel/random/boot_id``) tells a replay
+whether the machine restarted since the record was written: if not, the
+kernel still holds every file as it was written, so a file that is missing
+was removed by another program (a mail client's delete, a move) and must not
+come back; only a record from an earlier boot has its file written again.
 """
 
 from __future__ import annotations
@@ -36,6 +43,19 @@ import zlib
 from collections.abc import Iterable
 
 import attrs
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+#: This boot of the machine ("-" where the system does not say: every
+#: record then counts as from an earlier boot).
+BOOT_ID = _boot_id()
 
 #: The journal's file name, in the folder directory.
 JOURNAL = "pymail-journal"
@@ -57,6 +77,12 @@ class Record:
     mtime: int
     relpath: str
     data: bytes
+    boot: str = BOOT_ID
+
+    @property
+    def this_boot(self) -> bool:
+        """Written since the machine last started (so the kernel lost nothing of its file)."""
+        return self.boot == BOOT_ID and BOOT_ID != "-"
 
     @property
     def base(self) -> str:
@@ -68,8 +94,8 @@ def encode(records: Iterable[Record]) -> bytes:
     """The journal octets for ``records``, in order."""
     parts: list[bytes] = []
     for r in records:
-        parts.append(b"%s %d %d %d %08x %s\n" % (
-            _MAGIC, r.uid, r.mtime, len(r.data), zlib.crc32(r.data),
+        parts.append(b"%s %s %d %d %d %08x %s\n" % (
+            _MAGIC, r.boot.encode("ascii"), r.uid, r.mtime, len(r.data), zlib.crc32(r.data),
             r.relpath.encode("utf-8", "surrogateescape")))
         parts.append(r.data)
         parts.append(b"\n")
@@ -78,45 +104,58 @@ def encode(records: Iterable[Record]) -> bytes:
 
 def decode(data: bytes) -> tuple[list[Record], int]:
     """
-    The whole records at the start of ``data`` and the length they take;
-    anything after the first record that is not whole (a torn tail, or
-    damage) is left out.
+    The whole records in ``data`` and how many octets were not part of one.
+    A stretch that is not a whole record (a torn write, damage) is skipped:
+    reading goes on at the next header that starts a whole record.
     """
     records: list[Record] = []
     pos = 0
+    kept = 0
     end = len(data)
     while pos < end:
-        eol = data.find(b"\n", pos, pos + 4096)
-        if eol < 0:
-            break
-        fields = data[pos:eol].split(b" ", 5)
-        if len(fields) != 6 or fields[0] != _MAGIC:
-            break
-        try:
-            uid, mtime, length, crc = (int(fields[1]), int(fields[2]), int(fields[3]),
-                                       int(fields[4], 16))
-        except ValueError:
-            break
-        relpath = fields[5].decode("utf-8", "surrogateescape")
-        start = eol + 1
-        stop = start + length
-        if (uid < 1 or length < 0 or stop >= end or data[stop:stop + 1] != b"\n"
-                or relpath[:4] not in ("new/", "cur/") or "/" in relpath[4:]):
-            break
-        body = data[start:stop]
-        if zlib.crc32(body) != crc:
-            break
-        records.append(Record(uid, mtime, relpath, body))
-        pos = stop + 1
-    return records, pos
+        record, stop = _record_at(data, pos)
+        if record is None:
+            pos = data.find(_MAGIC + b" ", pos + 1)
+            if pos < 0:
+                break
+            continue
+        records.append(record)
+        kept += stop - pos
+        pos = stop
+    return records, end - kept
 
 
-def read(path: str) -> tuple[list[Record], int, int]:
-    """The whole records of the journal at ``path``, their length and the file's size."""
+def _record_at(data: bytes, pos: int) -> tuple[Record | None, int]:
+    """The whole record starting at ``pos`` and where it ends, or (None, pos)."""
+    eol = data.find(b"\n", pos, pos + 4096)
+    if eol < 0:
+        return None, pos
+    fields = data[pos:eol].split(b" ", 6)
+    if len(fields) != 7 or fields[0] != _MAGIC:
+        return None, pos
+    try:
+        boot = fields[1].decode("ascii")
+        uid, mtime, length, crc = (int(fields[2]), int(fields[3]), int(fields[4]),
+                                   int(fields[5], 16))
+    except ValueError:
+        return None, pos
+    relpath = fields[6].decode("utf-8", "surrogateescape")
+    start = eol + 1
+    stop = start + length
+    if (uid < 1 or length < 0 or stop >= len(data) or data[stop:stop + 1] != b"\n"
+            or relpath[:4] not in ("new/", "cur/") or "/" in relpath[4:]):
+        return None, pos
+    body = data[start:stop]
+    if zlib.crc32(body) != crc:
+        return None, pos
+    return Record(uid, mtime, relpath, body, boot), stop + 1
+
+
+def read(path: str) -> tuple[list[Record], int]:
+    """The whole records of the journal at ``path`` and the octets skipped (see :func:`decode`)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return [], 0, 0
-    records, good = decode(data)
-    return records, good, len(data)
+        return [], 0
+    return decode(data)
