@@ -20,10 +20,8 @@ configuration and data under a temporary directory, and stop it by its PID.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
-import struct
 import shutil
 import signal
 import socket
@@ -68,41 +66,6 @@ def ensure_installed(log: object = print) -> None:
     except ImportError:
         log("installing aiosmtpd with pip")  # type: ignore[operator]
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "aiosmtpd"], check=True)
-
-
-#: ext4's "top of directory hierarchy" inode flag (``chattr +T``) and the
-#: ioctls that read and set inode flags.
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-_FS_TOPDIR_FL = 0x00020000
-
-
-def spread_subdirectories(path: Path) -> bool:
-    """
-    Ask ext4 to place each new subdirectory of ``path`` in a block group of
-    its own, as it does for top-level directories (``chattr +T``); False
-    where the file system has no such flag.
-
-    Why: when ext4 runs without a journal (this machine's root file system)
-    it skips, while allocating an inode, every free inode of the group that
-    was deleted in the last minute or so (``recently_deleted()``).  After a
-    step removed thousands of files, the next server creating files in the
-    same group paid up to 0.65 ms of kernel CPU per file (perf of pymail at
-    10 SMTP connections: 40% of its CPU in recently_deleted and
-    find_inode_bit).  With each server's directory in its own group, a
-    server's figures are its own, not the cleanup of the step before (a
-    server that deletes its own files, as Postfix's queue does, still pays
-    for those).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
-        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | _FS_TOPDIR_FL))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def open_path(path: Path) -> None:

@@ -471,7 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(args.jsonl)
     truncated: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="pymail-bench-", dir="/var/tmp"))
-    anchors.spread_subdirectories(work)
     servers: dict[str, anchors.Server] = {}
     try:
         if "probe" in only:
