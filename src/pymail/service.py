@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.cred.portal import Portal
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -242,7 +243,14 @@ class PymailService(MultiService):
         if getattr(self, "_previous_sighup", None) is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        return super().stopService()
+        stopped = maybeDeferred(super().stopService)
+        # The storage's delivery journals are emptied (their files made
+        # durable) while the thread pool still runs, so the next start has
+        # nothing to replay.
+        checkpoint_all = getattr(self.components.stores, "checkpoint_all", None)
+        if checkpoint_all is not None:
+            stopped.addBoth(lambda result: checkpoint_all().addBoth(lambda _: result))
+        return stopped
 
 
 def tune_allocator() -> bool:

@@ -84,3 +84,21 @@ def test_a_power_loss_after_the_250_is_repaired_from_the_journal(server: PymailP
         assert data[0][1].endswith(body), uid
     imap.logout()
     assert (inbox / "pymail-journal").stat().st_size == 0
+
+
+def test_a_clean_stop_empties_the_delivery_journal(server: PymailProcess) -> None:
+    """After SIGTERM the journal is empty (its files made durable): the next start replays nothing."""
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as smtp:
+        for n in range(3):
+            smtp.sendmail("s@remote.example", ["alice@localhost"], b"Subject: %d\r\n\r\nx\r\n" % n)
+    [journal] = [p for p in server.data_dir.rglob("pymail-journal") if p.parent.name == "alice"]
+    assert journal.stat().st_size > 0
+    server.stop()
+    assert journal.stat().st_size == 0
+    server.start()
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    imap.login("alice@localhost", "alice-pw")
+    typ, data = imap.select("INBOX")
+    assert data == [b"3"]
+    imap.logout()
+    assert "replayed the delivery journal" not in server.log()

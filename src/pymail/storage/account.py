@@ -86,6 +86,10 @@ class OpenMailboxes:
             make().addBoth(done)
         return result
 
+    def live(self) -> list[Any]:
+        """The folders open now."""
+        return list(self._open.values())
+
     def forget(self, path: str) -> Any:
         """Drop a deleted folder; returns its live object (or None)."""
         return self._open.pop(path, None)

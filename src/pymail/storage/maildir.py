@@ -21,9 +21,10 @@ import os
 import shutil
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # Importing twisted.mail.imap4 registers the 'imap4-utf-7' codec (RFC 3501 5.1.3)
@@ -285,6 +286,22 @@ class MaildirStoreFactory:
                 raise StorageError(f"cannot set up the mail folders of {address}: {e}") from e
             self.registry.ready.add(store.root)
         return store
+
+    def checkpoint_all(self) -> Deferred[None]:
+        """
+        Checkpoint the delivery journal of every open folder (see
+        :meth:`MaildirMailbox.checkpoint`): the service does it when it
+        stops, so the next start finds the journals empty and its first
+        opens have nothing to rewrite.  A failure is logged, not raised
+        (the journal stays and the next open replays it).
+        """
+        def logged(failure: Failure, path: str) -> None:
+            log.failure("Maildir {path}: checkpoint at stop failed (the next open replays "
+                        "the journal)", failure, path=path)
+
+        boxes = [b for b in self.registry.live() if getattr(b, "journaled", False)]
+        done = [b.checkpoint().addErrback(logged, b.path) for b in boxes]
+        return DeferredList(done).addCallback(lambda _: None)
 
     def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:
         """The live mailbox for a folder directory, opened once per process."""
