@@ -5,9 +5,10 @@ from __future__ import annotations
 import imaplib
 import smtplib
 
+import attrs
 from harness import PymailProcess
 
-from pymail.storage.maildir_journal import BOOT_ID
+from pymail.storage import maildir_journal
 
 
 def test_message_survives_sigkill_after_250(server: PymailProcess) -> None:
@@ -71,7 +72,9 @@ def test_a_power_loss_after_the_250_is_repaired_from_the_journal(server: PymailP
     uidlist.write_bytes(b"".join(uidlist.read_bytes().splitlines(keepends=True)[:-2]))
     # And the machine restarted: the records are from an earlier boot.
     journal = inbox / "pymail-journal"
-    journal.write_bytes(journal.read_bytes().replace(BOOT_ID.encode(), b"an-earlier-boot"))
+    records = maildir_journal.read(str(journal))[0]
+    journal.write_bytes(maildir_journal.encode(
+        [attrs.evolve(r, boot="an-earlier-boot") for r in records]))
     server.start()
     imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
     imap.login("alice@localhost", "alice-pw")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
@@ -52,10 +53,9 @@ class JournalCase(SteppedMaildirCase):
 
     def as_if_rebooted(self) -> None:
         """Mark every record as written before the machine last started (a power loss)."""
-        with open(self.journal(), "rb") as f:
-            data = f.read()
+        rebooted = [attrs.evolve(r, boot="an-earlier-boot") for r in self.records()]
         with open(self.journal(), "wb") as f:
-            f.write(data.replace(maildir_journal.BOOT_ID.encode(), b"an-earlier-boot"))
+            f.write(maildir_journal.encode(rebooted))
 
     def uidlist_lines(self) -> list[str]:
         with open(os.path.join(self.root, UIDLIST)) as f:
@@ -218,22 +218,35 @@ class JournalFormatTests(SynchronousTestCase):
                    Record(2, 5, "cur/c.d,S=0:2,FS", b""),
                    Record(3, 7, "new/\udcff.x", bytes(range(256)) * 4)]
         data = maildir_journal.encode(records)
-        assert maildir_journal.decode(data) == (records, 0)
+        assert maildir_journal.decode(data) == (records, len(data))
 
-    def test_damaged_records_are_skipped_and_reading_goes_on(self) -> None:
-        """A changed octet (CRC), a bad path or a missing end: that record is skipped, not what follows."""
+    def test_reading_stops_at_the_first_damaged_record(self) -> None:
+        """A changed octet (CRC), a bad path, UID or base name, or a missing end: that record and
+        everything after it are left out."""
         good = maildir_journal.encode([Record(1, 0, "new/a", b"first")])
         later = maildir_journal.encode([Record(3, 0, "new/c", b"third")])
-        for bad in (maildir_journal.encode([Record(2, 0, "new/b", b"second")]).replace(
-                        b"second", b"sec0nd"),
+        whole = maildir_journal.encode([Record(2, 0, "new/b", b"second")])
+        for bad in (whole.replace(b"second", b"sec0nd"),
+                    whole.replace(b" 2 0 6 ", b" 3 0 6 "),  # a header field changed
                     maildir_journal.encode([Record(2, 0, "tmp/b", b"second")]),
                     maildir_journal.encode([Record(2, 0, "new/../b", b"second")]),
-                    maildir_journal.encode([Record(2, 0, "new/b", b"second")])[:-1],
-                    maildir_journal.encode([Record(2, 0, "new/b", b"second")])[:30],
+                    maildir_journal.encode([Record(2, 0, "new/..", b"second")]),
+                    maildir_journal.encode([Record(2**32, 0, "new/b", b"second")]),
+                    whole[:-1],
+                    whole[:30],
                     b"PJ1 x y 0 1 0 new/b\nz\n"):
-            records, skipped = maildir_journal.decode(good + bad + later)
-            assert [r.data for r in records] == [b"first", b"third"], bad
-            assert skipped == len(bad)
+            records, length = maildir_journal.decode(good + bad + later)
+            assert [r.data for r in records] == [b"first"], bad
+            assert length == len(good)
+
+    def test_a_record_inside_a_message_is_never_read_as_one(self) -> None:
+        """A message carrying the text of a whole record, its own record torn: nothing of it counts."""
+        forged = maildir_journal.encode([Record(7, 0, "new/forged", b"owned\n", "x")])
+        carrier = maildir_journal.encode([Record(2, 0, "new/b", b"hi\n" + forged + b"pad\n")])
+        good = maildir_journal.encode([Record(1, 0, "new/a", b"first")])
+        torn = carrier[:carrier.index(forged) + len(forged) + 2]
+        records, length = maildir_journal.decode(good + torn)
+        assert [r.relpath for r in records] == ["new/a"] and length == len(good)
 
 
 class ReviewTests(JournalCase):

@@ -30,6 +30,7 @@ compared with the uidlist and the index.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -248,6 +249,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: appended to it since it was last emptied (under _lock).
         self._journal_fd = -1
         self._journal_id: tuple[int, int] = (0, 0)
+        #: Where this process's last write or cut left the journal's end
+        #: (-1: unknown); another size means another process wrote since.
+        self._journal_end = -1
         self._journal_own = 0
         self._journal_records = 0
         #: False once a checkpoint failed or the descriptor was replaced:
@@ -1109,6 +1113,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             pass
         os.close(jfd)
         self._journal_fd = -1
+        self._journal_end = -1
         # Records this process wrote went to the old file: the next
         # checkpoint cannot count on a syncfs through a new descriptor.
         self._journal_trusted = False
@@ -1185,6 +1190,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         records = [maildir_journal.Record(s.uid, s.stamp, s.relpath, s.data) for s in group]
         blob = maildir_journal.encode(records)
         start = os.fstat(jfd).st_size
+        if start != self._journal_end:
+            start = self._cut_torn_tail_locked(jfd, start)
         renamed: list[_Staged] = []
         try:
             view = memoryview(blob)
@@ -1200,11 +1207,30 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         except BaseException:
             self._take_back_locked(jfd, start, group, renamed)
             raise
+        self._journal_end = start + len(blob)
         self._journal_own += len(blob)
         self._journal_records += len(group)
         return [MessageInfo(s.uid, s.base, s.queued.flags,
                             datetime.fromtimestamp(s.stamp, UTC), len(s.queued.message))
                 for s in group]
+
+    def _cut_torn_tail_locked(self, jfd: int, size: int) -> int:
+        """
+        Another process wrote to the journal since this one did (or this
+        one has not yet): read it and cut off a torn last write (its writer
+        died in the middle of it: never acknowledged), so that no record is
+        ever appended after damage, which a replay stops at.  The new size.
+        """
+        with open(os.path.join(self.path, JOURNAL), "rb") as f:
+            data = f.read(size)
+        good = maildir_journal.decode(data)[1]
+        if good < size:
+            os.ftruncate(jfd, good)
+            os.fdatasync(jfd)
+            log.warn("Maildir {path}: cut {count} octet(s) of an unfinished journal write "
+                     "(its writer stopped in the middle)", path=self.path, count=size - good)
+        self._journal_end = good
+        return good
 
     def _take_back_locked(self, jfd: int, start: int, group: list[_Staged],
                           renamed: list[_Staged]) -> None:
@@ -1219,11 +1245,24 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         with contextlib.suppress(OSError):
             os.ftruncate(jfd, start)
             os.fdatasync(jfd)
+        self._journal_end = -1  # the cut may have failed: look before the next write
         files = self._disk.files
+        on_disk: dict[str, str] | None = None
         for s in renamed:
             files.pop(s.uid, None)
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(os.path.join(self.path, s.relpath))
+            except FileNotFoundError:
+                # Renamed by another program (a mail client's flag change) meanwhile.
+                if on_disk is None:
+                    with contextlib.suppress(OSError):
+                        on_disk = self._names_by_base()
+                found = (on_disk or {}).get(s.base)
+                if found is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.path, found))
+            except OSError:
+                pass
         for sub in sorted({s.relpath[:3] for s in renamed}):
             with contextlib.suppress(OSError):
                 fsync_dir(os.path.join(self.path, sub))
@@ -1294,6 +1333,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 os.close(jfd)
         self._journal_own = self._journal_records = 0
         self._journal_trusted = True
+        if own:
+            self._journal_end = 0
 
     def close_journal(self) -> None:
         """Close the journal's descriptor (the folder was deleted); reopened if used again."""
@@ -1301,13 +1342,17 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             if self._journal_fd >= 0:
                 os.close(self._journal_fd)
                 self._journal_fd = -1
+                self._journal_end = -1
+                self._journal_trusted = False
 
     def _rewrite_journaled_locked(self, records: list[maildir_journal.Record]) -> None:
         """
         Write every recorded message's octets again into its file, wherever
         it is now (the same octets: readers see no change), and fsync it;
         then fsync new/, cur/ and the uidlist.  A file found nowhere was
-        removed by another program.
+        removed by another program.  A file that may not be written (made
+        read-only by another program) is fsynced as it is when it holds the
+        recorded octets, else replaced by a durable copy of them.
         """
         on_disk = self._names_by_base()
         for r in records:
@@ -1316,21 +1361,12 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 if rel is None:
                     break
                 try:
-                    fd = os.open(os.path.join(self.path, rel), os.O_WRONLY | os.O_CLOEXEC)
+                    self._rewrite_in_place(rel, r)
                 except FileNotFoundError:
                     # Renamed by another program since the listing: list again, once.
                     if attempt == 1:
                         on_disk = self._names_by_base()
                     continue
-                try:
-                    view = memoryview(r.data)
-                    offset = 0
-                    while offset < len(view):
-                        offset += os.pwrite(fd, view[offset:], offset)
-                    os.utime(fd, (r.mtime, r.mtime))  # the write moved it
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
                 break
         for sub in ("new", "cur"):
             fsync_dir(os.path.join(self.path, sub))
@@ -1340,6 +1376,41 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _rewrite_in_place(self, rel: str, r: maildir_journal.Record) -> None:
+        path = os.path.join(self.path, rel)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except (PermissionError, OSError) as e:
+            if isinstance(e, FileNotFoundError) or not (
+                    isinstance(e, PermissionError) or e.errno == errno.EROFS):
+                raise
+            if self._file_holds(rel, r.data):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            else:
+                self._write_record_file(rel, r)
+            return
+        try:
+            view = memoryview(r.data)
+            offset = 0
+            while offset < len(view):
+                offset += os.pwrite(fd, view[offset:], offset)
+            os.utime(fd, (r.mtime, r.mtime))  # the write moved it
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_record_file(self, target: str, r: maildir_journal.Record) -> None:
+        """Put a durable copy of ``r``'s octets at ``target`` (through tmp/, renamed over it)."""
+        tmp = os.path.join(self.path, "tmp", r.base + ".replay")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._fill(fd, tmp, r.data, r.mtime, sync=True)
+        os.close(fd)
+        os.rename(tmp, os.path.join(self.path, target))
 
     def _replay_journal_locked(self) -> None:
         """
@@ -1382,11 +1453,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             if rel is not None and self._file_holds(rel, r.data):
                 continue
             target = rel or r.relpath
-            tmp = os.path.join(self.path, "tmp", r.base + ".replay")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            self._fill(fd, tmp, r.data, r.mtime, sync=True)
-            os.close(fd)
-            os.rename(tmp, os.path.join(self.path, target))
+            self._write_record_file(target, r)
             on_disk[r.base] = target
             restored += 1
         if restored:

@@ -10,8 +10,8 @@ to one file and calling ``fdatasync`` once costs about one commit per group
 twice: once here, made durable before any of them is acknowledged, and once
 as ordinary Maildir files (``tmp/`` then ``new/``, and uidlist lines) that
 readers use at once, left to the kernel to write back.  A *checkpoint*
-makes those files durable (``syncfs``, or an fsync of each) and empties the
-journal; an open after a crash first *replays* it: every recorded message
+makes those files durable (``syncfs``, or each written again and fsynced)
+and empties the journal; an open after a crash first *replays* it: every recorded message
 whose file is missing or differs is written again, durably, under the same
 name and UID.  Databases call this a write-ahead log.
 
@@ -22,12 +22,15 @@ records, each a header line and the message::
     <length octets: the file's content, LF line ends as stored>\\n
 
 A record is whole only if its header parses, its octets are all there, the
-trailing newline follows and the CRC-32 of the octets matches.  A crash in
-the middle of a group's write leaves a torn record, which was never
-acknowledged: it is skipped, and reading goes on at the next header that
-starts a whole record (another process may have appended after it).
-Records are appended under the folder's file lock (the one the uidlist is
-written under), so several pymail processes may share a folder.
+trailing newline follows and the CRC-32 of the header's fields and the octets
+matches.  Reading stops at the first record that is not whole: only the last
+write can be torn (a crash in the middle of it, never acknowledged), because
+every writer first cuts a torn tail off before it appends (see
+``MaildirMailbox._journal_and_publish_locked``).  Nothing is searched for
+inside a stretch that is not whole, so a message that carries the text of a
+record can never be taken for one.  Records are appended under the folder's
+file lock (the one the uidlist is written under), so several pymail
+processes may share a folder.
 
 The boot id (Linux's ``/proc/sys/kernel/random/boot_id``) tells a replay
 whether the machine restarted since the record was written: if not, the
@@ -90,39 +93,39 @@ class Record:
         return self.relpath.split("/", 1)[1].split(":", 1)[0]
 
 
+#: The highest UID IMAP allows (RFC 3501: a 32-bit unsigned number).
+_MAX_UID = 2**32 - 1
+
+
+def _fields(boot: bytes, uid: int, mtime: int, length: int, relpath: bytes) -> bytes:
+    return b"%s %d %d %d %s" % (boot, uid, mtime, length, relpath)
+
+
 def encode(records: Iterable[Record]) -> bytes:
     """The journal octets for ``records``, in order."""
     parts: list[bytes] = []
     for r in records:
+        boot = r.boot.encode("ascii")
+        relpath = r.relpath.encode("utf-8", "surrogateescape")
+        crc = zlib.crc32(r.data, zlib.crc32(_fields(boot, r.uid, r.mtime, len(r.data), relpath)))
         parts.append(b"%s %s %d %d %d %08x %s\n" % (
-            _MAGIC, r.boot.encode("ascii"), r.uid, r.mtime, len(r.data), zlib.crc32(r.data),
-            r.relpath.encode("utf-8", "surrogateescape")))
+            _MAGIC, boot, r.uid, r.mtime, len(r.data), crc, relpath))
         parts.append(r.data)
         parts.append(b"\n")
     return b"".join(parts)
 
 
 def decode(data: bytes) -> tuple[list[Record], int]:
-    """
-    The whole records in ``data`` and how many octets were not part of one.
-    A stretch that is not a whole record (a torn write, damage) is skipped:
-    reading goes on at the next header that starts a whole record.
-    """
+    """The whole records at the start of ``data`` and the length they take."""
     records: list[Record] = []
     pos = 0
-    kept = 0
-    end = len(data)
-    while pos < end:
+    while pos < len(data):
         record, stop = _record_at(data, pos)
         if record is None:
-            pos = data.find(_MAGIC + b" ", pos + 1)
-            if pos < 0:
-                break
-            continue
+            break
         records.append(record)
-        kept += stop - pos
         pos = stop
-    return records, end - kept
+    return records, pos
 
 
 def _record_at(data: bytes, pos: int) -> tuple[Record | None, int]:
@@ -140,22 +143,25 @@ def _record_at(data: bytes, pos: int) -> tuple[Record | None, int]:
     except ValueError:
         return None, pos
     relpath = fields[6].decode("utf-8", "surrogateescape")
+    base = relpath[4:].split(":", 1)[0]
     start = eol + 1
     stop = start + length
-    if (uid < 1 or length < 0 or stop >= len(data) or data[stop:stop + 1] != b"\n"
-            or relpath[:4] not in ("new/", "cur/") or "/" in relpath[4:]):
+    if (not 1 <= uid <= _MAX_UID or length < 0 or stop >= len(data)
+            or data[stop:stop + 1] != b"\n" or relpath[:4] not in ("new/", "cur/")
+            or "/" in relpath[4:] or "\0" in relpath or base in ("", ".", "..")):
         return None, pos
     body = data[start:stop]
-    if zlib.crc32(body) != crc:
+    if zlib.crc32(body, zlib.crc32(_fields(fields[1], uid, mtime, length, fields[6]))) != crc:
         return None, pos
     return Record(uid, mtime, relpath, body, boot), stop + 1
 
 
 def read(path: str) -> tuple[list[Record], int]:
-    """The whole records of the journal at ``path`` and the octets skipped (see :func:`decode`)."""
+    """The whole records of the journal at ``path`` and the octets after them (a torn write)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return [], 0
-    return decode(data)
+    records, good = decode(data)
+    return records, len(data) - good
