@@ -10,16 +10,24 @@ belongs to the reactor thread.  Every change to the disk state is handed to
 the reactor with ``callFromThread`` while the lock is still held, so the
 view applies changes in exactly the order they happened on disk.
 
-Durability and group commit: an append writes its ``tmp/`` file in its own
-thread, in parallel with other appends, then queues itself; the first
-append that finds no commit running commits every queued one at once
-(:meth:`MaildirMailbox._commit_locked`).  With ``sync="syncfs"`` (Linux 5.8+, opt-in): one
-``syncfs`` for the group's files, their renames into ``new/`` (or ``cur/``
-with flags), the uidlist lines, a second ``syncfs``.  By default: each append
-fsyncs its file and renames it itself, and the commit writes the uidlist
-lines and fsyncs the directories and the uidlist.  An append's Deferred
-fires only after its group's commit; a commit that fails after the renames
-takes the files back (:meth:`MaildirMailbox._withdraw_locked`).
+Durability and group commit, by default (``journaled``, ``sync="journal"``):
+appends queue for the folder's committer, one pool thread that takes every
+append queued meanwhile as a group, writes the files in ``tmp/``, appends
+them to the folder's journal (:mod:`pymail.storage.maildir_journal`) with one
+``fdatasync``, renames them into ``new/`` (``cur/`` with flags), writes their
+uidlist lines and answers the group with one call into the reactor
+(:meth:`MaildirMailbox._commit_journaled`); checkpoints and the replay after
+a crash are described at :meth:`MaildirMailbox._checkpoint_locked` and
+:meth:`MaildirMailbox._replay_journal_locked`.  With ``sync="fsync"`` or
+``"syncfs"`` an append writes its ``tmp/`` file in its own thread, in
+parallel with other appends, then queues itself; the first append that finds
+no commit running commits every queued one at once
+(:meth:`MaildirMailbox._commit_locked`): with ``syncfs`` (Linux 5.8+) one
+``syncfs`` for the group's files, their renames, the uidlist lines, a second
+``syncfs``; with ``fsync`` each append fsyncs its file and renames it itself,
+and the commit writes the uidlist lines and fsyncs the directories and the
+uidlist.  In every mode an append's Deferred fires only after its group's
+commit, and a commit that fails after the renames takes the files back.
 
 Opening: a folder whose index holds a sync record that still matches the
 directories and the uidlist is loaded from the index in one query (see
