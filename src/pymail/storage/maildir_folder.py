@@ -976,19 +976,42 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     def _withdraw_locked(self, batch: list[_Pending]) -> None:
         """
         Take back the files of a group whose commit failed after they were
-        renamed into new/ or cur/: their appends are answered with an error,
-        so a later scan must not find them and deliver them after all (the
-        sender retries: the message would arrive twice).  Uidlist lines
-        already written for them are ignored, as for any missing file.
+        renamed into new/ or cur/ (see :meth:`_unpublish_locked`).
+        """
+        # A file still in tmp/ was never renamed (a failed first syncfs removed it).
+        self._unpublish_locked([(p.uid, p.relpath, p.base) for p in batch if p.tmp is None])
+
+    def _unpublish_locked(self, published: list[tuple[int, str, str]]) -> None:
+        """
+        Remove the files ``(uid, relpath, base)`` a failed group renamed into
+        new/ or cur/, and fsync those directories: their appends are answered
+        with an error, so neither a later scan nor a rename brought back by a
+        power loss may deliver them after all (the sender retries: the
+        message would arrive twice).  A file another program renamed
+        meanwhile (a mail client's flag change) is found by its base name.
+        Uidlist lines already written for them are ignored, as for any
+        missing file.
         """
         files = self._disk.files
-        for p in batch:
-            if p.tmp is not None:
-                continue  # never renamed (a failed first syncfs removed it)
-            if p.uid and files.get(p.uid) == p.relpath:
-                del files[p.uid]
+        on_disk: dict[str, str] | None = None
+        for uid, relpath, base in published:
+            if uid and files.get(uid) == relpath:
+                del files[uid]
+            try:
+                os.unlink(os.path.join(self.path, relpath))
+            except FileNotFoundError:
+                if on_disk is None:
+                    with contextlib.suppress(OSError):
+                        on_disk = self._names_by_base()
+                found = (on_disk or {}).get(base)
+                if found is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.path, found))
+            except OSError:
+                pass
+        for sub in sorted({relpath[:3] for _, relpath, _ in published}):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.path, p.relpath))
+                fsync_dir(os.path.join(self.path, sub))
 
     # -- append through the journal (journaled = True) ---------------------
 
@@ -1245,35 +1268,14 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         """
         Undo a failed group before its appends are answered with an error:
         first its journal records (a replay would deliver them after all),
-        durably; then its files, with the directories they were renamed
-        into fsynced (else a power loss could bring a rename back and a
-        scan deliver the refused message).  Should any of it fail, the
-        sender's retry could only add a duplicate.
+        durably; then its files (:meth:`_unpublish_locked`).  Should any of
+        it fail, the sender's retry could only add a duplicate.
         """
         with contextlib.suppress(OSError):
             os.ftruncate(jfd, start)
             os.fdatasync(jfd)
         self._journal_end = -1  # the cut may have failed: look before the next write
-        files = self._disk.files
-        on_disk: dict[str, str] | None = None
-        for s in renamed:
-            files.pop(s.uid, None)
-            try:
-                os.unlink(os.path.join(self.path, s.relpath))
-            except FileNotFoundError:
-                # Renamed by another program (a mail client's flag change) meanwhile.
-                if on_disk is None:
-                    with contextlib.suppress(OSError):
-                        on_disk = self._names_by_base()
-                found = (on_disk or {}).get(s.base)
-                if found is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.path, found))
-            except OSError:
-                pass
-        for sub in sorted({s.relpath[:3] for s in renamed}):
-            with contextlib.suppress(OSError):
-                fsync_dir(os.path.join(self.path, sub))
+        self._unpublish_locked([(s.uid, s.relpath, s.base) for s in renamed])
         self._unlink_staged([s for s in group if s not in renamed])
 
     @staticmethod
@@ -1389,9 +1391,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         path = os.path.join(self.path, rel)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except (PermissionError, OSError) as e:
-            if isinstance(e, FileNotFoundError) or not (
-                    isinstance(e, PermissionError) or e.errno == errno.EROFS):
+        except OSError as e:
+            if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
                 raise
             if self._file_holds(rel, r.data):
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
