@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -36,7 +37,13 @@ class InboxFixture(SynchronousTestCase):
         self.root = os.path.join(self.data, "mail", "example.org", "alice")
 
     def open_inbox(self) -> Any:
-        store = MaildirStoreFactory(self.reactor).open_store("alice@example.org", self.data)
+        # As after a stop of the process that opened it before: that writes
+        # the index changes still waiting for their batch.
+        for factory in getattr(self, "factories", []):
+            self.successResultOf(factory.checkpoint_all())
+        factory = MaildirStoreFactory(self.reactor)
+        self.factories = [*getattr(self, "factories", []), factory]
+        store = factory.open_store("alice@example.org", self.data)
         return self.successResultOf(store.get_mailbox("INBOX"))
 
 
@@ -269,3 +276,72 @@ class IndexQueueTests(SynchronousTestCase):
         self.queue.add(upsert=[(1, "cur/b", 100, 10, 3)], renamed=[("cur/b:2,S", 4, 1)])
         self.drain()
         assert self.index.rows() == {1: ("cur/b:2,S", 100, 10, 4)}
+
+
+class DelayedIndexQueueTests(SynchronousTestCase):
+    """With a delay, the changes of a burst reach the index in one transaction."""
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.index = FolderIndex(folder)
+        self.index.open()
+        self.addCleanup(self.index.close)
+        self.reactor = ThreadlessReactor()
+        self.transactions: list[int] = []
+        apply = self.index.apply
+
+        def counted(ops: Any, *args: Any) -> None:
+            self.transactions.append(len(ops))
+            apply(ops, *args)
+
+        self.index.apply = counted  # type: ignore[method-assign]
+        reactor = self.reactor
+        self.queue = IndexQueue(
+            self.index, lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+            reactor.callLater, 0.05)
+
+    def test_a_burst_is_one_transaction_after_the_delay(self) -> None:
+        """Five groups queued within the delay: nothing before it, then one transaction."""
+        for uid in range(1, 6):
+            self.queue.add(upsert=[(uid, f"new/{uid}", 100, 10, uid)], highestmodseq=uid)
+        self.reactor.advance(0.049)
+        assert self.transactions == [] and self.index.rows() == {}
+        self.reactor.advance(0.001)
+        assert self.transactions == [5]
+        assert sorted(self.index.rows()) == [1, 2, 3, 4, 5]
+        assert self.index.meta("highestmodseq") == 5
+        # The next change waits for a batch of its own.
+        self.queue.add(delete=[1])
+        assert self.transactions == [5]
+        self.reactor.advance(0.05)
+        assert self.transactions == [5, 1] and sorted(self.index.rows()) == [2, 3, 4, 5]
+
+    def test_flush_writes_at_once(self) -> None:
+        """flush() (the service's stop) writes what waits and cancels the delayed call."""
+        self.queue.add(upsert=[(1, "new/1", 100, 10, 1)])
+        done = self.queue.flush()
+        self.successResultOf(done)
+        assert self.transactions == [1] and list(self.index.rows()) == [1]
+        assert self.reactor.getDelayedCalls() == []
+        # Flushing an empty queue writes nothing; later changes are batched again.
+        self.successResultOf(self.queue.flush())
+        self.queue.add(upsert=[(2, "new/2", 100, 10, 2)])
+        assert len(self.reactor.getDelayedCalls()) == 1
+        self.reactor.advance(0.05)
+        assert self.transactions == [1, 1]
+
+
+class StopWritesIndexTests(InboxFixture):
+    def test_checkpoint_all_writes_the_waiting_index_changes(self) -> None:
+        """The service's stop hook leaves the index with every delivered message's row."""
+        box = self.open_inbox()
+        uids = [self.successResultOf(box.append(message(n))) for n in range(3)]
+        index = FolderIndex(self.root)
+        index.open()
+        self.addCleanup(index.close)
+        assert index.rows() == {}  # waiting for the batch
+        self.successResultOf(self.factories[-1].checkpoint_all())
+        assert sorted(index.rows()) == uids
+        assert {u: r[3] for u, r in index.rows().items()} == {
+            i.uid: i.modseq for i in box.messages()}

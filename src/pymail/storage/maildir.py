@@ -289,18 +289,23 @@ class MaildirStoreFactory:
 
     def checkpoint_all(self) -> Deferred[None]:
         """
-        Checkpoint the delivery journal of every open folder (see
-        :meth:`MaildirMailbox.checkpoint`): the service does it when it
-        stops, so the next start finds the journals empty and its first
-        opens have nothing to rewrite.  A failure is logged, not raised
-        (the journal stays and the next open replays it).
+        Write every open folder's index changes still waiting for their
+        batch (:meth:`MaildirMailbox.flush_index`) and checkpoint its
+        delivery journal (see :meth:`MaildirMailbox.checkpoint`): the
+        service does it when it stops, so the next start finds the indexes
+        current and the journals empty, and its first opens have nothing to
+        rescan or rewrite.  A failure is logged, not raised (the next open
+        scans the folder or replays the journal).
         """
-        def logged(failure: Failure, path: str) -> None:
-            log.failure("Maildir {path}: checkpoint at stop failed (the next open replays "
-                        "the journal)", failure, path=path)
+        def logged(failure: Failure, path: str, what: str) -> None:
+            log.failure("Maildir {path}: {what} at stop failed (the next open repairs it)",
+                        failure, path=path, what=what)
 
-        boxes = [b for b in self.registry.live() if getattr(b, "journaled", False)]
-        done = [b.checkpoint().addErrback(logged, b.path) for b in boxes]
+        boxes = self.registry.live()
+        done = [b.flush_index().addErrback(logged, b.path, "index write") for b in boxes
+                if hasattr(b, "flush_index")]
+        done += [b.checkpoint().addErrback(logged, b.path, "checkpoint") for b in boxes
+                 if getattr(b, "journaled", False)]
         return DeferredList(done).addCallback(lambda _: None)
 
     def mailbox_at(self, path: str, name: str) -> Deferred[IMailbox]:

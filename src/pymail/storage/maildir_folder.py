@@ -217,6 +217,11 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
     checkpoint_bytes: int = maildir_journal.CHECKPOINT_BYTES
     checkpoint_records: int = maildir_journal.CHECKPOINT_RECORDS
 
+    #: How long (seconds) a change waits for others before the index is
+    #: written (one transaction for all of them; see :class:`IndexQueue`).
+    #: Read when the folder object is made; 0 writes at once.
+    index_write_delay: float = 0.05
+
     #: A flag change that renames at least this many files is answered once
     #: the new names are in the index, and renamed right after (see
     #: _set_flags); fewer are renamed before the answer (one fsync of cur/
@@ -280,7 +285,9 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         #: see _reserve_modseqs_locked).
         self._modseq_upper = 0
         self._index = FolderIndex(path)
-        self._index_queue = IndexQueue(self._index, self._in_thread)
+        self._index_queue = IndexQueue(self._index, self._in_thread,
+                                       getattr(self._reactor, "callLater", None),
+                                       self.index_write_delay)
         self._view = MailboxView(self)
         self._view.add_listener(_IndexWriter(self))
 
@@ -1291,6 +1298,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         if (self._journal_own >= self.checkpoint_bytes
                 or self._journal_records >= self.checkpoint_records):
             self._checkpoint_now()
+
+    def flush_index(self) -> Deferred[None]:
+        """Write the index changes still waiting for their batch (see :attr:`index_write_delay`)."""
+        return self._index_queue.flush()
 
     def checkpoint(self) -> Deferred[None]:
         """Make every journaled delivery durable in its own file and empty the journal."""
