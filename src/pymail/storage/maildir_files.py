@@ -70,6 +70,14 @@ def _hostname_for_filenames() -> str:
 _HOST = _hostname_for_filenames()
 
 
+def unique_name(now: float) -> str:
+    """
+    The unique part of a new message file's name, as the Maildir spec
+    makes it: ``<seconds>.M<microseconds>P<pid>Q<counter>.<host>``.
+    """
+    return f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
 def split_name(filename: str) -> tuple[str, str]:
     """``base:2,FS`` -> (``base``, ``FS``); a name without info -> (name, "")."""
     base, sep, info = filename.partition(":2,")

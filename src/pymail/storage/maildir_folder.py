@@ -89,7 +89,6 @@ from pymail.storage.index import (
 )
 from pymail.storage.maildir_journal import JOURNAL
 from pymail.storage.maildir_files import (
-    _HOST,
     _MAX_KEYWORDS,
     KEYWORDS,
     LOCKFILE,
@@ -97,11 +96,11 @@ from pymail.storage.maildir_files import (
     UIDLIST,
     DiskState,
     MaildirFilesMixin,
-    _counter,
     base_size_fields,
     new_uidvalidity,
     parse_uidlist_header,
     split_name,
+    unique_name,
 )
 
 log = Logger()
@@ -1093,8 +1092,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         """
         data = to_lf(message)
         now = time.time()
-        unique = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-        base = f"{unique},S={len(data)},W={len(message)}"
+        base = f"{unique_name(now)},S={len(data)},W={len(message)}"
         stamp = int(internaldate.timestamp() if internaldate is not None else now)
         return data, base, os.path.join(self.path, "tmp", base), stamp
 
@@ -1517,8 +1515,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                 for uid, message, flags, when in messages:
                     data = to_lf(message)
                     now = time.time()
-                    base = (f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}"
-                            f"Q{next(_counter)}.{_HOST},S={len(data)},W={len(message)}")
+                    base = f"{unique_name(now)},S={len(data)},W={len(message)}"
                     tmp = os.path.join(self.path, "tmp", base)
                     with open(tmp, "wb") as f:
                         f.write(data)
