@@ -19,6 +19,7 @@ from pymail.errors import StorageError
 from pymail.smtp import replies as R
 from pymail.smtp.delivery import LocalDelivery
 from pymail.smtp.server import SMTPFactory
+from pymail.storage.fsutil import CRLFMessage, to_lf
 from pymail.testing import MemoryDirectory
 
 ENVELOPE = b"EHLO client.example.org\r\nMAIL FROM:<sender@remote.example>\r\n"
@@ -469,6 +470,29 @@ class DataTests(SynchronousTestCase):
             self.assertEqual(h.codes(), ["550 5.6.0"], sequence)
             self.assertEqual(h.inbox("alice@example.com"), [])
             self.assertEqual(h.inbox("bob@example.com"), [])
+
+    def test_accepted_messages_reach_delivery_as_crlf_messages(self) -> None:
+        """DATA and BDAT hand delivery a CRLFMessage, still one with a Delivered-To line added."""
+        seen: list[tuple[str, bytes]] = []
+
+        class Recording(LocalDelivery):
+            def _deliver_one(self, account, message, internaldate):  # type: ignore[no-untyped-def]
+                seen.append((account, message))
+                return super()._deliver_one(account, message, internaldate)
+
+        h = make_server()
+        h.factory.delivery = Recording(h.directory, h.stores, "/data")
+        body = b"Subject: a\r\n\r\n.dot\r\nline\r\n"
+        transaction(h, body=body)
+        h.send(ENVELOPE + b"RCPT TO:<bob+tag@example.com>\r\n"
+               + b"BDAT %d LAST\r\n" % len(body) + body)
+        self.assertEqual(h.codes()[-1], "250 2.0.0")
+        [(first, data), (second, chunked)] = seen
+        assert (first, second) == ("alice@example.com", "bob@example.com")
+        assert type(data) is CRLFMessage and type(chunked) is CRLFMessage
+        assert data.endswith(b"\r\n" + body) and chunked.endswith(b"\r\n" + body)
+        assert b"\r\nDelivered-To: bob+tag@example.com\r\n" in b"\r\n" + chunked
+        assert to_lf(chunked) == bytes(chunked).replace(b"\r\n", b"\n")
 
     def test_pipelined_commands_after_data(self) -> None:
         """Commands sent in the same chunk as the end of data are answered after the 250."""

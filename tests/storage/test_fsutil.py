@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pymail.storage.fsutil import to_crlf, to_lf, wire_size
+from pymail.storage.fsutil import CRLFMessage, to_crlf, to_lf, wire_size
 
 # Messages made of the octets that matter (CR, LF) and a few others, so bare
 # CRs, bare LFs, CRLFs and CR CR LF runs all turn up often.
@@ -50,3 +50,16 @@ def test_to_lf_of_a_large_message_matches_the_reference() -> None:
     assert len(message) > 1024 * 1024
     assert to_lf(message) == _reference_to_lf(message)
     assert to_lf(message[: 1024 * 1024]) == _reference_to_lf(message[: 1024 * 1024])
+
+
+# Messages whose every CR and LF is part of a CRLF: what the SMTP server
+# hands over as a CRLFMessage.
+_CRLF_ONLY = st.lists(st.sampled_from([b"\r\n", b"a", b".", b" ", b"\x00"])).map(b"".join)
+
+
+@given(_CRLF_ONLY)
+def test_to_lf_of_a_crlf_message_matches_the_reference(message: bytes) -> None:
+    """The one-pass conversion of a CRLFMessage gives what the reference gives, as plain bytes."""
+    converted = to_lf(CRLFMessage(message))
+    assert converted == _reference_to_lf(message)
+    assert type(converted) is bytes

@@ -45,6 +45,7 @@ from pymail.address import Address, AddressError, Envelope
 from pymail.interfaces import IDirectory, IMailStoreFactory, IMessageDelivery
 from pymail.smtp import replies
 from pymail.smtp.replies import ReplyError
+from pymail.storage.fsutil import CRLFMessage
 
 #: Received headers beyond which a message is taken to be looping (Postfix's
 #: hopcount_limit is 50; RFC 5321 section 6.3 asks for at least 100 "hops"
@@ -53,6 +54,12 @@ MAX_RECEIVED = 50
 
 #: How deep alias expansion goes before giving up on a cycle-free chain.
 MAX_ALIAS_DEPTH = 20
+
+
+def _with_line(line: bytes, message: bytes) -> bytes:
+    """``line`` (a header field ending in CRLF), then ``message``; a CRLFMessage stays one."""
+    joined = line + message
+    return CRLFMessage(joined) if type(message) is CRLFMessage else joined
 
 # A Received field name at the start of a line, searched for in a lower-cased
 # copy of the header section with "\n" put in front: a literal prefix, which
@@ -310,7 +317,8 @@ class LocalDelivery:
             return succeed([])
         tags = self._tagged_recipients(envelope, set(local))
         writes: list[Deferred[Any]] = [
-            self._deliver_one(a, tags[a] + message if a in tags else message, internaldate)
+            self._deliver_one(a, _with_line(tags[a], message) if a in tags else message,
+                              internaldate)
             for a in local
         ]
         if remote:

@@ -65,6 +65,7 @@ from pymail.smtp import replies as R
 from pymail.smtp.data import ChunkCollector, DataReader
 from pymail.smtp.delivery import IDeliveryPolicy, QueuedCopy, StoredCopy
 from pymail.smtp.replies import Reply, ReplyError
+from pymail.storage.fsutil import CRLFMessage
 
 MX = "mx"
 SUBMISSION = "submission"
@@ -903,6 +904,9 @@ class SMTPServer(LineReceiver):
             message = trace + self._missing_headers(body, queue_id, now) + body
         else:
             message = reader.message(trace)
+        # No bare CR or LF (refused above), and the lines added here end in
+        # CRLF: storage may convert it to LF by dropping the CRs.
+        message = CRLFMessage(message)
         targets = [t for r in transaction.recipients for t in r.targets]
         envelope = Envelope(
             queue_id=queue_id,

@@ -82,8 +82,24 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(directory)
 
 
+class CRLFMessage(bytes):
+    """
+    A message in wire form in which every CR and every LF is part of a
+    CRLF: :func:`to_lf` then only has to drop the CRs, in one pass (100 KiB:
+    86 us instead of 171-180 us, on the committer thread that writes the
+    file).  The SMTP server hands over every message it accepts this way:
+    it refuses any with a bare CR or LF (:mod:`pymail.smtp.data`).  Only
+    code that has checked that promise may make one; it is a plain
+    ``bytes`` to everything else.
+    """
+
+    __slots__ = ()
+
+
 def to_lf(message: bytes) -> bytes:
     """Wire form (CRLF) to the on-disk form of Maildir and mbox (LF)."""
+    if type(message) is CRLFMessage:
+        return message.translate(None, b"\r")
     # The same as message.replace(b"\r\n", b"\n") (bare CRs and LFs stay).
     # replace() with a two-octet pattern counts the matches in one pass and
     # copies in a second; split and join take a third less time (100 KiB:
