@@ -346,3 +346,28 @@ class FlagWriteBehindTests(SteppedMaildirCase):
         self.reactor.run_thread_work()
         assert self.names() == [base + ":2,F"]
         assert box.read(uids[0]) == MSG.replace(b"hello", b"hello 0")
+
+
+class CRLFMessageTests(SynchronousTestCase):
+    def test_a_crlf_message_reaches_the_conversion_as_it_is(self) -> None:
+        """Maildir and mbox appends keep a CRLFMessage (for its one-pass LF form), stored exactly."""
+        from pymail.storage import maildir_folder, mbox_folder
+        from pymail.storage.fsutil import CRLFMessage
+        from pymail.storage.mbox import MboxStoreFactory
+
+        message = CRLFMessage(b"Subject: a\r\n\r\nline 1\r\n.line 2\r\n")
+        for factory, module in ((MaildirStoreFactory, maildir_folder),
+                                (MboxStoreFactory, mbox_folder)):
+            seen: list[type] = []
+            real = module.to_lf
+
+            def recording(m: bytes, real: Any = real, seen: list[type] = seen) -> bytes:
+                seen.append(type(m))
+                return real(m)
+
+            self.patch(module, "to_lf", recording)
+            store = factory(ThreadlessReactor()).open_store("a@example.org", self.mktemp())
+            box = self.successResultOf(store.get_mailbox("INBOX"))
+            uid = self.successResultOf(box.append(message))
+            assert seen == [CRLFMessage], (factory, seen)
+            assert box.read(uid) == bytes(message)

@@ -96,6 +96,11 @@ class CRLFMessage(bytes):
     __slots__ = ()
 
 
+def as_bytes(message: bytes | bytearray | memoryview) -> bytes:
+    """``message`` as ``bytes``: itself when it is (a :class:`CRLFMessage` stays one)."""
+    return message if isinstance(message, bytes) else bytes(message)
+
+
 def to_lf(message: bytes) -> bytes:
     """Wire form (CRLF) to the on-disk form of Maildir and mbox (LF)."""
     if type(message) is CRLFMessage:

@@ -76,7 +76,14 @@ from pymail.storage.base import (
     paused_gc,
 )
 from pymail.storage import fsutil, maildir_journal
-from pymail.storage.fsutil import fsync_dir, to_crlf, to_lf, wire_size, write_file_durably
+from pymail.storage.fsutil import (
+    as_bytes,
+    fsync_dir,
+    to_crlf,
+    to_lf,
+    wire_size,
+    write_file_durably,
+)
 from pymail.storage.index import (
     DELETE,
     INDEX_FILE,
@@ -796,8 +803,8 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
         except ValueError as e:
             return fail(e)
         if self.journaled:
-            return self._append_journaled(bytes(message), flagset, internaldate)
-        return self._in_thread(self._append, bytes(message), flagset, internaldate)
+            return self._append_journaled(as_bytes(message), flagset, internaldate)
+        return self._in_thread(self._append, as_bytes(message), flagset, internaldate)
 
     def _append(
         self, message: bytes, flags: frozenset[str], internaldate: datetime | None

@@ -29,7 +29,7 @@ from pymail.storage.base import (
     normalise_flags,
     paused_gc,
 )
-from pymail.storage.fsutil import to_lf, write_file_durably
+from pymail.storage.fsutil import as_bytes, to_lf, write_file_durably
 from pymail.storage.index import rebuild_modseq
 from pymail.storage.maildir_files import new_uidvalidity
 from pymail.storage.mbox_format import (
@@ -603,7 +603,7 @@ class MboxMailbox(ViewBacked):
         except ValueError as e:
             return fail(e)
         when = (internaldate or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-        return self._in_thread(self._append, bytes(message), flagset, when)
+        return self._in_thread(self._append, as_bytes(message), flagset, when)
 
     def _append(self, message: bytes, flags: frozenset[str], when: datetime) -> int:
         stripped = _QUOTED_FROM.sub(rb">\1", to_lf(message))

@@ -34,6 +34,7 @@ from pymail.storage.base import (
     normalise_flags,
     rename_plan,
 )
+from pymail.storage.fsutil import as_bytes
 
 _T = TypeVar("_T")
 _keys = itertools.count(1)
@@ -77,7 +78,7 @@ class MemoryMailbox(ViewBacked):
             flagset = normalise_flags(flags)
         except ValueError as e:
             return fail(e)
-        return succeed(self._add(bytes(message), flagset, internaldate or datetime.now(UTC)))
+        return succeed(self._add(as_bytes(message), flagset, internaldate or datetime.now(UTC)))
 
     def _add(self, message: bytes, flags: frozenset[str], when: datetime,
              uid: int | None = None) -> int:
