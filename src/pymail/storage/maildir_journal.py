@@ -41,7 +41,6 @@ come back; only a record from an earlier boot has its file written again.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterable
 
@@ -74,7 +73,7 @@ CHECKPOINT_RECORDS = 4096
 
 @attrs.frozen
 class Record:
-    """One journaled delivery: the file ``relpath`` (``new/...`` or ``cur/...``) with UID ``uid``."""
+    """One journaled delivery: the file ``relpath`` (``new/...`` or ``cur/...``), UID ``uid``."""
 
     uid: int
     mtime: int
