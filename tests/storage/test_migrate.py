@@ -12,7 +12,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.cli import main
+from pymail.storage.index import FolderIndex
 from pymail.storage.maildir import MaildirStoreFactory
+from pymail.storage.maildir_journal import JOURNAL
 from pymail.storage.mbox import MboxStoreFactory
 from pymail.testing import ThreadlessReactor
 
@@ -79,6 +81,16 @@ class MigrateTests(SynchronousTestCase):
         self.write_config("mbox")
         code, err = self.run_cli("migrate", USER, "--to", "maildir")
         assert code == 0, err
+        # The command finishes as a stopping service does: the new folder's
+        # index has every message's row and no delivery journal is left.
+        inbox = os.path.join(self.data, "mail", "example.org", "alice")
+        index = FolderIndex(inbox)
+        index.open()
+        rows = index.rows()
+        index.close()
+        assert sorted(rows) == [uid for uid, *_ in expected["INBOX"][2]]
+        journal = os.path.join(inbox, JOURNAL)
+        assert not os.path.exists(journal) or os.path.getsize(journal) == 0
         back = MaildirStoreFactory(ThreadlessReactor()).open_store(USER, self.data)
         assert self.snapshot(back) == expected
 

@@ -134,6 +134,12 @@ def run(args: argparse.Namespace, config: Any, out: TextIO | None = None) -> Non
         source = source_factory.open_store(address, config.data_dir)
         target = target_factory.open_store(address, config.data_dir)
         count = migrate(source, target, Progress(out))
+        # As the service does when it stops: the target's index changes
+        # still waiting for their batch are written, its journals emptied.
+        for factory in (target_factory, source_factory):
+            finish = getattr(factory, "checkpoint_all", None)
+            if finish is not None:
+                finish()
     except (StorageError, ValueError) as e:
         raise CommandError(f"migrate {address}: {e}; the source is unchanged") from None
     print(f"copied {count} message(s) of {address} to {args.to}; now set [storage] backend "
