@@ -237,15 +237,20 @@ class TrustedOpenTests(InboxFixture):
         assert [i.uid for i in again.messages()] == [e[0] for e in expected]
 
 
-class IndexQueueTests(SynchronousTestCase):
-    """The ordered queue of index writes the reactor thread hands to the pool."""
-
+class FreshIndexCase(SynchronousTestCase):
     def setUp(self) -> None:
         folder = self.mktemp()
         os.makedirs(folder)
         self.index = FolderIndex(folder)
         self.index.open()
         self.addCleanup(self.index.close)
+
+
+class IndexQueueTests(FreshIndexCase):
+    """The ordered queue of index writes the reactor thread hands to the pool."""
+
+    def setUp(self) -> None:
+        super().setUp()
         self.jobs: list[Any] = []
         self.queue = IndexQueue(self.index, self.jobs.append)
 
@@ -278,15 +283,11 @@ class IndexQueueTests(SynchronousTestCase):
         assert self.index.rows() == {1: ("cur/b:2,S", 100, 10, 4)}
 
 
-class DelayedIndexQueueTests(SynchronousTestCase):
+class DelayedIndexQueueTests(FreshIndexCase):
     """With a delay, the changes of a burst reach the index in one transaction."""
 
     def setUp(self) -> None:
-        folder = self.mktemp()
-        os.makedirs(folder)
-        self.index = FolderIndex(folder)
-        self.index.open()
-        self.addCleanup(self.index.close)
+        super().setUp()
         self.reactor = ThreadlessReactor()
         self.transactions: list[int] = []
         apply = self.index.apply
