@@ -350,7 +350,7 @@ class FlagWriteBehindTests(SteppedMaildirCase):
 
 class CRLFMessageTests(SynchronousTestCase):
     def test_a_crlf_message_reaches_the_conversion_as_it_is(self) -> None:
-        """Maildir and mbox appends keep a CRLFMessage (for its one-pass LF form), stored exactly."""
+        """Maildir and mbox appends keep a CRLFMessage (its one-pass LF form); stored as sent."""
         from pymail.storage import maildir_folder, mbox_folder
         from pymail.storage.fsutil import CRLFMessage
         from pymail.storage.mbox import MboxStoreFactory
