@@ -40,3 +40,11 @@ class SteppedMaildirCase(SynchronousTestCase):
         folder = folder or self.root
         return sorted(os.listdir(os.path.join(folder, "cur"))
                       + os.listdir(os.path.join(folder, "new")))
+
+
+def age_directories(root: str, seconds: int) -> None:
+    """Set the mtimes of new/ and cur/ ``seconds`` into the past (a quiet folder)."""
+    for sub in ("new", "cur"):
+        path = os.path.join(root, sub)
+        when = os.stat(path).st_mtime - seconds
+        os.utime(path, (when, when))

@@ -10,6 +10,7 @@ import os
 import sqlite3
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
 
 from pymail.errors import StorageError
 from pymail.storage import fsutil
@@ -18,7 +19,7 @@ from pymail.storage.maildir import MaildirStoreFactory
 from pymail.storage.maildir_files import UIDLIST
 from pymail.testing import SteppedReactor, ThreadlessReactor
 
-from maildir_support import ADDRESS, SteppedMaildirCase
+from maildir_support import ADDRESS, SteppedMaildirCase, age_directories
 
 MSG = b"From: a@example.org\r\nSubject: s\r\n\r\nhello\r\n"
 
@@ -294,3 +295,45 @@ class RecoveryRaceTests(ReviewCase):
         assert box.info(uid).flags == set()
         assert opened.info(uid).flags == set()
         assert [n.partition(":2,")[2] for n in self.names()] == [""]
+
+
+class SecondProcessInTheBatchWindowTests(SynchronousTestCase):
+    """Found by the review of the 50 ms index batches (session 5 of 27 Nov 2026)."""
+
+    def open(self, data: str) -> tuple[Any, Any]:
+        factory = MaildirStoreFactory(ThreadlessReactor())
+        box = self.successResultOf(factory.open_store(ADDRESS, data).get_mailbox("INBOX"))
+        return factory, box
+
+    def test_a_flag_change_after_another_process_renumbered_the_rows_reaches_the_index(
+            self) -> None:
+        """Rows another process numbered higher still take this process's later file name."""
+        data = self.mktemp()
+        root = os.path.join(data, "mail", "example.org", "alice")
+        first_factory, first = self.open(data)
+        message = b"Subject: x\r\n\r\nbody\r\n"
+        self.successResultOf(first.append(message))
+        first._reactor.advance(1)  # the first batch of rows lands
+        uids = [self.successResultOf(first.append(message)) for _ in range(3)]
+        uid = uids[-1]
+        # Another process opens the folder while that row waits for its
+        # batch: it does not trust the rows and numbers the message higher.
+        other_factory, other = self.open(data)
+        seen_there = other.info(uid).modseq
+        # (The flag change below gets a MODSEQ under that number.)
+        assert seen_there > first.highestmodseq() + 1
+        self.successResultOf(other_factory.checkpoint_all())
+        first._reactor.advance(1)
+        self.successResultOf(first.set_flags([uid], ["\\Seen"], "add"))
+        first._reactor.advance(1)
+        # A quiet refresh records the folder as in sync with the rows; a
+        # clean stop; the next start opens from the index alone.
+        age_directories(root, 10)
+        self.successResultOf(first.refresh())
+        first._reactor.advance(1)
+        self.successResultOf(first_factory.checkpoint_all())
+        _, again = self.open(data)
+        assert again.info(uid).flags == {"\\Seen"}
+        assert again.info(uid).modseq >= seen_there
+        self.successResultOf(again.set_flags([uid], ["\\Flagged"], "add"))
+        assert [n.rpartition(":2,")[2] for n in os.listdir(os.path.join(root, "cur"))] == ["FS"]

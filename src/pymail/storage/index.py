@@ -53,13 +53,16 @@ UPSERT = "upsert"
 RENAMED = "renamed"
 DELETE = "delete"
 
-# Writes may arrive out of order from the thread pool: a row only ever
-# moves forward in MODSEQ.
+# A process's writes are applied in the order it queued them (IndexQueue),
+# so each takes the row's file name as that process last knew it.  The
+# MODSEQ only moves forward: another process that opened the folder while
+# this one's rows were waiting may have numbered the row higher (it did
+# not trust the rows), and a number a client saw there must not be undercut.
 _WRITES = {
     UPSERT: "INSERT INTO msgs VALUES (?, ?, ?, ?, ?) ON CONFLICT(uid) DO UPDATE SET "
             "base=excluded.base, date=excluded.date, size=excluded.size, "
-            "modseq=excluded.modseq WHERE excluded.modseq >= msgs.modseq",
-    RENAMED: "UPDATE msgs SET base=?1, modseq=?2 WHERE uid=?3 AND modseq <= ?2",
+            "modseq=max(msgs.modseq, excluded.modseq)",
+    RENAMED: "UPDATE msgs SET base=?1, modseq=max(modseq, ?2) WHERE uid=?3",
 }
 SCHEMA_VERSION = 2
 
@@ -503,10 +506,13 @@ class IndexQueue:
 
     def flush(self) -> Deferred[None]:
         """
-        Write what is queued now rather than after the delay (the service
-        does it when it stops).  Reactor thread only; fires once it is
-        written (or its failure logged).
+        Write what is queued now rather than after the delay, and every
+        later change at once: the service does it when it stops, and
+        sessions still open may change the folder until the reactor stops
+        (a delayed call would never run).  Reactor thread only; fires once
+        it is written (or its failure logged).
         """
+        self._delay = 0.0
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()

@@ -1305,7 +1305,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
             self._checkpoint_now()
 
     def flush_index(self) -> Deferred[None]:
-        """Write the index changes still waiting for their batch (see :attr:`index_write_delay`)."""
+        """
+        Write the index changes still waiting for their batch (see
+        :attr:`index_write_delay`), and later ones at once (for a stop).
+        """
         return self._index_queue.flush()
 
     def checkpoint(self) -> Deferred[None]:
