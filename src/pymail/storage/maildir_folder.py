@@ -1083,11 +1083,16 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     def _stage(self, q: _Queued) -> _Staged:
         """Write ``q``'s file in tmp/ (not synced: the journal is)."""
-        data, base, tmp, stamp = self._new_file(q.message, q.internaldate)
+        return _Staged(q, *self._write_new_file(q.message, q.internaldate, sync=False))
+
+    def _write_new_file(self, message: bytes, internaldate: datetime | None,
+                        sync: bool) -> tuple[bytes, str, str, int]:
+        """:meth:`_new_file`, with the file written in tmp/ (and fsynced if ``sync``)."""
+        data, base, tmp, stamp = self._new_file(message, internaldate)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._fill(fd, tmp, data, stamp, sync=False)
+        self._fill(fd, tmp, data, stamp, sync)
         os.close(fd)
-        return _Staged(q, data, base, tmp, stamp)
+        return data, base, tmp, stamp
 
     def _new_file(self, message: bytes,
                   internaldate: datetime | None) -> tuple[bytes, str, str, int]:
@@ -1105,8 +1110,10 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
 
     @staticmethod
     def _fill(fd: int, tmp: str, data: bytes, stamp: int, sync: bool) -> None:
-        """Write ``data`` to the new file ``tmp`` open on ``fd``, set its mtime, fsync it if
-        ``sync``; on failure close and remove it."""
+        """
+        Write ``data`` to the new file ``tmp`` open on ``fd``, set its mtime,
+        fsync it if ``sync``; on failure close and remove it.
+        """
         try:
             view = memoryview(data)
             while view:
@@ -1523,16 +1530,7 @@ class MaildirMailbox(ViewBacked, MaildirFilesMixin):
                     raise StorageError(f"{self.name} is not empty; restore needs an empty folder")
                 infos = []
                 for uid, message, flags, when in messages:
-                    data = to_lf(message)
-                    now = time.time()
-                    base = f"{unique_name(now)},S={len(data)},W={len(message)}"
-                    tmp = os.path.join(self.path, "tmp", base)
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    stamp = int(when.timestamp())
-                    os.utime(tmp, (stamp, stamp))
+                    _, base, tmp, stamp = self._write_new_file(message, when, sync=True)
                     rel = f"cur/{base}:2,{self._letters_locked(flags)}"
                     os.rename(tmp, os.path.join(self.path, rel))
                     self._disk.files[uid] = rel
