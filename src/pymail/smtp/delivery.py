@@ -61,6 +61,7 @@ def _with_line(line: bytes, message: bytes) -> bytes:
     joined = line + message
     return CRLFMessage(joined) if type(message) is CRLFMessage else joined
 
+
 # A Received field name at the start of a line, searched for in a lower-cased
 # copy of the header section with "\n" put in front: a literal prefix, which
 # the regex engine finds with a fast search, where "(?im)^received" tried a

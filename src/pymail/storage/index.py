@@ -467,9 +467,8 @@ class IndexQueue:
         self._sync: dict[str, int] | None = None
         #: A write is due (waiting for its delay) or running.
         self._busy = False
-        #: The pending delayed call, reactor thread only (a :meth:`flush`
-        #: that races a delayed one can leave an extra call: it finds
-        #: nothing to write).
+        #: The pending delayed call (reactor thread only, as are add(),
+        #: _due() and flush(); _due() clears it before it writes).
         self._timer: Any = None
 
     def add(self, upsert: Iterable[tuple[int, str, int, int, int]] = (),
@@ -514,7 +513,7 @@ class IndexQueue:
         """
         self._delay = 0.0
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
         return self._run_in_thread(self._drain)
 

@@ -302,8 +302,7 @@ class MaildirStoreFactory:
                         failure, path=path, what=what)
 
         boxes = self.registry.live()
-        done = [b.flush_index().addErrback(logged, b.path, "index write") for b in boxes
-                if hasattr(b, "flush_index")]
+        done = [b.flush_index().addErrback(logged, b.path, "index write") for b in boxes]
         done += [b.checkpoint().addErrback(logged, b.path, "checkpoint") for b in boxes
                  if getattr(b, "journaled", False)]
         return DeferredList(done).addCallback(lambda _: None)
